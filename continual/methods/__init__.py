@@ -1,0 +1,16 @@
+"""Methods by name: a plain registry, read top to bottom.
+
+A method is a class with a pydantic `Options` schema (validated from the sequence YAML), a constructor
+`Method(options, *, pretrained)` that receives the pre-trained backbone before task 1, and
+`fit_task(model, task, *, step, trainer) -> FitStats`. Methods of our own hand named loss terms to the
+shared loop (`Trainer.fit`); a method may also train its own way (the Avalanche baselines do) as long as
+it leaves `model` trained on `task`. The runner evaluates every method with the same code.
+"""
+
+from continual.methods.finetune import Finetune
+from continual.methods.ldifs import LDIFS
+
+METHODS = {
+    "finetune": Finetune,
+    "ldifs": LDIFS,
+}

@@ -1,0 +1,29 @@
+"""Plain end-to-end fine-tuning: cross-entropy on the current task's head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+
+from continual.data import TaskData
+from continual.models import Backbone, TaskModel
+from continual.train import FitStats, Trainer
+
+
+class FinetuneOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Finetune:
+    name = "finetune"
+    Options = FinetuneOptions
+
+    def __init__(self, options: FinetuneOptions, *, pretrained: Backbone):
+        self.options = options
+
+    def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
+        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"finetune {step}:{task.name}")
+
+    def loss_terms(self, model: TaskModel, x: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(model(x, task), y)}

@@ -1,0 +1,107 @@
+"""The one training loop. A method supplies named loss terms; this loop sums, steps and logs them."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from continual.data import TaskData
+from continual.models import TaskModel
+
+# (model, inputs, labels, task name) -> {"ce": ..., "ldifs": ...}; the loop sums the terms.
+LossTerms = Callable[[TaskModel, torch.Tensor, torch.Tensor, str], dict[str, torch.Tensor]]
+
+
+@dataclass
+class FitStats:
+    steps: int
+    seconds: float
+    losses: dict[str, float]  # mean of each term over the last epoch
+
+
+@dataclass
+class Trainer:
+    """Settings shared by every method: optimiser, schedule, epochs, batch size, device, progress bar."""
+
+    training: object  # config.TrainingConfig (duck-typed, so this module needs no config import)
+    device: torch.device
+    progress: bool = True
+    log_every: int = 10  # progress-bar refresh: reading a loss forces a device sync, so not every step
+
+    def trainable_parameters(self, model: TaskModel, task: str) -> list[torch.nn.Parameter]:
+        # Backbone + this task's head. Other heads stay out: AdamW's weight decay would shrink them.
+        params = list(model.backbone.parameters()) + list(model.heads[task].parameters())
+        return [p for p in params if p.requires_grad]
+
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        t = self.training
+        if t.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+
+    def make_schedule(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        # Linear warm-up then cosine decay to zero, as in the paper's (wise-ft) training code.
+        warmup = min(self.training.warmup_steps, max(total_steps - 1, 0))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def steps_per_epoch(self, n: int) -> int:
+        return math.ceil(n / self.training.batch_size)
+
+    def fit(self, model: TaskModel, task: TaskData, *, loss_terms: LossTerms, label: str = "") -> FitStats:
+        """Train `model` on `task` for the configured epochs with `loss_terms`. Shuffling and dropout draw
+        from torch's global RNG, which the runner seeds per step."""
+        t = self.training
+        images, labels = task.train.images, task.train.labels
+        n = len(labels)
+        per_epoch = self.steps_per_epoch(n)
+        total = t.epochs * per_epoch
+        params = self.trainable_parameters(model, task.name)
+        optimizer = self.make_optimizer(params)
+        schedule = self.make_schedule(optimizer, total)
+        model.train()
+        if t.batchnorm == "frozen":
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        start = time.perf_counter()
+        bar = tqdm(total=total, desc=label or task.name, unit="step", disable=not self.progress, leave=True)
+        sums: dict[str, torch.Tensor] = {}
+        for epoch in range(t.epochs):
+            sums = {}
+            order = torch.randperm(n)
+            for b in range(per_epoch):
+                idx = order[b * t.batch_size : (b + 1) * t.batch_size]
+                x = model.backbone.preprocess(images[idx].to(self.device, non_blocking=True))
+                y = labels[idx].to(self.device, non_blocking=True)
+                terms = loss_terms(model, x, y, task.name)
+                loss = sum(terms.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+                optimizer.step()
+                schedule.step()
+                for k, v in terms.items():  # accumulate on device: no sync per step
+                    sums[k] = sums.get(k, 0) + v.detach()
+                bar.update(1)
+                if (b + 1) % self.log_every == 0 or b + 1 == per_epoch:
+                    shown = {k: f"{float(v) / (b + 1):.3f}" for k, v in sums.items()}
+                    bar.set_postfix(epoch=f"{epoch + 1}/{t.epochs}", **shown)
+        bar.close()
+        losses = {k: float(v) / per_epoch for k, v in sums.items()}
+        for k, v in losses.items():
+            if not math.isfinite(v):
+                raise FloatingPointError(f"loss term '{k}' became {v} while training task '{task.name}'")
+        return FitStats(steps=total, seconds=time.perf_counter() - start, losses=losses)
