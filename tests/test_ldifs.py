@@ -1,0 +1,96 @@
+"""The LDIFS penalty and its frozen anchor, on the real EfficientNet-Lite0 backbone at a tiny size."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from continual.data import Split, TaskData
+from continual.methods.ldifs import LDIFS, FrozenBackbone, LDIFSOptions, feature_distance
+from continual.models import Head, TaskModel, build_backbone
+from continual.train import Trainer
+
+TRAINING = SimpleNamespace(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=0,
+                           grad_clip=1.0, batchnorm="frozen")
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    cfg = SimpleNamespace(family="efficientnet_lite0", arch=None, pretrained=None, image_size=32,
+                          head_init="linear_probe")
+    return build_backbone(cfg)
+
+
+def tiny_task(n=16, classes=2):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % classes
+    split = Split(images=images, labels=labels)
+    return TaskData(name="t", dataset="synthetic", class_names=[str(c) for c in range(classes)], train=split, test=split)
+
+
+def make(backbone, options=None):
+    model = TaskModel(copy.deepcopy(backbone))
+    model.heads["t"] = Head(backbone.feature_dim, 2, normalize=False)
+    return model, LDIFS(options or LDIFSOptions(), pretrained=backbone)
+
+
+def test_penalty_is_zero_before_training_and_positive_after(backbone):
+    model, method = make(backbone)
+    task = tiny_task()
+    x = backbone.preprocess(task.train.images[:8])
+    model.eval()
+    with torch.no_grad():
+        assert float(method.loss_terms(model, x, task.train.labels[:8], "t")["ldifs"]) == pytest.approx(0.0, abs=1e-6)
+    torch.manual_seed(0)
+    method.fit_task(model, task, step=1, trainer=Trainer(TRAINING, device=torch.device("cpu"), progress=False))
+    model.eval()
+    assert float(method.loss_terms(model, x, task.train.labels[:8], "t")["ldifs"]) > 1e-4
+
+
+def test_anchor_gets_no_gradient_and_never_changes(backbone):
+    model, method = make(backbone)
+    before = {k: v.clone() for k, v in method.anchor.state_dict().items()}
+    assert not any(p.requires_grad for p in method.anchor.parameters())
+    task = tiny_task()
+    x = backbone.preprocess(task.train.images[:8])
+    model.train()
+    terms = method.loss_terms(model, x, task.train.labels[:8], "t")
+    sum(terms.values()).backward()
+    assert all(p.grad is None for p in method.anchor.parameters())
+    assert any(p.grad is not None for p in model.backbone.parameters())
+    method.fit_task(model, task, step=1, trainer=Trainer(TRAINING, device=torch.device("cpu"), progress=False))
+    method.fit_task(model, task, step=2, trainer=Trainer(TRAINING, device=torch.device("cpu"), progress=False))
+    after = method.anchor.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm running stats included
+    # and the model itself did move away from it
+    assert not all(torch.equal(before[f"backbone.{k}"], v) for k, v in model.backbone.state_dict().items())
+
+
+def test_frozen_backbone_refuses_train_mode(backbone):
+    frozen = FrozenBackbone(backbone)
+    frozen.train()
+    holder = torch.nn.ModuleList([frozen])
+    holder.train()
+    assert not any(m.training for m in frozen.modules())
+
+
+def test_previous_anchor_is_refreshed_after_each_task(backbone):
+    model, method = make(backbone, LDIFSOptions(anchor="previous"))
+    trainer = Trainer(TRAINING, device=torch.device("cpu"), progress=False)
+    task = tiny_task()
+    method.fit_task(model, task, step=1, trainer=trainer)
+    after_task_1 = copy.deepcopy(model.backbone.state_dict())
+    method.fit_task(model, task, step=2, trainer=trainer)
+    anchor = method.anchor.backbone.state_dict()
+    assert all(torch.equal(anchor[k], after_task_1[k]) for k in anchor)
+
+
+def test_feature_distance_by_hand():
+    a = [torch.tensor([[3.0, 4.0], [1.0, 0.0]])]
+    b = [torch.tensor([[6.0, 8.0], [0.0, 2.0]])]
+    # sample 1: same direction -> 0; sample 2: orthogonal unit vectors -> |e1 - e2|^2 = 2
+    assert float(feature_distance(a, b)) == pytest.approx(1.0)
+    two = feature_distance(a + a, b + [torch.tensor([[3.0, 4.0], [1.0, 0.0]])])
+    assert float(two) == pytest.approx(0.5)  # mean over taps

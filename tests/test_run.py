@@ -1,0 +1,91 @@
+"""End to end through the CLI entry point: a tiny real sequence, every file checked."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import continual
+from continual.cli import main
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "model": {"family": "efficientnet_lite0", "image_size": 32},
+    "tasks": [
+        {"name": "low", "dataset": "digits", "classes": [0, 1, 2], "train_per_class": 16, "test_per_class": 10},
+        {"name": "high", "dataset": "digits", "classes": ["7", "8", "9"], "train_per_class": 16, "test_per_class": 10},
+    ],
+    "probes": [{"name": "mid", "dataset": "digits", "classes": [4, 5], "train_per_class": 16, "test_per_class": 10}],
+    "training": {"batch_size": 16, "warmup_steps": 1, "lr": 1.0e-3},
+    "methods": ["finetune", {"ldifs": {"lambda": 10}}],
+    "download": False,
+}
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    seq = tmp / "tiny.yaml"
+    seq.write_text(yaml.safe_dump(TINY))
+    assert main(["run", str(seq), "--out", str(tmp / "out"), "--quiet"]) == 0
+    return tmp / "out" / "tiny"
+
+
+def test_every_file_is_written_with_the_right_shape(run_folder):
+    config = yaml.safe_load((run_folder / "config.yaml").read_text())
+    assert config["seed"] == 3 and config["training"]["lr"] == 1e-3
+    assert config["methods"] == [{"finetune": {}}, {"ldifs": {"lambda": 10.0, "anchor": "pretrained"}}]
+    for method in ("finetune", "ldifs"):
+        folder = run_folder / method
+        matrix = pd.read_csv(folder / "accuracy_matrix.csv")
+        assert list(matrix.columns) == ["step", "low", "high", "probe:mid"]
+        assert matrix["step"].tolist() == [0, 1, 2]
+        values = matrix.drop(columns="step").to_numpy()
+        assert ((values >= 0) & (values <= 1)).all()
+        # accuracies are fractions of 30 (tasks) or 20 (probe) test images
+        assert (abs(values[:, :2] * 30 - (values[:, :2] * 30).round()) < 1e-4).all()
+        as_json = pd.DataFrame(json.loads((folder / "accuracy_matrix.json").read_text()))
+        pd.testing.assert_frame_equal(as_json, matrix, check_dtype=False, atol=1e-6)
+        doc = json.loads((folder / "metrics.json").read_text())
+        assert doc["complete"] and doc["steps_done"] == 2
+        assert [s["step"] for s in doc["steps"]] == [0, 1, 2]
+        assert doc["steps"][2]["bwt"] == pytest.approx(matrix["low"][2] - matrix["low"][1], abs=1e-6)
+        assert doc["steps"][1]["average_accuracy"] == pytest.approx(matrix["low"][1], abs=1e-6)
+        assert set(doc["timings"][1]["losses"]) == ({"ce"} if method == "finetune" else {"ce", "ldifs"})
+        assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert not list(folder.glob(".*.tmp"))
+    # step 0 is the pre-trained model for every method
+    matrices = continual.load_run(run_folder)
+    pd.testing.assert_series_equal(matrices["finetune"].loc[0], matrices["ldifs"].loc[0])
+
+
+def test_same_seed_same_numbers_and_dict_api(run_folder, tmp_path):
+    again = continual.run(TINY, out=tmp_path, methods=["ldifs"], progress=False)
+    assert again == tmp_path / "tiny"
+    pd.testing.assert_frame_equal(continual.load_run(again)["ldifs"], continual.load_run(run_folder)["ldifs"])
+    metrics = continual.load_metrics(again)
+    assert list(metrics["method"].unique()) == ["ldifs"] and len(metrics) == 3
+
+
+def test_bad_data_path_writes_nothing(tmp_path, capsys):
+    doc = dict(TINY, tasks=[{"name": "mine", "dataset": "imagefolder", "path": str(tmp_path / "missing")}])
+    seq = tmp_path / "bad.yaml"
+    seq.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{seq}: tasks[0].path: " in err and "missing" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_module_entry_point_lists_everything():
+    out = subprocess.run([sys.executable, "-m", "continual", "list"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1]).stdout
+    for word in ("mnist", "fashion_mnist", "animal_mnist", "digits", "cifar10", "imagefolder", "efficientnet_lite0",
+                 "open_clip", "ViT-B-32", "finetune", "ldifs", "lambda=10"):
+        assert word in out, word
+    assert "digits" in out and "present" in out
