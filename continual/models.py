@@ -353,7 +353,9 @@ def zero_shot_head(backbone: Backbone, class_names: list[str], *,
     device = next(backbone.parameters()).device
     text = backbone._text
     text.model.to(device)  # stays there: the next task's head needs it too, and it is small next to activations
-    weights = open_clip.build_zero_shot_classifier(text.model, text.tokenizer, list(class_names), templates, device=device)
+    # Folder-named classes (RESISC45 "bare_land", EuroSAT) read better to the text tower with spaces.
+    names = [name.replace("_", " ") for name in class_names]
+    weights = open_clip.build_zero_shot_classifier(text.model, text.tokenizer, names, templates, device=device)
     head = Head(backbone.feature_dim, len(class_names), normalize=True).to(device)
     with torch.no_grad():
         head.linear.weight.copy_(weights.T * text.model.logit_scale.exp())
