@@ -325,10 +325,21 @@ class Head(nn.Module):
 class TaskModel(nn.Module):
     """Shared backbone + one head per task (task-incremental)."""
 
-    def __init__(self, backbone: Backbone, heads: dict[str, Head] | None = None):
+    def __init__(self, backbone: Backbone, heads: dict[str, Head] | None = None, *, freeze_batchnorm: bool = False):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads or {})
+        self.freeze_batchnorm = freeze_batchnorm
+
+    def train(self, mode: bool = True) -> TaskModel:
+        """With `freeze_batchnorm`, BatchNorm layers stay in eval mode (pre-trained running statistics)
+        whoever calls train(): our loop, or Avalanche's strategy."""
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
         if task not in self.heads:

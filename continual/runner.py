@@ -86,7 +86,7 @@ class Start:
     @classmethod
     def measure(cls, seq: Sequence, inputs: Loaded, *, device: torch.device) -> Start:
         began = time.perf_counter()
-        model = TaskModel(copy.deepcopy(inputs.backbone)).to(device)
+        model = TaskModel(copy.deepcopy(inputs.backbone), freeze_batchnorm=seq.training.batchnorm == "frozen").to(device)
         for task_name, head in _initial_heads(seq, model.backbone, inputs.tasks).items():
             model.heads[task_name] = head.to(device)
         zero_shot_probes = None
@@ -137,5 +137,5 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, folder
                           device=device)
         rows.append(result.row)
         timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
-                        "train_steps": stats.steps, "losses": stats.losses})
+                        "train_steps": stats.steps, "losses": stats.losses, **stats.extra})
         write_step(folder, method=name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -22,6 +22,7 @@ class FitStats:
     steps: int
     seconds: float
     losses: dict[str, float]  # mean of each term over the last epoch
+    extra: dict = field(default_factory=dict)  # method-specific facts worth recording (e.g. buffer size)
 
 
 @dataclass
@@ -70,11 +71,7 @@ class Trainer:
         params = self.trainable_parameters(model, task.name)
         optimizer = self.make_optimizer(params)
         schedule = self.make_schedule(optimizer, total)
-        model.train()
-        if t.batchnorm == "frozen":
-            for module in model.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+        model.train()  # TaskModel.train keeps BatchNorm frozen if the run says so
         start = time.perf_counter()
         bar = tqdm(total=total, desc=label or task.name, unit="step", disable=not self.progress, leave=True)
         sums: dict[str, torch.Tensor] = {}

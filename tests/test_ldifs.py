@@ -12,7 +12,7 @@ from continual.models import Head, TaskModel, build_backbone
 from continual.train import Trainer
 
 TRAINING = SimpleNamespace(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=0,
-                           grad_clip=1.0, batchnorm="frozen")
+                           grad_clip=1.0, batchnorm="frozen", eval_batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def tiny_task(n=16, classes=2):
 
 
 def make(backbone, options=None):
-    model = TaskModel(copy.deepcopy(backbone))
+    model = TaskModel(copy.deepcopy(backbone), freeze_batchnorm=True)
     model.heads["t"] = Head(backbone.feature_dim, 2, normalize=False)
     return model, LDIFS(options or LDIFSOptions(), pretrained=backbone)
 

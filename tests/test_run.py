@@ -100,22 +100,12 @@ def test_module_entry_point_lists_everything():
     assert "digits" in out and "present" in out
 
 
-def test_open_clip_zero_shot_run_from_a_local_checkpoint(tmp_path, capsys):
+def test_open_clip_zero_shot_run_from_a_local_checkpoint(tmp_path, capsys, tiny_clip):
     """A tiny CLIP (registered config, random weights saved by the test) through the whole CLI path:
     zero-shot task heads from class names, zero-shot probe column, LDIFS on ViT taps."""
-    import open_clip
     import torch
 
-    arch = "continual-e2e-tiny-vit"
-    config = {"embed_dim": 16,
-              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-              "vision_cfg": {"image_size": 32, "layers": 4, "width": 32, "head_width": 16, "patch_size": 8}}
-    (tmp_path / f"{arch}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(tmp_path / f"{arch}.json")
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "tiny-clip.pt"
-    torch.save(open_clip.create_model(arch).state_dict(), checkpoint)
-
+    arch, checkpoint = tiny_clip
     doc = dict(TINY, model={"family": "open_clip", "arch": arch, "pretrained": str(checkpoint),
                             "head_init": "zero_shot"}, methods=[{"ldifs": {"lambda": 1}}])
     doc["tasks"] = [dict(t, train_per_class=8) for t in TINY["tasks"]]

@@ -7,10 +7,16 @@ shared loop (`Trainer.fit`); a method may also train its own way (the Avalanche 
 it leaves `model` trained on `task`. The runner evaluates every method with the same code.
 """
 
+from continual.methods.avalanche import EWC, LwF, Naive, Replay
 from continual.methods.finetune import Finetune
 from continual.methods.ldifs import LDIFS
 
 METHODS = {
     "finetune": Finetune,
     "ldifs": LDIFS,
+    # avalanche-lib's own strategy and plugins, on our model, data and settings (methods/avalanche.py)
+    "naive": Naive,
+    "ewc": EWC,
+    "lwf": LwF,
+    "replay": Replay,
 }

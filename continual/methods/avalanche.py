@@ -1,0 +1,293 @@
+"""The avalanche-lib baselines: Naive, EWC, LwF and Replay, run by Avalanche's own strategy and plugins.
+
+The only module that imports avalanche. Each baseline is Avalanche's `SupervisedTemplate` with one of its
+plugins (`EWCPlugin`, `LwFPlugin`, `ReplayPlugin`, none for Naive), trained on our model, our tensors and
+our settings; Avalanche never evaluates (the runner scores every method with the same evaluator).
+
+To make the comparison with our own methods fair, three Avalanche defaults are replaced:
+* the optimiser: Avalanche keeps one optimiser over *all* parameters with its state carried across
+  experiences; here each task gets a fresh one over the backbone and that task's head, as in
+  `Trainer.fit` (other heads would otherwise be shrunk by AdamW's weight decay);
+* the schedule and clipping: the same warm-up + cosine schedule, stepped per iteration, and gradient
+  clipping, as `Trainer.fit`;
+* the multi-head model: Avalanche's `MultiHeadClassifier` makes randomly initialised heads and its
+  multi-task forward runs the backbone once per head (LwF distils every head, so T backbone passes).
+  `_Heads` routes task labels to our heads (initialised by linear probe or zero-shot) and runs the
+  backbone once per batch, reusing that pass when LwF asks for all heads of the same batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from continual.data import TaskData
+from continual.models import TaskModel
+from continual.train import FitStats, Trainer
+
+with warnings.catch_warnings():  # avalanche's optional solvers warn at import; nothing we use needs them
+    warnings.simplefilter("ignore")
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+    from avalanche.benchmarks.utils import DataAttribute
+    from avalanche.benchmarks.utils.classification_dataset import TaskAwareSupervisedClassificationDataset
+    from avalanche.models import MultiTaskModule
+    from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin, ReplayPlugin, SupervisedPlugin
+    from avalanche.training.templates import SupervisedTemplate
+
+
+# ----------------------------------------------------------------------------------------------------
+# Options (validated from the sequence YAML like every other method's)
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class NaiveOptions(_Options):
+    pass
+
+
+class EWCOptions(_Options):
+    # Measured on the default sequence (64 px EfficientNet-Lite0, 2k images/task): λ=1e3 barely helped,
+    # λ=1e5 held BWT near -0.03. Avalanche's importances are mean squared mini-batch gradients, which are
+    # tiny for a pre-trained network, hence the large λ.
+    lambda_: float = Field(default=1e5, alias="lambda", ge=0)
+    mode: Literal["separate", "online"] = "separate"
+    decay: float | None = Field(default=None, gt=0, le=1)  # online mode only: importance decay per task
+
+    @model_validator(mode="after")
+    def _decay_with_online(self) -> EWCOptions:
+        if self.mode == "online" and self.decay is None:
+            raise ValueError("mode online needs `decay` (e.g. 0.9)")
+        if self.mode == "separate" and self.decay is not None:
+            raise ValueError("`decay` is for mode online only")
+        return self
+
+
+class LwFOptions(_Options):
+    # Avalanche's defaults (alpha 1, temperature 2); measured BWT -0.35 on the default sequence.
+    alpha: float = Field(default=1.0, ge=0)
+    temperature: float = Field(default=2.0, gt=0)
+
+
+class ReplayOptions(_Options):
+    # 300 stored images (10% of one task) gave BWT ~ +0.04 on the default sequence.
+    memory_size: int = Field(default=300, gt=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Our model and data in the shapes Avalanche expects
+
+
+class _Heads(MultiTaskModule):
+    """Our TaskModel as an Avalanche multi-task module: task label i -> the head of the i-th task."""
+
+    def __init__(self, model: TaskModel):
+        super().__init__()
+        self.model = model
+        self.task_names: list[str] = []  # task label -> task name, filled as tasks arrive
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, features) of the last pass
+
+    def adaptation(self, experience) -> None:
+        pass  # heads are made by the runner (linear probe / zero-shot), not grown by Avalanche
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        if self._last is not None and self._last[0] is x:
+            return self._last[1]  # LwF's all-heads pass on the batch just forwarded: reuse it
+        features = self.model.backbone(self.model.backbone.preprocess(x))
+        self._last = (x, features)
+        return features
+
+    def forward(self, x: torch.Tensor, task_labels: torch.Tensor | int | None) -> torch.Tensor:
+        if task_labels is None:  # Avalanche's convention: every head's output, by task label
+            return self.forward_all_tasks(x)
+        features = self._features(x)
+        if isinstance(task_labels, int):
+            return self.model.heads[self.task_names[task_labels]](features)
+        tasks = task_labels.unique().tolist()
+        if len(tasks) == 1:
+            return self.model.heads[self.task_names[tasks[0]]](features)
+        # Mixed batch (replay): pad each task's logits with -inf, so padding takes no probability mass
+        # (Avalanche pads with zeros, which would leak into the cross-entropy of smaller heads).
+        width = max(len(self.model.heads[self.task_names[t]].linear.weight) for t in tasks)
+        out = features.new_full((len(x), width), float("-inf"))
+        for t in tasks:
+            mask = task_labels == t
+            logits = self.model.heads[self.task_names[t]](features[mask])
+            out[mask, : logits.shape[1]] = logits
+        return out
+
+    def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
+        return self.forward(x, task_label)
+
+    def forward_all_tasks(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        features = self._features(x)
+        return {t: self.model.heads[name](features) for t, name in enumerate(self.task_names)}
+
+    def train(self, mode: bool = True) -> _Heads:
+        self.model.train(mode)  # TaskModel.train keeps BatchNorm frozen when configured
+        self.training = mode
+        return self
+
+    def __getstate__(self):  # deep copies (LwF's previous model) must not drag the cached graph along
+        state = self.__dict__.copy()
+        state["_last"] = None
+        return state
+
+
+def _experience(task: TaskData, label: int):
+    """One Avalanche experience over our uint8 tensors, with task label `label` on every sample."""
+    images, targets = task.train.images, task.train.labels
+    dataset = TaskAwareSupervisedClassificationDataset(
+        [TensorDataset(images, targets)],
+        data_attributes=[DataAttribute(targets, "targets"),
+                         DataAttribute(torch.full_like(targets, label), "targets_task_labels", use_in_getitem=True)],
+    )
+    return with_task_labels(benchmark_from_datasets(train=[dataset])).train_stream[0]
+
+
+class _Strategy(SupervisedTemplate):
+    """Avalanche's supervised template with our optimiser, schedule, clipping, progress bar and loss log."""
+
+    def __init__(self, *, model: TaskModel, trainer: Trainer, plugins: list[SupervisedPlugin], penalty: str):
+        t = trainer.training
+        self.heads = _Heads(model)
+        self.trainer = trainer
+        self.penalty = penalty  # name of the term the plugin adds to the loss, for the log
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Nn]o loggers.*")
+            super().__init__(model=self.heads, optimizer=trainer.make_optimizer(list(model.parameters())),
+                             criterion=torch.nn.CrossEntropyLoss(), train_mb_size=t.batch_size,
+                             train_epochs=t.epochs, eval_mb_size=t.eval_batch_size, device=trainer.device,
+                             plugins=plugins, evaluator=EvaluationPlugin(loggers=[]), eval_every=-1)
+
+    def make_optimizer(self, **kwargs) -> None:
+        task = self.heads.task_names[-1]
+        self.params = self.trainer.trainable_parameters(self.heads.model, task)
+        self.optimizer = self.trainer.make_optimizer(self.params)
+
+    def _before_training_exp(self, **kwargs) -> None:
+        super()._before_training_exp(**kwargs)  # plugins may swap the dataloader here (replay)
+        total = self.train_epochs * len(self.dataloader)
+        self.schedule = self.trainer.make_schedule(self.optimizer, total)
+        self.bar = tqdm(total=total, desc=self.label, unit="step", disable=not self.trainer.progress)
+        self.iterations = 0
+
+    def _before_training_epoch(self, **kwargs) -> None:
+        super()._before_training_epoch(**kwargs)
+        self.sums: dict[str, torch.Tensor] = {}  # mean loss terms over the last epoch, as Trainer.fit logs
+        self.epoch_iterations = 0
+
+    def criterion(self) -> torch.Tensor:
+        ce = super().criterion()
+        self._ce = ce.detach()
+        return ce
+
+    def optimizer_step(self) -> None:
+        if self.trainer.training.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.trainer.training.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+        terms = {"ce": self._ce}
+        if self.penalty:
+            terms[self.penalty] = self.loss.detach() - self._ce
+        for k, v in terms.items():  # accumulate on device: no sync per step
+            self.sums[k] = self.sums.get(k, 0) + v
+        self.iterations += 1
+        self.epoch_iterations += 1
+        self.bar.update(1)
+        if self.epoch_iterations % self.trainer.log_every == 0:
+            self.bar.set_postfix({k: f"{float(v) / self.epoch_iterations:.3f}" for k, v in self.sums.items()})
+
+
+class _AvalancheMethod:
+    """Shared by the four baselines: one Avalanche strategy kept across tasks, trained one task at a time."""
+
+    name = ""
+    penalty = ""  # the loss term the plugin adds, as logged
+
+    def __init__(self, options, *, pretrained=None):
+        self.options = options
+        self.strategy: _Strategy | None = None
+
+    def plugins(self) -> list[SupervisedPlugin]:
+        return []
+
+    def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
+        if self.strategy is None:
+            self.strategy = _Strategy(model=model, trainer=trainer, plugins=self.plugins(), penalty=self.penalty)
+        strategy = self.strategy
+        strategy.heads.task_names.append(task.name)
+        strategy.label = f"{self.name} {step}:{task.name}"
+        start = time.perf_counter()
+        strategy.train(_experience(task, label=step - 1), eval_streams=[])
+        strategy.bar.close()
+        strategy.heads._last = None
+        losses = {k: float(v) / max(1, strategy.epoch_iterations) for k, v in strategy.sums.items()}
+        for k, v in losses.items():
+            if not math.isfinite(v):
+                raise FloatingPointError(f"loss term '{k}' became {v} while training task '{task.name}'")
+        return FitStats(steps=strategy.iterations, seconds=time.perf_counter() - start, losses=losses,
+                        extra=self.extra())
+
+    def extra(self) -> dict:
+        return {}
+
+
+class Naive(_AvalancheMethod):
+    """Avalanche's Naive strategy: fine-tuning with no protection against forgetting (parity check)."""
+
+    name = "naive"
+    Options = NaiveOptions
+
+
+class EWC(_AvalancheMethod):
+    """Avalanche's EWCPlugin: a quadratic penalty weighted by each parameter's importance on past tasks."""
+
+    name = "ewc"
+    Options = EWCOptions
+    penalty = "ewc"
+
+    def plugins(self) -> list[SupervisedPlugin]:
+        o = self.options
+        return [EWCPlugin(ewc_lambda=o.lambda_, mode=o.mode, decay_factor=o.decay)]
+
+
+class LwF(_AvalancheMethod):
+    """Avalanche's LwFPlugin: distil every previous head's outputs from the model after the last task."""
+
+    name = "lwf"
+    Options = LwFOptions
+    penalty = "lwf"
+
+    def plugins(self) -> list[SupervisedPlugin]:
+        return [LwFPlugin(alpha=self.options.alpha, temperature=self.options.temperature)]
+
+
+class _ReplayPlugin(ReplayPlugin):
+    def after_training_exp(self, strategy, **kwargs):
+        # What ReplayPlugin does, minus the deprecated `update` shim it still goes through in avalanche
+        # 0.6 (which warns on every task): store samples of the experience just learned.
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+
+
+class Replay(_AvalancheMethod):
+    """Avalanche's ReplayPlugin: an experience-balanced buffer of past images mixed into each batch."""
+
+    name = "replay"
+    Options = ReplayOptions
+
+    def plugins(self) -> list[SupervisedPlugin]:
+        self.replay = _ReplayPlugin(mem_size=self.options.memory_size)
+        return [self.replay]
+
+    def extra(self) -> dict:
+        return {"buffer_images": len(self.replay.storage_policy.buffer)}

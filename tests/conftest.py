@@ -1,0 +1,28 @@
+import json
+
+import pytest
+
+TINY_CLIP_ARCH = "continual-tiny-vit"
+# A CLIP small enough for CPU tests, in the spirit of open_clip's own tests: width 32, 4 blocks, 32 px.
+# The text tower keeps the real BPE vocabulary size so the tokenizer's ids are valid embeddings.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 16,
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    "vision_cfg": {"image_size": 32, "layers": 4, "width": 32, "head_width": 16, "patch_size": 8},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """(arch, checkpoint path): the tiny config registered with open_clip, random weights (seed 0) saved
+    as a plain state dict, as a user's local checkpoint would be."""
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    (folder / f"{TINY_CLIP_ARCH}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(folder / f"{TINY_CLIP_ARCH}.json")
+    torch.manual_seed(0)
+    checkpoint = folder / "tiny-clip.pt"
+    torch.save(open_clip.create_model(TINY_CLIP_ARCH).state_dict(), checkpoint)
+    return TINY_CLIP_ARCH, checkpoint
