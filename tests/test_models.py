@@ -327,3 +327,13 @@ def test_task_model_routes_to_the_task_head():
     model(x, "b").sum().backward()
     assert heads["b"].linear.weight.grad is not None and heads["a"].linear.weight.grad is None
     assert backbone.visual.conv1.weight.grad is not None
+
+
+def test_inference_form_matches_features(effnet):
+    x = effnet.preprocess(uint8_images(8, 64, seed=3))
+    fused = effnet.for_inference().eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in effnet.modules())  # the original is untouched
+    effnet.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), effnet(x), atol=2e-4, rtol=1e-4)
