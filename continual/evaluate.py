@@ -32,7 +32,7 @@ def extract_features(backbone: Backbone, split: Split, *, batch_size: int, devic
 
 
 def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, normalize: bool,
-                    max_iter: int = 100) -> Head:
+                    max_iter: int = 100, l2: float = 1e-2) -> Head:
     """Multinomial logistic regression on frozen features, full-batch L-BFGS, returned as a `Head` that
     takes raw features (the standardisation used for conditioning is folded into its weights)."""
     labels = labels.to(features.device)
@@ -41,8 +41,10 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: i
     z = (x - mean) / std
     weight = torch.zeros(num_classes, x.shape[1], device=x.device, requires_grad=True)
     bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
-    # L2 of 1/N on the mean loss = scikit-learn's default LogisticRegression(C=1).
-    l2 = 1.0 / len(labels)
+    # L2 on the weights of the standardised features, on the mean loss. scikit-learn's default (C=1,
+    # i.e. 1/N here) leaves separable features with huge weights: measured on MNIST at 64 px, fine-tuning
+    # from such a head first *lost* accuracy (0.909 -> 0.820) and varied by 9 points between seeds; at
+    # 1e-2 the probe is as accurate (0.905) and fine-tuning then improves it (0.911, 0.921 for 2 seeds).
     opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=10,
                             line_search_fn="strong_wolfe")
 
