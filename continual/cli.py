@@ -1,4 +1,4 @@
-"""`continual run | validate | list`. Bad input exits with status 2 and one message per problem."""
+"""`continual run | validate | list | report`. Bad input exits with status 2 and one message per problem."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("files", type=Path, nargs="+")
 
     sub.add_parser("list", help="datasets (and whether their files are here), models and methods")
+
+    report = sub.add_parser("report", help="write index.html, summary.md and summary.csv for run folders "
+                            "(several folders of one sequence, e.g. seeds, give mean ± std)")
+    report.add_argument("folders", type=Path, nargs="+", metavar="RUN_FOLDER", help="<out>/<sequence name>")
+    report.add_argument("--out", type=Path, help="where to write (default: the first run folder)")
     return parser
 
 
@@ -36,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "validate":
             return _validate(args.files)
+        if args.command == "report":
+            return _report(args)
         return _list()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -51,6 +58,18 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--methods", [("", "no method named")])
     folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence), progress=not args.quiet)
     print(f"results in {folder}/")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from continual.report import ReportError, write_report
+
+    try:
+        out = write_report(args.folders, args.out)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report in {out / 'index.html'} (and summary.md, summary.csv)")
     return 0
 
 

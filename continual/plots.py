@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -38,3 +39,182 @@ def curves_png(matrix: pd.DataFrame, *, title: str, n_steps: int) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+# Report figures. Accuracies are drawn in percent, as papers print them; every function takes the
+# method order so that a method keeps its colour and marker in every figure (and while a run goes).
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]  # a second cue besides colour, for greyscale print
+
+
+def method_style(methods: list[str]) -> dict[str, dict]:
+    """method -> matplotlib line style (colour and marker), fixed by the method's position."""
+    return {m: {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)]} for i, m in enumerate(methods)}
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def heatmap_png(matrix: pd.DataFrame, *, title: str, tasks: list[str], n_steps: int) -> bytes:
+    """The accuracy matrix as annotated cells: rows = steps 0..n_steps, columns = tasks then probes.
+    Cells where a task is learned are boxed; steps not reached (an incomplete run) are left blank."""
+    columns = list(matrix.columns)
+    values = matrix.reindex(range(n_steps + 1)).to_numpy(dtype=float) * 100
+    fig = Figure(figsize=(1.0 + 0.95 * len(columns), 1.2 + 0.42 * (n_steps + 1)), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    # No colour bar: every cell is printed, and a colour bar doubles the drawing time (the report is
+    # redrawn after every step).
+    ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v = values[i, j]
+            text = "–" if v != v else f"{v:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="white" if v != v or v < 60 else "black")
+    for j, col in enumerate(columns):
+        if col in tasks:  # box the cell where the task is learned: its plasticity
+            step = tasks.index(col) + 1
+            ax.add_patch(_box(j, step))
+    if len(tasks) < len(columns):
+        ax.axvline(len(tasks) - 0.5, color="white", linewidth=3)
+    ax.set_xticks(range(len(columns)), [c.removeprefix("probe:").replace(":", "\n") if c.startswith("probe:")
+                                        else c for c in columns], fontsize=8)
+    ax.set_yticks(range(n_steps + 1))
+    ax.set_xlabel("evaluated on (task, then probe)")
+    ax.set_ylabel("step (tasks trained)")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def _box(j: int, i: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.8, clip_on=False)
+
+
+def _std(std: dict[str, pd.DataFrame], method: str, column: str, index) -> np.ndarray | None:
+    """The std column in percent, aligned with the mean's steps; None where there is none (one run)."""
+    if method not in std or column not in std[method]:
+        return None
+    return std[method][column].reindex(index).to_numpy() * 100
+
+
+def _band(ax, x, mean, std, style: dict, label: str, *, markersize: float = 4) -> None:
+    ax.plot(x, mean, color=style["color"], marker=style["marker"], markersize=markersize, label=label)
+    if std is not None and np.isfinite(std).any():
+        ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.15, linewidth=0)
+
+
+def forgetting_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFrame], *, methods: list[str],
+                          tasks: list[str], n_steps: int) -> bytes:
+    """One panel per task: its accuracy against the step, one line per method (shaded ± std over runs).
+    The grey part of a panel is before the task is learned (transfer); the dotted line marks the step
+    it is learned."""
+    style = method_style(methods)
+    ncols = min(len(tasks), 4)
+    nrows = -(-len(tasks) // ncols)
+    fig = Figure(figsize=(3.0 * ncols + 0.4, 2.6 * nrows + 0.7), dpi=110, layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    for k, task in enumerate(tasks):
+        ax = axes[k]
+        learned = k + 1
+        ax.axvspan(-0.3, learned - 0.5, color="0.92", linewidth=0)
+        ax.axvline(learned, color="0.3", linestyle=":", linewidth=1)
+        for method in methods:
+            if method not in mean or task not in mean[method]:
+                continue
+            m = mean[method][task] * 100
+            s = _std(std, method, task, m.index)
+            _band(ax, m.index, m.to_numpy(), s, style[method], method)
+            if learned in m.index:
+                ax.plot(learned, m[learned], marker="*", markersize=13, color=style[method]["color"],
+                        markeredgecolor="black", markeredgewidth=0.5, linestyle="none")
+        ax.set_title(f"task {learned}: {task}", fontsize=10)
+        ax.set_xlim(-0.3, n_steps + 0.3)
+        ax.set_xticks(range(n_steps + 1))
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("step (tasks trained)")
+        if k % ncols == 0:
+            ax.set_ylabel("accuracy (%)")
+    for ax in axes[len(tasks):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=9,
+               title="★ learned here; grey: before it is learned", title_fontsize=8)
+    return _png(fig)
+
+
+def concept_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFrame], *, methods: list[str],
+                       probes: list[str], n_steps: int) -> bytes:
+    """One panel per probe column: accuracy minus the pre-trained model's (percentage points) against
+    the step, one line per method. Below zero is concept forgetting."""
+    style = method_style(methods)
+    ncols = min(len(probes), 3)
+    nrows = -(-len(probes) // ncols)
+    fig = Figure(figsize=(3.6 * ncols + 1.6, 2.8 * nrows + 0.3), dpi=110, layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    for k, probe in enumerate(probes):
+        ax = axes[k]
+        ax.axhline(0, color="0.3", linewidth=1)
+        for method in methods:
+            if method not in mean or probe not in mean[method]:
+                continue
+            m = mean[method][probe] * 100
+            s = _std(std, method, probe, m.index)
+            _band(ax, m.index, m.to_numpy(), s, style[method], method)
+        name = probe.removeprefix("probe:")
+        kind = "zero-shot" if name.endswith(":zero_shot") else "linear probe"
+        ax.set_title(f"{name.removesuffix(':zero_shot')} ({kind})", fontsize=10)
+        ax.set_xlim(-0.3, n_steps + 0.3)
+        ax.set_xticks(range(n_steps + 1))
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("step (tasks trained)")
+        if k % ncols == 0:
+            ax.set_ylabel("Δ accuracy vs pre-trained (pp)")
+    for ax in axes[len(probes):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=9)
+    return _png(fig)
+
+
+def summary_png(points: pd.DataFrame, *, methods: list[str]) -> bytes:
+    """Final average accuracy against average forgetting, one labelled point per method (± std bars when
+    there are several runs). `points`: index method; columns acc, acc_std, forgetting, forgetting_std
+    (fractions). Methods with no value (incomplete) are left out and named under the axis."""
+    style = method_style(methods)
+    fig = Figure(figsize=(5.2, 4.0), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    shown, missing = [], []
+    for method in methods:
+        if method not in points.index or not np.isfinite(points.loc[method, ["acc", "forgetting"]]).all():
+            missing.append(method)
+            continue
+        row = points.loc[method] * 100
+        ax.errorbar(row["forgetting"], row["acc"], xerr=_nan0(row["forgetting_std"]), yerr=_nan0(row["acc_std"]),
+                    color=style[method]["color"], marker=style[method]["marker"], markersize=8, capsize=3,
+                    linestyle="none", markeredgecolor="black", markeredgewidth=0.5)
+        ax.annotate(method, (row["forgetting"], row["acc"]), xytext=(6, 5), textcoords="offset points", fontsize=9)
+        shown.append(row)
+    if shown:  # limits that hold every point with its error bars and label
+        xs = [r["forgetting"] + d * (_nan0(r["forgetting_std"]) or 0) for r in shown for d in (-1, 1)]
+        ys = [r["acc"] + d * (_nan0(r["acc_std"]) or 0) for r in shown for d in (-1, 1)]
+        padx = max(5.0, 0.15 * (max(xs) - min(xs)))
+        pady = max(5.0, 0.15 * (max(ys) - min(ys)))
+        ax.set_xlim(min(xs) - padx, max(xs) + 2 * padx)
+        ax.set_ylim(max(0, min(ys) - pady), min(100, max(ys) + pady))
+    ax.set_xlabel("average forgetting F_T (pp, lower is better)")
+    ax.set_ylabel("final average accuracy A_T (%)")
+    ax.set_title("better: towards the top left", fontsize=9, loc="left")
+    ax.grid(alpha=0.3)
+    if missing:
+        ax.text(0.0, -0.2, f"not shown (incomplete or missing): {', '.join(missing)}", transform=ax.transAxes,
+                fontsize=8, va="top")
+    return _png(fig)
+
+
+def _nan0(v: float) -> float | None:
+    return None if v != v else v

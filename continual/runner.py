@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from continual.data import TaskData
 from continual.evaluate import Evaluation, evaluate
 from continual.methods import METHODS
 from continual.models import Backbone, Head, TaskModel
+from continual.report import write_report
 from continual.results import atomic_write, write_step
 from continual.train import Trainer
 
@@ -71,7 +73,18 @@ def run_sequence(seq: Sequence, *, out: str | Path = "reports", methods: list[st
     start = Start.measure(seq, inputs, device=device)
     for name in names:
         run_method(seq, name, inputs, start, folder=folder / name, device=device, progress=progress)
+    _report(folder)
     return folder
+
+
+def _report(folder: Path) -> None:
+    """index.html, summary.md, summary.csv of the run folder, redrawn after every step (~1 s: only the
+    figures whose numbers changed are drawn again). A report that fails warns instead of stopping the
+    run: the results are on disk and `continual report` can draw it again."""
+    try:
+        write_report([folder], record_environment=True)
+    except Exception as err:  # noqa: BLE001 - hours of training outweigh a figure
+        warnings.warn(f"{folder}: report not written: {type(err).__name__}: {err}", stacklevel=2)
 
 
 @dataclass
@@ -124,6 +137,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, folder
     rows = [result.row]
     timings = [{"step": 0, "fit_seconds": 0.0, "eval_seconds": start.seconds}]
     write_step(folder, method=name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings)
+    _report(folder.parent)
     for step, task in enumerate(tasks, start=1):
         if task.name in result.future_heads:  # linear_probe: the head fit on the features as they are now
             model.heads[task.name] = copy.deepcopy(result.future_heads[task.name])
@@ -139,3 +153,4 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, folder
         timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
                         "train_steps": stats.steps, "losses": stats.losses, **stats.extra})
         write_step(folder, method=name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings)
+        _report(folder.parent)

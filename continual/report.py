@@ -1,0 +1,664 @@
+"""The report of one or more run folders: what a researcher pastes into a paper or an issue.
+
+    write_report([Path("reports/mnist-fashion-animals")])   # -> index.html, summary.md, summary.csv there
+    tables = load_tables("reports/mnist-fashion-animals")   # tidy pandas frames of one run folder
+
+Several folders of the same sequence (e.g. seeds: `continual run seq.yaml --set seed=1 --out runs/s1`)
+are aggregated as mean ± std (sample std, n − 1) over the runs where a method is complete; one folder
+gives n = 1 and no std. A method that is missing, unreadable or incomplete in a run is shown as such and
+counts in no mean. The metrics and their formulas are in `continual.metrics`.
+
+Reads numbers from files only: no torch, no models (torch is consulted for the GPU name only when the
+calling process has already imported it, i.e. inside `continual run`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import importlib.metadata
+import json
+import os
+import pickle
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from continual import metrics, plots
+from continual.results import atomic_write
+
+# How each summary metric is labelled in the tables, in table order.
+LABELS = {
+    "final_average_accuracy": "A_T (final avg acc)",
+    "average_incremental_accuracy": "avg incremental acc",
+    "forgetting": "forgetting F_T",
+    "bwt": "BWT",
+    "plasticity": "plasticity",
+    "forward_transfer": "FWT",
+    "zscl_transfer": "Transfer",
+    "zscl_avg": "Avg",
+    "zscl_last": "Last",
+}
+MAIN = ["final_average_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "plasticity"]
+TRANSFER = ["zscl_transfer", "zscl_avg", "zscl_last", "forward_transfer"]
+PACKAGES = ["torch", "torchvision", "open_clip_torch", "avalanche-lib", "numpy", "pandas", "matplotlib", "continual"]
+ENVIRONMENT = "environment.json"
+
+
+class ReportError(Exception):
+    """A folder that cannot be reported on (not there, not a run folder, another sequence)."""
+
+
+@dataclass
+class MethodRun:
+    """One method in one run folder."""
+
+    name: str
+    status: str  # complete | incomplete | missing | unreadable
+    note: str = ""  # e.g. "2 of 3 steps", or the read error
+    matrix: pd.DataFrame | None = None  # indexed by step
+    doc: dict | None = None  # metrics.json
+
+
+@dataclass
+class Run:
+    """One run folder, read back."""
+
+    folder: Path
+    name: str
+    seed: object
+    config_text: str
+    tasks: list[str]
+    probes: list[str]
+    methods: dict[str, MethodRun] = field(default_factory=dict)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.tasks)
+
+
+def read_run(folder: str | Path) -> Run:
+    """A run folder as written by `continual run`, or ReportError naming the folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: no such run folder")
+    config_path = folder / "config.yaml"
+    config, config_text = {}, ""
+    if config_path.is_file():
+        config_text = config_path.read_text()
+        try:
+            config = yaml.safe_load(config_text) or {}
+        except yaml.YAMLError as err:
+            raise ReportError(f"{config_path}: unreadable YAML ({str(err).splitlines()[0]})") from None
+    found = sorted(p.parent.name for p in folder.glob("*/accuracy_matrix.csv"))
+    if not config_text and not found:
+        raise ReportError(f"{folder}: not a run folder (no config.yaml and no <method>/accuracy_matrix.csv)")
+    configured = [m if isinstance(m, str) else next(iter(m)) for m in config.get("methods") or []]
+    names = configured + [m for m in found if m not in configured]
+
+    methods = {}
+    for name in names:
+        methods[name] = _read_method(folder / name, name)
+    tasks = [t["name"] for t in config.get("tasks") or []]
+    if not tasks:  # no config: the matrix columns that are not probes
+        tasks = next((_task_columns(m.matrix) for m in methods.values() if m.matrix is not None), [])
+    probes = []
+    for m in methods.values():
+        if m.matrix is not None:
+            probes += [c for c in m.matrix.columns if c.startswith("probe:") and c not in probes]
+    run = Run(folder=folder, name=config.get("name") or folder.name, seed=config.get("seed"),
+              config_text=config_text, tasks=tasks, probes=probes, methods=methods)
+    for m in methods.values():
+        _set_status(m, run)
+    return run
+
+
+def _task_columns(matrix: pd.DataFrame) -> list[str]:
+    return [c for c in matrix.columns if not c.startswith("probe:")]
+
+
+def _read_method(folder: Path, name: str) -> MethodRun:
+    if not (folder / "accuracy_matrix.csv").is_file():
+        return MethodRun(name, "missing", "no results written")
+    try:
+        matrix = pd.read_csv(folder / "accuracy_matrix.csv", index_col="step")
+        doc = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else None
+    except (ValueError, OSError, KeyError) as err:
+        return MethodRun(name, "unreadable", f"{type(err).__name__}: {err}")
+    return MethodRun(name, "", matrix=matrix, doc=doc)
+
+
+def _set_status(m: MethodRun, run: Run) -> None:
+    if m.matrix is None:
+        return
+    missing = [t for t in run.tasks if t not in m.matrix.columns]
+    if missing:
+        m.status, m.note, m.matrix = "unreadable", f"no column for task(s) {', '.join(missing)}", None
+        return
+    done = len(m.matrix) - 1
+    says_complete = m.doc is None or bool(m.doc.get("complete", True))
+    if done == run.n_steps and says_complete:
+        m.status = "complete"
+    else:
+        m.status, m.note = "incomplete", f"{max(done, 0)} of {run.n_steps} steps"
+
+
+def _method_tables(m: MethodRun, run: Run) -> dict[str, pd.DataFrame]:
+    """Tidy rows of one method: matrix, per-step metrics, final metrics (NaN unless complete)."""
+    out = {}
+    if m.matrix is not None:
+        mat = m.matrix.reset_index().melt(id_vars="step", var_name="column", value_name="accuracy")
+        out["matrix"] = mat.assign(method=m.name)[["method", "step", "column", "accuracy"]]
+        R = m.matrix[run.tasks].to_numpy(dtype=float)
+        per_step = {"average_accuracy": metrics.average_accuracy(R), "forgetting": metrics.forgetting(R),
+                    "bwt": metrics.backward_transfer(R)}
+        probes = [p for p in run.probes if p in m.matrix.columns]
+        if probes:
+            delta = metrics.concept_forgetting(m.matrix[probes].to_numpy(dtype=float))
+            per_step.update({f"concept_delta:{p}": delta[:, k] for k, p in enumerate(probes)})
+        frame = pd.DataFrame(per_step, index=m.matrix.index).rename_axis("step").reset_index()
+        out["metrics"] = frame.melt(id_vars="step", var_name="metric", value_name="value").assign(method=m.name)[
+            ["method", "step", "metric", "value"]]
+    R = m.matrix[run.tasks].to_numpy(dtype=float) if m.matrix is not None else np.full((0, len(run.tasks)), np.nan)
+    P = m.matrix.reindex(columns=run.probes).to_numpy(dtype=float) if m.matrix is not None else None
+    final = metrics.final_metrics(R, P, tasks=run.tasks, probes=run.probes)
+    out["summary"] = pd.DataFrame({"method": m.name, "metric": list(final), "value": list(final.values())})
+    return out
+
+
+def _tables(run: Run) -> dict[str, pd.DataFrame]:
+    parts = [_method_tables(m, run) for m in run.methods.values()]
+    columns = {"matrix": ["method", "step", "column", "accuracy"], "metrics": ["method", "step", "metric", "value"],
+               "summary": ["method", "metric", "value"]}
+    out = {}
+    for key, cols in columns.items():
+        frames = [p[key] for p in parts if key in p]
+        out[key] = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    out["status"] = pd.DataFrame([{"method": m.name, "status": m.status, "note": m.note}
+                                  for m in run.methods.values()], columns=["method", "status", "note"])
+    out["timings"] = _timings(run)
+    return out
+
+
+def load_tables(run_folder: str | Path) -> dict[str, pd.DataFrame]:
+    """Tidy frames of one run folder:
+        "matrix"   method, step, column, accuracy        (every cell of every accuracy matrix)
+        "metrics"  method, step, metric, value           (average_accuracy, forgetting, bwt, concept_delta:<probe>)
+        "summary"  method, metric, value                 (continual.metrics.final_metrics; NaN unless complete)
+        "status"   method, status, note                  (complete | incomplete | missing | unreadable)
+        "timings"  method, fit_seconds, eval_seconds, step0_seconds, train_steps, ...   (one row per method)
+    """
+    return _tables(read_run(run_folder))
+
+
+def _timings(run: Run) -> pd.DataFrame:
+    rows = []
+    for m in run.methods.values():
+        steps = [t for t in (m.doc or {}).get("timings", []) if isinstance(t, dict)]
+        if not steps:
+            continue
+        later = [t for t in steps if t.get("step", 0) > 0]
+        row = {"method": m.name,
+               "fit_seconds": sum(t.get("fit_seconds", 0.0) for t in later),
+               "eval_seconds": sum(t.get("eval_seconds", 0.0) for t in later),
+               "step0_seconds": sum(t.get("eval_seconds", 0.0) for t in steps if t.get("step", 0) == 0),
+               "train_steps": sum(t.get("train_steps", 0) for t in later)}
+        row["total_seconds"] = row["fit_seconds"] + row["eval_seconds"]
+        if any("buffer_images" in t for t in later):
+            row["buffer_images"] = max(t.get("buffer_images", 0) for t in later)
+        if later and later[-1].get("losses"):
+            row["last_losses"] = ", ".join(f"{k} {v:.3g}" for k, v in later[-1]["losses"].items())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method", "fit_seconds", "eval_seconds", "step0_seconds", "train_steps",
+                                       "total_seconds", *({"buffer_images", "last_losses"} & {
+                                           k for r in rows for k in r})])
+
+
+def aggregate(frames: list[pd.DataFrame], *, by: list[str], value: str = "value") -> pd.DataFrame:
+    """Stack one tidy frame per run and reduce `value` to mean, std (n − 1; NaN for n < 2) and n, the number
+    of runs with a finite value, per `by` group in first-seen order."""
+    stacked = pd.concat(frames, ignore_index=True)
+    grouped = stacked.groupby(by, sort=False)[value]
+    out = grouped.agg(mean="mean", std=lambda v: v.dropna().std(ddof=1) if v.notna().sum() > 1 else np.nan,
+                      n="count").reset_index()
+    out["n"] = out["n"].astype(int)
+    return out
+
+
+# ---------------------------------------------------------------- the report itself
+
+
+def write_report(run_folders: list[Path], out: Path | None = None, *, record_environment: bool = False) -> Path:
+    """Write index.html, summary.md and summary.csv for one or more run folders of one sequence into `out`
+    (default: the first run folder) and return `out`. ReportError, with nothing written, when a folder
+    is not a run folder or the folders hold different sequences. `record_environment` (set by the
+    runner) saves the software and machine of the running process as environment.json in each run
+    folder, so that a report written later, elsewhere, still names the machine that ran."""
+    if not run_folders:
+        raise ReportError("no run folder given")
+    runs = [read_run(f) for f in run_folders]
+    first = runs[0]
+    for run in runs[1:]:
+        if run.name != first.name or run.tasks != first.tasks:
+            raise ReportError(f"{run.folder}: sequence {run.name!r} (tasks {', '.join(run.tasks)}) is not the "
+                              f"sequence of {first.folder} ({first.name!r}, tasks {', '.join(first.tasks)})")
+    out = Path(out) if out is not None else first.folder
+    if record_environment:
+        for run in runs:
+            atomic_write(run.folder / ENVIRONMENT, json.dumps(environment(), indent=1))
+    report = _Report(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "summary.csv", report.summary.to_csv(index=False, float_format="%.6f"))
+    atomic_write(out / "summary.md", report.markdown())
+    atomic_write(out / "index.html", report.html())
+    return out
+
+
+def environment() -> dict:
+    """Software versions (from package metadata, nothing imported) and the machine of this process."""
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": _processor()}
+    torch = sys.modules.get("torch")  # importing torch costs seconds; only ask a process that has it loaded
+    if torch is not None and torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name(0)
+    return {"versions": versions, "machine": machine}
+
+
+def _processor() -> str:
+    try:  # platform.processor() is often empty on Linux; /proc/cpuinfo names the model
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+_NUMBER = re.compile(r"^[-+]?[0-9.]+( ± [0-9.]+)?$|^—$")
+
+
+@dataclass
+class _Table:
+    """A table rendered to both Markdown and HTML; `bold` marks (row, column) cells."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)
+
+    def markdown(self) -> str:
+        def cell(i, j, text):
+            return f"**{text}**" if (i, j) in self.bold else text
+
+        lines = ["| " + " | ".join(self.headers) + " |", "|" + "|".join("---" for _ in self.headers) + "|"]
+        lines += ["| " + " | ".join(cell(i, j, c) for j, c in enumerate(row)) + " |" for i, row in enumerate(self.rows)]
+        return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        text = [bool(self.rows) and not _NUMBER.match(self.rows[0][j]) for j in range(len(self.headers))]
+        head = "".join(f"<th{' class=text' if t else ''}>{html.escape(h)}</th>" for h, t in zip(self.headers, text))
+        body = "".join(
+            "<tr>" + "".join(f"<td{'' if _NUMBER.match(c) else ' class=text'}>"
+                             f"{'<b>' if (i, j) in self.bold else ''}{html.escape(c)}"
+                             f"{'</b>' if (i, j) in self.bold else ''}</td>" for j, c in enumerate(row)) + "</tr>"
+            for i, row in enumerate(self.rows))
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(mean: float, std: float, n: int, *, scale: float = 100, digits: int = 1, sign: bool = False) -> str:
+    if n == 0 or mean != mean:
+        return "—"
+    text = f"{mean * scale:+.{digits}f}" if sign else f"{mean * scale:.{digits}f}"
+    return text if n < 2 or std != std else f"{text} ± {std * scale:.{digits}f}"
+
+
+class _Report:
+    """Everything the three files show, computed once from the runs."""
+
+    def __init__(self, runs: list[Run]):
+        self.runs = runs
+        self.first = runs[0]
+        self.tasks = self.first.tasks
+        self.n_steps = self.first.n_steps
+        self.methods = list(dict.fromkeys(m for r in runs for m in r.methods))
+        self.probes = list(dict.fromkeys(p for r in runs for p in r.probes))
+        tables = [_tables(r) for r in runs]
+        for k, t in enumerate(tables):
+            for key in ("matrix", "summary"):
+                t[key]["run"] = k
+        self.summary = aggregate([t["summary"] for t in tables], by=["method", "metric"])
+        self.summary = self.summary[self.summary["method"].isin(self.methods)]
+        self._values = {(m, k): (float(a), float(b), int(n)) for m, k, a, b, n in
+                        self.summary[["method", "metric", "mean", "std", "n"]].itertuples(index=False)}
+        self.matrix = pd.concat([t["matrix"] for t in tables], ignore_index=True)
+        timing_frames = [t["timings"].melt(id_vars="method", var_name="metric", value_name="value")
+                         for t in tables if len(t["timings"])]
+        self.timings = pd.DataFrame()
+        self.losses = {}
+        if timing_frames:
+            stacked = pd.concat(timing_frames, ignore_index=True)
+            numeric = stacked[stacked["metric"] != "last_losses"].astype({"value": float})
+            self.timings = aggregate([numeric], by=["method", "metric"])
+            losses = stacked[(stacked["metric"] == "last_losses") & stacked["value"].notna()]
+            self.losses = {r["method"]: str(r["value"]) for _, r in losses.iterrows() if r["method"] not in self.losses}
+        self.mean, self.std = self._mean_matrices()
+
+    # --- numbers
+
+    def value(self, method: str, metric: str) -> tuple[float, float, int]:
+        """(mean, std, n) of a summary metric; (NaN, NaN, 0) where there is none."""
+        return self._values.get((method, metric), (np.nan, np.nan, 0))
+
+    def status(self, method: str) -> str:
+        states = [r.methods[method] if method in r.methods else MethodRun(method, "missing", "not in this run")
+                  for r in self.runs]
+        done = sum(s.status == "complete" for s in states)
+        if done == len(states):
+            return "complete" if len(states) == 1 else f"complete ({done} runs)"
+        bad = [(k, f"{s.status}{f' ({s.note})' if s.note else ''}") for k, s in enumerate(states, start=1)
+               if s.status != "complete"]
+        if len(states) == 1:
+            return bad[0][1]
+        return f"{done} of {len(states)} runs complete; " + "; ".join(f"run {k}: {text}" for k, text in bad)
+
+    def _mean_matrices(self) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+        """method -> matrix (index step, columns tasks then probes) of the mean over runs, and of the std."""
+        cells = self.matrix.groupby(["method", "step", "column"], sort=False)["accuracy"].agg(["mean", "std"])
+        mean, std = {}, {}
+        for method in self.methods:
+            if method not in cells.index.get_level_values(0):
+                continue
+            one = cells.loc[method]
+            cols = [c for c in self.tasks + self.probes if c in one.index.get_level_values("column")]
+            mean[method] = one["mean"].unstack("column")[cols]
+            std[method] = one["std"].unstack("column")[cols]
+        return mean, std
+
+    # --- tables
+
+    def _metric_table(self, names: list[str], *, higher_better: dict[str, bool], label, sign=()) -> _Table:
+        headers = ["method", *(label(n) for n in names)]
+        rows, bold = [], set()
+        for method in self.methods:
+            rows.append([method] + [_fmt(*self.value(method, n), sign=n in sign) for n in names])
+        for j, name in enumerate(names, start=1):
+            means = [self.value(m, name)[0] for m in self.methods]
+            finite = [v for v in means if v == v]
+            if len(finite) > 1:
+                best = max(finite) if higher_better[name] else min(finite)
+                bold |= {(i, j) for i, v in enumerate(means) if v == best}
+        return _Table(headers, rows, bold)
+
+    def main_table(self) -> _Table:
+        names = MAIN + [f"concept_delta:{p}" for p in self.probes]
+        better = {n: metrics.FINAL[n][1] for n in MAIN} | {n: True for n in names if n.startswith("concept")}
+        table = self._metric_table(names, higher_better=better, sign={"bwt", *names[len(MAIN):]},
+                                   label=lambda n: LABELS.get(n) or "Δ " + n.split(":", 1)[1].removeprefix("probe:"))
+        table.headers.insert(1, "status")
+        for row, method in zip(table.rows, self.methods):
+            row.insert(1, self.status(method))
+        table.bold = {(i, j + 1) for i, j in table.bold}
+        return table
+
+    def transfer_table(self) -> _Table:
+        return self._metric_table(TRANSFER, higher_better={n: metrics.FINAL[n][1] for n in TRANSFER},
+                                  label=LABELS.get, sign={"forward_transfer"})
+
+    def per_task_table(self) -> _Table:
+        names = [f"plasticity:{t}" for t in self.tasks] + [f"forgetting:{t}" for t in self.tasks[:-1]]
+        better = {n: n.startswith("plasticity") for n in names}
+        return self._metric_table(names, higher_better=better,
+                                  label=lambda n: f"{n.split(':')[0]} {self.tasks.index(n.split(':', 1)[1]) + 1}: "
+                                                  f"{n.split(':', 1)[1]}")
+
+    def matrix_table(self, mean: pd.DataFrame, std: pd.DataFrame) -> _Table:
+        n = len(self.runs)
+        headers = ["step", *mean.columns]
+        rows, bold = [], set()
+        for i, step in enumerate(mean.index):
+            rows.append([str(step)] + [_fmt(mean.loc[step, c], std.loc[step, c], n if n > 1 else 1)
+                                       for c in mean.columns])
+            if 1 <= step <= len(self.tasks):
+                bold.add((i, step))  # the diagonal: the task just learned
+        return _Table(headers, rows, bold)
+
+    def timing_table(self) -> _Table:
+        cols = [("fit_seconds", "fit (s)"), ("eval_seconds", "evaluation (s)"), ("total_seconds", "total (s)"),
+                ("step0_seconds", "step 0, shared (s)"), ("train_steps", "optimiser steps")]
+        if len(self.timings) and (self.timings["metric"] == "buffer_images").any():
+            cols.append(("buffer_images", "replay buffer (images)"))
+        found = {(m, k): (a, b, n) for m, k, a, b, n in
+                 self.timings[["method", "metric", "mean", "std", "n"]].itertuples(index=False)} \
+            if len(self.timings) else {}
+        rows = []
+        for method in self.methods:
+            row = [method]
+            for key, _ in cols:
+                digits = 0 if key in ("train_steps", "buffer_images") else 1
+                row.append(_fmt(*found[method, key], scale=1, digits=digits) if (method, key) in found else "—")
+            row.append(self.losses.get(method, "—"))
+            rows.append(row)
+        losses = "loss terms, last step" + (" (first run)" if len(self.runs) > 1 else "")
+        return _Table(["method", *(c[1] for c in cols), losses], rows)
+
+    # --- figures
+
+    def figures(self) -> list[tuple[str, str, bytes]]:
+        """(title, caption, png) in page order."""
+        mean, std = self.mean, self.std
+        runs = (f"mean over the {len(self.runs)} runs that reached each step, shaded ± std" if len(self.runs) > 1
+                else "one run")
+        out = []
+        points = pd.DataFrame({m: {"acc": self.value(m, "final_average_accuracy")[0],
+                                   "acc_std": self.value(m, "final_average_accuracy")[1],
+                                   "forgetting": self.value(m, "forgetting")[0],
+                                   "forgetting_std": self.value(m, "forgetting")[1]} for m in self.methods}).T
+        out.append(("Accuracy against forgetting", "Final average accuracy A_T against average forgetting F_T "
+                    "after the last task, one point per method" + (" (bars: ± std over runs)" if len(self.runs) > 1
+                                                                    else "") + ".",
+                    _draw(plots.summary_png, points, methods=self.methods)))
+        out.append(("Forgetting curves", f"Accuracy on each task after every step ({runs}). Grey: before the "
+                    "task is learned (transfer); ★ and the dotted line: the step it is learned.",
+                    _draw(plots.forgetting_curves_png, mean, std, methods=self.methods, tasks=self.tasks,
+                                                n_steps=self.n_steps)))
+        if self.probes:
+            deltas = {m: (f[[p for p in self.probes if p in f]] - f[[p for p in self.probes if p in f]].loc[0])
+                      for m, f in mean.items() if 0 in f.index}
+            # The std of Δ over runs: Δ is computed per run first (step 0 differs across seeds).
+            d_std = self._delta_std()
+            out.append(("Concept forgetting", "Probe accuracy minus the pre-trained model's (step 0), in "
+                        f"percentage points, after every step ({runs}); below zero: forgotten.",
+                        _draw(plots.concept_curves_png, deltas, d_std, methods=self.methods, probes=self.probes,
+                                                 n_steps=self.n_steps)))
+        return out
+
+    def _delta_std(self) -> dict[str, pd.DataFrame]:
+        if len(self.runs) < 2:
+            return {}
+        probes = self.matrix[self.matrix["column"].isin(self.probes)]
+        base = probes[probes["step"] == 0].set_index(["method", "run", "column"])["accuracy"]
+        delta = probes.assign(delta=probes["accuracy"].to_numpy()
+                              - base.reindex(pd.MultiIndex.from_frame(probes[["method", "run", "column"]])).to_numpy())
+        out = {}
+        for method, frame in delta.groupby("method", sort=False):
+            out[method] = frame.pivot_table(index="step", columns="column", values="delta",
+                                            aggfunc=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan)
+        return out
+
+    def heatmaps(self) -> list[tuple[str, bytes, _Table]]:
+        mean, std = self.mean, self.std
+        out = []
+        for method in self.methods:
+            if method not in mean:
+                continue
+            title = method + (f" (mean of {len(self.runs)} runs)" if len(self.runs) > 1 else "")
+            png = _draw(plots.heatmap_png, mean[method], title=title, tasks=self.tasks, n_steps=self.n_steps)
+            out.append((method, png, self.matrix_table(mean[method], std[method])))
+        return out
+
+    # --- files
+
+    def _runs_line(self) -> str:
+        return ", ".join(f"{r.folder} (seed {r.seed})" for r in self.runs)
+
+    def _legend(self) -> str:
+        n = len(self.runs)
+        agg = (f"mean ± std (sample std) over the {n} runs in which a method is complete"
+               if n > 1 else "one run, no std")
+        return (f"Accuracies and their differences in % (percentage points); {agg}. Bold: best per column. "
+                "Formulas: `continual/metrics.py` module docstring. A_T: average accuracy over all tasks after "
+                "the last; forgetting F_T: best accuracy since learned minus final, averaged over all tasks but "
+                "the last; BWT: final minus right after learning; plasticity: right after learning; Δ <probe>: "
+                "final probe accuracy minus the pre-trained model's (concept forgetting, < 0 = forgotten). "
+                "ZSCL (Zheng et al. 2023) on the T × T matrix after steps 1..T: Transfer = accuracy on each task "
+                "before it is learned (upper triangle, per column then averaged), Avg = all entries, Last = the "
+                "last row; FWT = accuracy on task j just before learning it minus at step 0.")
+
+    def markdown(self) -> str:
+        parts = [f"# {self.first.name}\n", f"Runs: {self._runs_line()}.\n", self._legend() + "\n",
+                 "## Final metrics\n", self.main_table().markdown(),
+                 "## Transfer (ZSCL) and forward transfer\n", self.transfer_table().markdown(),
+                 "## Per task\n", "Plasticity j: accuracy right after learning task j; forgetting j: its best "
+                 "accuracy since then minus its final accuracy.\n", self.per_task_table().markdown(),
+                 "## Accuracy matrices\n", "Rows: step (0 = pre-trained); bold: the step a task is learned.\n"]
+        mean, std = self.mean, self.std
+        for method in self.methods:
+            if method in mean:
+                parts += [f"### {method}\n", self.matrix_table(mean[method], std[method]).markdown()]
+        parts += ["## Wall time\n", "Seconds per method, summed over steps 1..T (step 0, the pre-trained model's "
+                  "evaluation, is shared by all methods and counted separately).\n", self.timing_table().markdown()]
+        return "\n".join(parts)
+
+    def html(self) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        body = [f"<h1>{html.escape(self.first.name)}</h1>",
+                f"<p class=meta>Runs: {html.escape(self._runs_line())}. Report written {started}.</p>",
+                f"<p class=legend>{_code(html.escape(self._legend()))}</p>",
+                "<h2>Final metrics</h2>", self.main_table().html(),
+                "<h2>Transfer (ZSCL) and forward transfer</h2>", self.transfer_table().html()]
+        figures = self.figures()
+        body += [f"<h2>{html.escape(figures[0][0])}</h2>", _figure(*figures[0])]
+        body += ["<h2>Per task</h2>", "<p>Plasticity j: accuracy right after learning task j; forgetting j: its "
+                 "best accuracy since then minus its final accuracy.</p>", self.per_task_table().html()]
+        for title, caption, png in figures[1:]:
+            body += [f"<h2>{html.escape(title)}</h2>", _figure(title, caption, png)]
+        body += ["<h2>Accuracy matrices</h2>", "<p>Rows: step (0 = the pre-trained model with each task's initial "
+                 "head); columns: tasks in sequence order, then probes. Boxed / bold: the step a task is learned."
+                 "</p>"]
+        for method, png, table in self.heatmaps():
+            body += [f"<section class=method><h3>{html.escape(method)}</h3>"
+                     f"<div class=pair>{_img(png, f'accuracy matrix of {method}')}{table.html()}</div></section>"]
+        body += ["<h2>Wall time</h2>", "<p>Seconds per method, summed over steps 1..T; step 0 (evaluating the "
+                 "pre-trained model) is shared by all methods and shown apart.</p>", self.timing_table().html()]
+        body += ["<h2>Configuration</h2>", self._config_html()]
+        body += ["<h2>Software and machine</h2>", self._environment_html()]
+        return _PAGE.format(title=html.escape(f"{self.first.name}: continual report"), body="\n".join(body))
+
+    def _config_html(self) -> str:
+        parts = [f"<p>config.yaml of {html.escape(str(self.first.folder))}:</p>",
+                 f"<pre>{html.escape(self.first.config_text or '(no config.yaml)')}</pre>"]
+        base = _flatten(yaml.safe_load(self.first.config_text or "{}") or {})
+        for run in self.runs[1:]:
+            other = _flatten(yaml.safe_load(run.config_text or "{}") or {})
+            diff = [f"{k}: {base.get(k)!r} → {other.get(k)!r}" for k in dict.fromkeys([*base, *other])
+                    if base.get(k) != other.get(k)]
+            parts.append(f"<p>{html.escape(str(run.folder))} differs in: "
+                         f"{html.escape('; '.join(diff) or 'nothing')}</p>")
+        return "\n".join(parts)
+
+    def _environment_html(self) -> str:
+        parts = []
+        for run in self.runs:
+            path = run.folder / ENVIRONMENT
+            if path.is_file():
+                try:
+                    env, source = json.loads(path.read_text()), f"recorded by the run in {path}"
+                except ValueError:
+                    env = None
+            else:
+                env = None
+            if env is None:
+                env, source = environment(), (f"{run.folder} recorded none; this is the process that wrote the "
+                                              "report, not necessarily the one that ran")
+            items = {**env.get("versions", {}), **env.get("machine", {})}
+            rows = [[k, str(v)] for k, v in items.items()]
+            parts += [f"<p>{html.escape(source)}:</p>", _Table(["software / machine", "version / value"], rows).html()]
+        return "\n".join(parts)
+
+
+# PNGs by a hash of their inputs. While a run goes the report is redrawn after every step, and only the
+# figures of the method that is training change: the others come from here (a drawing is ~0.1-0.5 s).
+_DRAWN: dict[str, bytes] = {}
+
+
+def _draw(fn, *args, **kwargs) -> bytes:
+    key = hashlib.sha256(pickle.dumps((fn.__name__, args, sorted(kwargs.items())))).hexdigest()
+    if key not in _DRAWN:
+        while len(_DRAWN) >= 64:  # the oldest drawings go first (dicts keep insertion order)
+            del _DRAWN[next(iter(_DRAWN))]
+        _DRAWN[key] = fn(*args, **kwargs)
+    return _DRAWN[key]
+
+
+def _flatten(doc, prefix: str = "") -> dict:
+    if isinstance(doc, dict):
+        out = {}
+        for k, v in doc.items():
+            out |= _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(doc, list):
+        out = {}
+        for i, v in enumerate(doc):
+            out |= _flatten(v, f"{prefix}[{i}]")
+        return out
+    return {prefix: doc}
+
+
+def _code(text: str) -> str:
+    """`x` (Markdown code) as <code>x</code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _figure(title: str, caption: str, png: bytes) -> str:
+    return f"<figure>{_img(png, title)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #111; line-height: 1.4; }}
+h1 {{ margin-bottom: 0.2em; }} h2 {{ border-bottom: 1px solid #ccc; margin-top: 1.8em; }}
+.meta, .legend, figcaption {{ color: #444; font-size: 0.9em; }}
+table {{ border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }}
+th {{ background: #f0f0f0; }} td {{ white-space: nowrap; }}
+td.text, th.text, td:first-child, th:first-child {{ text-align: left; white-space: normal; }}
+code {{ font-size: 0.95em; }}
+img {{ max-width: 100%; height: auto; }}
+figure {{ margin: 1em 0; }}
+.pair {{ display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }}
+.pair img {{ max-width: 520px; }}
+pre {{ background: #f6f6f6; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }}
+@media print {{ body {{ max-width: none; }} h2 {{ break-after: avoid; }} figure, table {{ break-inside: avoid; }} }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
