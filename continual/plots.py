@@ -197,7 +197,11 @@ def summary_png(points: pd.DataFrame, *, methods: list[str]) -> bytes:
         ax.errorbar(row["forgetting"], row["acc"], xerr=_nan0(row["forgetting_std"]), yerr=_nan0(row["acc_std"]),
                     color=style[method]["color"], marker=style[method]["marker"], markersize=8, capsize=3,
                     linestyle="none", markeredgecolor="black", markeredgewidth=0.5)
-        ax.annotate(method, (row["forgetting"], row["acc"]), xytext=(6, 5), textcoords="offset points", fontsize=9)
+        # Methods that end up close together (a few points apart) would print their names on top of each
+        # other: move each further label a line above, then below, then two lines above, ...
+        near = sum(abs(r["forgetting"] - row["forgetting"]) < 8 and abs(r["acc"] - row["acc"]) < 4 for r in shown)
+        ax.annotate(method, (row["forgetting"], row["acc"]), xytext=(6, (5, 16, -12, 27, -23)[near % 5]),
+                    textcoords="offset points", fontsize=9)
         shown.append(row)
     if shown:  # limits that hold every point with its error bars and label
         xs = [r["forgetting"] + d * (_nan0(r["forgetting_std"]) or 0) for r in shown for d in (-1, 1)]
