@@ -25,6 +25,15 @@ class FitStats:
     extra: dict = field(default_factory=dict)  # method-specific facts worth recording (e.g. buffer size)
 
 
+def epoch_means(sums: dict[str, torch.Tensor], *, steps: int, task: str) -> dict[str, float]:
+    """Mean of each loss term over an epoch's `steps`; a non-finite one stops the method here."""
+    losses = {k: float(v) / max(1, steps) for k, v in sums.items()}
+    for k, v in losses.items():
+        if not math.isfinite(v):
+            raise FloatingPointError(f"loss term '{k}' became {v} while training task '{task}'")
+    return losses
+
+
 @dataclass
 class Trainer:
     """Settings shared by every method: optimiser, schedule, epochs, batch size, device, progress bar."""
@@ -97,8 +106,5 @@ class Trainer:
                     shown = {k: f"{float(v) / (b + 1):.3f}" for k, v in sums.items()}
                     bar.set_postfix(epoch=f"{epoch + 1}/{t.epochs}", **shown)
         bar.close()
-        losses = {k: float(v) / per_epoch for k, v in sums.items()}
-        for k, v in losses.items():
-            if not math.isfinite(v):
-                raise FloatingPointError(f"loss term '{k}' became {v} while training task '{task.name}'")
-        return FitStats(steps=total, seconds=time.perf_counter() - start, losses=losses)
+        return FitStats(steps=total, seconds=time.perf_counter() - start,
+                        losses=epoch_means(sums, steps=per_epoch, task=task.name))

@@ -82,8 +82,8 @@ def test_penalties_are_logged_and_act_only_after_the_first_task(baselines):
 def test_replay_buffer_is_recorded_and_bounded(baselines):
     timings = json.loads((baselines / "replay" / "metrics.json").read_text())["timings"]
     assert [t["buffer_images"] for t in timings[1:]] == [40, 40, 40]
-    # with a buffer, each batch of the later tasks also carries stored images: more steps? no, same count
-    # of iterations over the current task, each with up to 16 more images
+    # stored images ride along in each batch (Avalanche's ReplayDataLoader): the number of steps per task
+    # still follows the new task's data
     assert timings[2]["train_steps"] == timings[1]["train_steps"]
 
 

@@ -18,7 +18,6 @@ To make the comparison with our own methods fair, three Avalanche defaults are r
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from typing import Literal
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from continual.data import TaskData
 from continual.models import TaskModel
-from continual.train import FitStats, Trainer
+from continual.train import FitStats, Trainer, epoch_means
 
 with warnings.catch_warnings():  # avalanche's optional solvers warn at import; nothing we use needs them
     warnings.simplefilter("ignore")
@@ -231,10 +230,7 @@ class _AvalancheMethod:
         strategy.train(_experience(task, label=step - 1), eval_streams=[])
         strategy.bar.close()
         strategy.heads._last = None
-        losses = {k: float(v) / max(1, strategy.epoch_iterations) for k, v in strategy.sums.items()}
-        for k, v in losses.items():
-            if not math.isfinite(v):
-                raise FloatingPointError(f"loss term '{k}' became {v} while training task '{task.name}'")
+        losses = epoch_means(strategy.sums, steps=strategy.epoch_iterations, task=task.name)
         return FitStats(steps=strategy.iterations, seconds=time.perf_counter() - start, losses=losses,
                         extra=self.extra())
 
