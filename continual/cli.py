@@ -50,13 +50,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from continual.runner import run_sequence  # torch-heavy: only when running
+    from continual.results import RunLocked
+    from continual.runner import MethodsFailed, run_sequence  # torch-heavy: only when running
 
     seq = load_sequence(args.sequence, args.overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     if methods is not None and not methods:
         raise ConfigError("--methods", [("", "no method named")])
-    folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence), progress=not args.quiet)
+    try:
+        folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence), progress=not args.quiet)
+    except RunLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except MethodsFailed as err:
+        print(f"results in {err.folder}/, but these methods failed (their rows up to the failure are kept):",
+              file=sys.stderr)
+        for name, msg in err.errors.items():
+            print(f"  {name}: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Every file is rewritten atomically after each step, so what is on disk is consistent.
+        print(f"\ninterrupted: results up to the last completed step are in {Path(args.out) / seq.name}/ "
+              "(no resume yet: rerun to start again)", file=sys.stderr)
+        return 130
     print(f"results in {folder}/")
     return 0
 

@@ -62,7 +62,7 @@ class MethodRun:
     """One method in one run folder."""
 
     name: str
-    status: str  # complete | incomplete | missing | unreadable
+    status: str  # complete | incomplete | failed | missing | unreadable
     note: str = ""  # e.g. "2 of 3 steps", or the read error
     matrix: pd.DataFrame | None = None  # indexed by step
     doc: dict | None = None  # metrics.json
@@ -145,7 +145,9 @@ def _set_status(m: MethodRun, run: Run) -> None:
         return
     done = len(m.matrix) - 1
     says_complete = m.doc is None or bool(m.doc.get("complete", True))
-    if done == run.n_steps and says_complete:
+    if m.doc is not None and m.doc.get("error"):
+        m.status, m.note = "failed", f"after {max(done, 0)} of {run.n_steps} steps: {m.doc['error']}"
+    elif done == run.n_steps and says_complete:
         m.status = "complete"
     else:
         m.status, m.note = "incomplete", f"{max(done, 0)} of {run.n_steps} steps"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,70 @@ def write_step(folder: Path, *, method: str, rows: list[dict[str, float]], tasks
     }
     atomic_write(folder / "metrics.json", json.dumps(doc, indent=1, allow_nan=False))
     atomic_write(folder / "curves.png", curves_png(matrix, title=method, n_steps=n_steps))
+
+
+def record_failure(folder: Path, error: str) -> None:
+    """Mark a method's results as failed (its rows so far stay as they are), for the report and the user."""
+    path = folder / "metrics.json"
+    doc = json.loads(path.read_text()) if path.exists() else {"method": folder.name, "steps": []}
+    doc.update(complete=False, error=error)
+    atomic_write(path, json.dumps(doc, indent=1, allow_nan=False))
+
+
+class RunLocked(Exception):
+    """Another live process is writing into this run folder."""
+
+
+class RunLock:
+    """One run per folder: `<folder>/.lock` holds the writer's PID, host and start time. A lock whose
+    process is gone (same host, PID not alive) is stale and taken over."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and _alive(holder):
+                    raise RunLocked(f"{self.path.parent}: another run is writing here (PID {holder['pid']} on "
+                                    f"{holder['host']}, started {holder['started']}); wait for it, stop it, or "
+                                    "use another --out") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise RunLocked(f"{self.path}: could not take the run lock")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _holder(self) -> dict | None:
+        try:
+            holder = json.loads(self.path.read_text())
+            return holder if {"pid", "host", "started"} <= holder.keys() else None
+        except (OSError, ValueError):
+            return None  # unreadable: written by a process killed mid-write, so stale
+
+
+def _alive(holder: dict) -> bool:
+    if holder["host"] != socket.gethostname():
+        return True  # another machine's process: cannot check, so respect it
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def load_run(folder: str | Path) -> dict[str, pd.DataFrame]:

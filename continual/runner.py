@@ -17,7 +17,7 @@ from continual.evaluate import Evaluation, evaluate
 from continual.methods import METHODS
 from continual.models import Backbone, Head, TaskModel
 from continual.report import write_report
-from continual.results import atomic_write, write_step
+from continual.results import RunLock, atomic_write, record_failure, write_step
 from continual.train import Trainer
 
 
@@ -69,12 +69,29 @@ def run_sequence(seq: Sequence, *, out: str | Path = "reports", methods: list[st
 
     folder = Path(out) / seq.name
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / "config.yaml", dump_sequence(seq))
-    start = Start.measure(seq, inputs, device=device)
-    for name in names:
-        run_method(seq, name, inputs, start, folder=folder / name, device=device, progress=progress)
-    _report(folder)
+    with RunLock(folder):
+        atomic_write(folder / "config.yaml", dump_sequence(seq))
+        start = Start.measure(seq, inputs, device=device)
+        failed = {}
+        for name in names:
+            try:
+                run_method(seq, name, inputs, start, folder=folder / name, device=device, progress=progress)
+            except FloatingPointError as err:  # this method diverged; the others still run
+                failed[name] = str(err)
+                record_failure(folder / name, str(err))
+                warnings.warn(f"{name} failed: {err}", stacklevel=2)
+        _report(folder)
+    if failed:
+        raise MethodsFailed(folder, failed)
     return folder
+
+
+class MethodsFailed(Exception):
+    """Some methods stopped with an error; the others finished and every file is written."""
+
+    def __init__(self, folder: Path, errors: dict[str, str]):
+        self.folder, self.errors = folder, errors
+        super().__init__("; ".join(f"{name}: {msg}" for name, msg in errors.items()))
 
 
 def _report(folder: Path) -> None:

@@ -1,0 +1,86 @@
+"""One run per folder, failures that stay local, Ctrl-C that leaves consistent files."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import yaml
+
+from continual.cli import main
+from continual.methods import METHODS
+from continual.methods.finetune import Finetune
+
+SEQ = {
+    "name": "tiny",
+    "model": {"family": "efficientnet_lite0", "image_size": 32},
+    "tasks": [{"name": "low", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 5},
+              {"name": "high", "dataset": "digits", "classes": [8, 9], "train_per_class": 8, "test_per_class": 5}],
+    "training": {"batch_size": 8},
+    "methods": ["finetune"],
+    "download": False,
+}
+
+
+def write_seq(tmp_path, **changes):
+    path = tmp_path / "seq.yaml"
+    path.write_text(yaml.safe_dump({**SEQ, **changes}))
+    return path
+
+
+class Diverges(Finetune):
+    """Finetune whose loss turns NaN on the second task."""
+
+    def loss_terms(self, model, x, y, task):
+        terms = super().loss_terms(model, x, y, task)
+        return {"ce": terms["ce"] * float("nan")} if task == "high" else terms
+
+
+class Interrupted(Finetune):
+    def fit_task(self, model, task, *, step, trainer):
+        raise KeyboardInterrupt
+
+
+def test_a_live_run_holds_its_folder(tmp_path, capsys):
+    folder = tmp_path / "out" / "tiny"
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                  "started": "2026-11-26 10:00:00"}))
+        assert main(["run", str(write_seq(tmp_path)), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"PID {holder.pid}" in err and "started 2026-11-26 10:00:00" in err
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and taken over, then released at the end
+    assert main(["run", str(write_seq(tmp_path)), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert not (folder / ".lock").exists() and (folder / "finetune" / "metrics.json").exists()
+
+
+def test_a_diverging_method_fails_alone(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(METHODS, "diverges", Diverges)
+    seq = write_seq(tmp_path, methods=["diverges", "finetune"])
+    assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "diverges: loss term 'ce' became nan while training task 'high'" in err
+    folder = tmp_path / "out" / "tiny"
+    failed = json.loads((folder / "diverges" / "metrics.json").read_text())
+    assert failed["complete"] is False and "nan" in failed["error"] and failed["steps_done"] == 1
+    assert json.loads((folder / "finetune" / "metrics.json").read_text())["complete"] is True
+    assert "failed" in (folder / "summary.md").read_text()
+    assert not (folder / ".lock").exists()
+
+
+def test_ctrl_c_leaves_consistent_files_and_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(METHODS, "interrupted", Interrupted)
+    seq = write_seq(tmp_path, methods=["interrupted"])
+    assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 130
+    assert "interrupted: results up to the last completed step are in" in capsys.readouterr().err
+    folder = tmp_path / "out" / "tiny" / "interrupted"
+    doc = json.loads((folder / "metrics.json").read_text())
+    assert doc["steps_done"] == 0 and not doc["complete"]
+    assert not (folder.parent / ".lock").exists()
+    assert not list(folder.glob(".*.tmp"))
