@@ -98,7 +98,8 @@ def _validate(files: list[Path]) -> int:
             print(f"error: {err}", file=sys.stderr)
             status = 2
             continue
-        print(f"{path}: ok ({len(seq.tasks)} tasks, {len(seq.probes)} probes, "
+        plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
+        print(f"{path}: ok ({plural(len(seq.tasks), 'task')}, {plural(len(seq.probes), 'probe')}, "
               f"methods: {', '.join(m.name for m in seq.methods)})")
     return status
 
