@@ -107,16 +107,31 @@ def _band(ax, x, mean, std, style: dict, label: str, *, markersize: float = 4) -
         ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.15, linewidth=0)
 
 
+def _panels(count: int, *, max_cols: int, width: float, height: float, pad_w: float, pad_h: float):
+    """A figure with `count` panels sharing the y axis (unused grid cells hidden): (fig, axes, ncols)."""
+    ncols = min(count, max_cols)
+    nrows = -(-count // ncols)
+    fig = Figure(figsize=(width * ncols + pad_w, height * nrows + pad_h), dpi=110, layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes, ncols
+
+
+def _step_axis(ax, *, n_steps: int) -> None:
+    ax.set_xlim(-0.3, n_steps + 0.3)
+    ax.set_xticks(range(n_steps + 1))
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("step (tasks trained)")
+
+
 def forgetting_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFrame], *, methods: list[str],
                           tasks: list[str], n_steps: int) -> bytes:
     """One panel per task: its accuracy against the step, one line per method (shaded ± std over runs).
     The grey part of a panel is before the task is learned (transfer); the dotted line marks the step
     it is learned."""
     style = method_style(methods)
-    ncols = min(len(tasks), 4)
-    nrows = -(-len(tasks) // ncols)
-    fig = Figure(figsize=(3.0 * ncols + 0.4, 2.6 * nrows + 0.7), dpi=110, layout="constrained")
-    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    fig, axes, ncols = _panels(len(tasks), max_cols=4, width=3.0, height=2.6, pad_w=0.4, pad_h=0.7)
     for k, task in enumerate(tasks):
         ax = axes[k]
         learned = k + 1
@@ -132,15 +147,10 @@ def forgetting_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataF
                 ax.plot(learned, m[learned], marker="*", markersize=13, color=style[method]["color"],
                         markeredgecolor="black", markeredgewidth=0.5, linestyle="none")
         ax.set_title(f"task {learned}: {task}", fontsize=10)
-        ax.set_xlim(-0.3, n_steps + 0.3)
-        ax.set_xticks(range(n_steps + 1))
+        _step_axis(ax, n_steps=n_steps)
         ax.set_ylim(0, 102)
-        ax.grid(alpha=0.3)
-        ax.set_xlabel("step (tasks trained)")
         if k % ncols == 0:
             ax.set_ylabel("accuracy (%)")
-    for ax in axes[len(tasks):]:
-        ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=9,
                title="★ learned here; grey: before it is learned", title_fontsize=8)
@@ -152,10 +162,7 @@ def concept_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFram
     """One panel per probe column: accuracy minus the pre-trained model's (percentage points) against
     the step, one line per method. Below zero is concept forgetting."""
     style = method_style(methods)
-    ncols = min(len(probes), 3)
-    nrows = -(-len(probes) // ncols)
-    fig = Figure(figsize=(3.6 * ncols + 1.6, 2.8 * nrows + 0.3), dpi=110, layout="constrained")
-    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    fig, axes, ncols = _panels(len(probes), max_cols=3, width=3.6, height=2.8, pad_w=1.6, pad_h=0.3)
     for k, probe in enumerate(probes):
         ax = axes[k]
         ax.axhline(0, color="0.3", linewidth=1)
@@ -168,14 +175,9 @@ def concept_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFram
         name = probe.removeprefix("probe:")
         kind = "zero-shot" if name.endswith(":zero_shot") else "linear probe"
         ax.set_title(f"{name.removesuffix(':zero_shot')} ({kind})", fontsize=10)
-        ax.set_xlim(-0.3, n_steps + 0.3)
-        ax.set_xticks(range(n_steps + 1))
-        ax.grid(alpha=0.3)
-        ax.set_xlabel("step (tasks trained)")
+        _step_axis(ax, n_steps=n_steps)
         if k % ncols == 0:
             ax.set_ylabel("Δ accuracy vs pre-trained (pp)")
-    for ax in axes[len(probes):]:
-        ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=9)
     return _png(fig)
