@@ -54,9 +54,12 @@ def _run(args: argparse.Namespace) -> int:
     from continual.runner import MethodsFailed, run_sequence  # torch-heavy: only when running
 
     seq = load_sequence(args.sequence, args.overrides)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    if methods is not None and not methods:
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    if methods is not None and not methods:  # `--methods ""` too: an empty list must not mean "all"
         raise ConfigError("--methods", [("", "no method named")])
+    if methods is not None and len(set(methods)) < len(methods):
+        raise ConfigError("--methods", [(m, "listed twice") for m in dict.fromkeys(methods) if methods.count(m) > 1])
+    _check_out(args.out, seq.name)
     try:
         folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence), progress=not args.quiet)
     except RunLocked as err:
@@ -75,6 +78,15 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     print(f"results in {folder}/")
     return 0
+
+
+def _check_out(out: Path, name: str) -> None:
+    """The run folder <out>/<name> must be creatable: refuse before loading anything if a file is in the way."""
+    for path in (out / name, *(out / name).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError("--out", [(str(out), f"{path} is a file; expected a folder for the results")])
+            return
 
 
 def _report(args: argparse.Namespace) -> int:

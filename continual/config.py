@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from continual import data
 from continual.methods import METHODS
@@ -75,12 +77,18 @@ class DataSpec(Strict):
             raise ValueError(f"unknown dataset '{name}' (known: {', '.join(data.DATASETS)})")
         return name
 
+    @field_validator("path")
+    @classmethod
+    def _path_only_for_folders(cls, path: str | None, info: ValidationInfo) -> str | None:
+        dataset = info.data.get("dataset")  # absent when the dataset itself was invalid
+        if path is not None and dataset not in (None, "imagefolder"):
+            raise ValueError(f"`path` is for dataset imagefolder only ({dataset} lives under data_root)")
+        return path
+
     @model_validator(mode="after")
     def _path_for_folders(self) -> DataSpec:
         if self.dataset == "imagefolder" and not self.path:
             raise ValueError("dataset imagefolder needs `path`: a folder of class folders")
-        if self.dataset != "imagefolder" and self.path is not None:
-            raise ValueError(f"`path` is for dataset imagefolder only ({self.dataset} lives under data_root)")
         return self
 
 
@@ -103,10 +111,30 @@ class TrainingConfig(Strict):
     eval_batch_size: int = Field(default=64, gt=0)
     device: str = "auto"  # auto = cuda when available, else cpu
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, name: str) -> str:
+        # Only the spelling is checked here (`validate` may run on another machine than `run`).
+        if name != "auto":
+            try:
+                torch.device(name)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+        return name
+
 
 class MethodSpec(Strict):
     name: str
     options: dict[str, Any]  # validated against the method's own Options schema
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_method(cls, item: Any) -> Any:
+        # Sequence._method_items has turned every well-formed YAML item into {name, options}.
+        if isinstance(item, dict) and set(item) == {"name", "options"}:
+            return item
+        shape = f"a mapping with {len(item)} keys ({', '.join(map(str, item))})" if isinstance(item, dict) else _found(item)
+        raise ValueError(f"expected a method name or a one-key mapping `name: {{options}}`, got {shape}")
 
     def parsed(self) -> BaseModel:
         return METHODS[self.name].Options.model_validate(self.options)
@@ -122,6 +150,18 @@ class Sequence(Strict):
     methods: list[MethodSpec] = Field(min_length=1)
     data_root: str = "~/.cache/continual/data"  # torchvision datasets live under <data_root>/<dataset>
     download: bool = True  # let torchvision download missing datasets into data_root
+
+    @field_validator("data_root")
+    @classmethod
+    def _root_is_a_folder(cls, root: str) -> str:
+        # It need not exist yet (downloads create it), but a file there can never hold datasets.
+        path = Path(root).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file; expected a folder (datasets live in <data_root>/<dataset>)")
+        return root
+    # Checkpoints kept per method for --resume: the newest N completed steps (0 = none, and no resume).
+    # One is all resume needs; the last one is also the fine-tuned model of a finished run.
+    keep_checkpoints: int = Field(default=1, ge=0)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -165,7 +205,7 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Seque
     try:
         seq = Sequence.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(label, [(_key_path(e["loc"], raw), _message(e)) for e in err.errors()]) from None
+        raise ConfigError(label, _problems(err, raw)) from None
     problems = _semantic_problems(seq)
     if problems:
         raise ConfigError(label, problems)
@@ -180,7 +220,22 @@ def dump_sequence(seq: Sequence) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `5e-4` as a float: YAML 1.1 (PyYAML) wants `5.0e-4`, a classic trap."""
+    """SafeLoader that also reads `5e-4` as a float: YAML 1.1 (PyYAML) wants `5.0e-4`, a classic trap;
+    and refuses a key given twice in one mapping, which PyYAML would silently resolve to the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then overriding a key is YAML's intended use, not a typo
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeConstructor reports unhashable keys itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(problem=f"duplicate key {key!r}",
+                                                        problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -245,13 +300,63 @@ def _key_path(loc: tuple, raw: Any) -> str:
     return out
 
 
+# Pydantic's type errors, said in YAML's words ("instance of TrainingConfig" means nothing to a user).
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+    "string_type": "a string", "list_type": "a list",
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+}
+# Errors about a value of the right type; the message says what was expected, we add what was found.
+_OUT_OF_RANGE = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error",
+                 "string_pattern_mismatch", "string_too_short")
+
+
+def _found(value: Any, *, kind: bool = False) -> str:
+    """A YAML value as a message shows it: `'3'`, `true`, `a list`; with kind, `'3' (a string)`."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        shown, what = ("true" if value else "false"), "a boolean"
+    else:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        what = {str: "a string", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+    return f"{shown} ({what})" if kind else shown
+
+
 def _message(err: dict) -> str:
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
+    kind = err["type"]
+    if kind == "extra_forbidden":
         return "unknown key"
-    if err["type"] == "missing":
+    if kind == "missing":
         return "required key is missing"
-    return msg
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_found(err['input'], kind=True)}"
+    if kind == "string_too_short" and err["ctx"].get("min_length") == 1:
+        return "must not be empty"
+    msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    return f"{msg}, got {_found(err['input'])}" if kind in _OUT_OF_RANGE else msg
+
+
+def _problems(err: ValidationError, raw: Any) -> list[tuple[str, str]]:
+    """One (key, message) per key. A union (a class is an index or a name) fails once per member: those
+    type errors become one message, "expected an integer or a string, got true"."""
+    by_key: dict[str, list[dict]] = {}
+    for e in err.errors():
+        by_key.setdefault(_key_path(e["loc"], raw), []).append(e)
+    problems = []
+    for key, errors in by_key.items():
+        if len(errors) > 1 and all(e["type"] in _EXPECTED for e in errors):
+            wanted = " or ".join(dict.fromkeys(_EXPECTED[e["type"]] for e in errors))
+            problems.append((key, f"expected {wanted}, got {_found(errors[0]['input'], kind=True)}"))
+        else:
+            problems += [(key, _message(e)) for e in errors]
+    return problems
 
 
 def _semantic_problems(seq: Sequence) -> list[tuple[str, str]]:

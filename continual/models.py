@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
+import re
 from typing import Callable, Sequence
 
 import torch
@@ -156,17 +158,45 @@ class _EfficientNetLite0(Backbone):
         return [(f"blocks.{i}", blocks[i], False) for i in ends]
 
 
-def _load_state_file(path: str) -> dict[str, torch.Tensor]:
+def _one_line(err: Exception, limit: int = 200) -> str:
+    """An exception as one short line: torch and open_clip messages run to paragraphs and key lists."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text if len(text) <= limit else text[:limit - 3] + '...'}"
+
+
+def _read_checkpoint(path: str) -> object:
+    """torch.load of a file named in a sequence, with errors that name the path in one line."""
+    if os.path.isdir(path):
+        raise ModelError("pretrained", f"{path!r} is a directory; expected a checkpoint file (a saved state dict)")
     if not os.path.isfile(path):
         raise ModelError("pretrained", f"checkpoint file not found: {path!r} (use 'imagenet' for the shipped weights)")
     try:
         # weights_only: never unpickle arbitrary objects from a user-given path.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError("pretrained", f"{path!r} is not a PyTorch state dict file ({type(e).__name__}: {e})") from e
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise ModelError("pretrained", f"{path!r} is not a readable PyTorch checkpoint ({_one_line(e)})") from e
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"Python objects ({found.group(1)})" if found else "Python objects"
+        raise ModelError("pretrained", f"refusing to load {path!r}: it holds {what}, not only tensors, and "
+                                       "checkpoints are read with torch.load(weights_only=True) so that a file "
+                                       "cannot run code; save a state dict instead") from e
+    except Exception as e:  # truncated, not a torch file at all, ...
+        raise ModelError("pretrained", f"{path!r} is not a readable PyTorch checkpoint "
+                                       f"(truncated, or not written by torch.save?): {_one_line(e)}") from e
+
+
+def _as_state_dict(state: object, path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError("pretrained", f"{path!r} does not hold a state dict (name -> tensor)")
+        raise ModelError("pretrained", f"{path!r} does not hold a state dict (name -> tensor), "
+                                       f"but a {type(state).__name__}")
+    if not state:
+        raise ModelError("pretrained", f"{path!r} holds no tensors (an empty state dict)")
     return state
+
+
+def _load_state_file(path: str) -> dict[str, torch.Tensor]:
+    return _as_state_dict(_read_checkpoint(path), path)
 
 
 def _check_state_fits(state: dict[str, torch.Tensor], module: nn.Module, *, what: str, path: str) -> None:
@@ -178,7 +208,7 @@ def _check_state_fits(state: dict[str, torch.Tensor], module: nn.Module, *, what
                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                     ("keys with the wrong shape", wrong_shape)) if keys]
     if problems:
-        raise ModelError("pretrained", f"{path!r} is not a {what} state dict: " + ", ".join(problems))
+        raise ModelError("pretrained", f"{path!r} does not fit {what}: " + ", ".join(problems))
 
 
 def _build_efficientnet(*, arch: str | None, pretrained: str | None, image_size: int | None) -> Backbone:
@@ -260,6 +290,19 @@ class _OpenClipVisual(Backbone):
                                  f"(this open_clip tower is {type(v).__name__})")
 
 
+def _open_clip_load_error(path: str, clip: nn.Module, arch: str, err: Exception) -> ModelError:
+    """Why open_clip could not load `path`, in one line: its own errors are paragraphs (a strict
+    load_state_dict lists every missing key). Read the file again only to say what is wrong with it."""
+    if not path.endswith((".safetensors", ".npz", ".npy")):  # other readers than torch.load
+        state = _read_checkpoint(path)  # raises on unreadable or unsafe files
+        if isinstance(state, dict) and "state_dict" in state:  # open_clip's training checkpoints
+            state = state["state_dict"]
+        state = _as_state_dict(state, path)
+        state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DistributedDataParallel
+        _check_state_fits(state, clip, what=f"open_clip {arch}", path=path)
+    return ModelError("pretrained", f"cannot load {path!r} into open_clip {arch}: {_one_line(err)}")
+
+
 def _build_open_clip(*, arch: str | None, pretrained: str | None, image_size: int | None) -> Backbone:
     import open_clip
 
@@ -275,6 +318,9 @@ def _build_open_clip(*, arch: str | None, pretrained: str | None, image_size: in
     elif os.path.isfile(pretrained):
         path = pretrained
         clip = open_clip.create_model(arch, **kwargs)
+    elif os.path.isdir(pretrained):
+        raise ModelError("pretrained", f"{pretrained!r} is a directory; expected an open_clip tag for {arch} "
+                                       "or a checkpoint file")
     elif tag_cfg := open_clip.get_pretrained_cfg(arch, pretrained):
         try:
             # OpenAI weights were trained with QuickGELU; open_clip 3.x only warns on a mismatch, and the
@@ -293,7 +339,7 @@ def _build_open_clip(*, arch: str | None, pretrained: str | None, image_size: in
         try:
             open_clip.load_checkpoint(clip, path, strict=True, weights_only=True)
         except Exception as e:
-            raise ModelError("pretrained", f"cannot load {path!r} into open_clip {arch}: {type(e).__name__}: {e}") from e
+            raise _open_clip_load_error(path, clip, arch, e) from e
 
     size = clip.visual.preprocess_cfg["size"]
     height, width = (size, size) if isinstance(size, int) else size
