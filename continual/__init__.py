@@ -14,14 +14,16 @@ __all__ = ["run", "load_run", "load_metrics", "load_sequence", "ConfigError"]
 
 
 def run(sequence: str | Path | dict, *, out: str | Path = "reports", methods: list[str] | None = None,
-        overrides: list[str] = (), progress: bool = True) -> Path:
-    """Run a sequence (a YAML path or a dict of the same shape); returns the run folder."""
+        overrides: list[str] = (), progress: bool = True, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run a sequence (a YAML path or a dict of the same shape); returns the run folder. A folder that
+    already holds a run needs `resume=True` (continue it) or `overwrite=True` (start again)."""
     from continual.config import load_sequence
     from continual.runner import run_sequence
 
     seq = load_sequence(sequence, list(overrides))
     source = "<dict>" if isinstance(sequence, dict) else str(sequence)
-    return run_sequence(seq, out=out, methods=methods, source=source, progress=progress)
+    return run_sequence(seq, out=out, methods=methods, source=source, progress=progress, resume=resume,
+                        overwrite=overwrite)
 
 
 def load_run(folder: str | Path):

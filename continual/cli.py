@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the file, e.g. --set training.lr=3e-4 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in the output folder from each "
+                       "method's last completed step (the sequence must be the same)")
+    again.add_argument("--overwrite", action="store_true", help="discard the run in the output folder and start again")
 
     validate = sub.add_parser("validate", help="check sequence files without running anything")
     validate.add_argument("files", type=Path, nargs="+")
@@ -50,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from continual.checkpoints import CheckpointError
     from continual.results import RunLocked
-    from continual.runner import MethodsFailed, run_sequence  # torch-heavy: only when running
+    from continual.runner import MethodsFailed, RunExists, run_sequence  # torch-heavy: only when running
 
     seq = load_sequence(args.sequence, args.overrides)
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -59,10 +66,12 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--methods", [("", "no method named")])
     if methods is not None and len(set(methods)) < len(methods):
         raise ConfigError("--methods", [(m, "listed twice") for m in dict.fromkeys(methods) if methods.count(m) > 1])
-    _check_out(args.out, seq.name)
+    # A pre-empted job gets SIGTERM: stop as on Ctrl-C (the lock is released, the message says how to resume).
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence), progress=not args.quiet)
-    except RunLocked as err:
+        folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence), progress=not args.quiet,
+                              resume=args.resume, overwrite=args.overwrite)
+    except (RunLocked, RunExists, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except MethodsFailed as err:
@@ -72,21 +81,23 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {name}: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        # Every file is rewritten atomically after each step, so what is on disk is consistent.
-        print(f"\ninterrupted: results up to the last completed step are in {Path(args.out) / seq.name}/ "
-              "(no resume yet: rerun to start again)", file=sys.stderr)
+        # Checkpoint first, then result files, each written atomically: what is on disk is consistent.
+        print(f"\ninterrupted: results up to the last completed step are in {Path(args.out) / seq.name}/; "
+              f"to continue from there: {_resume_command(args)}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"results in {folder}/")
     return 0
 
 
-def _check_out(out: Path, name: str) -> None:
-    """The run folder <out>/<name> must be creatable: refuse before loading anything if a file is in the way."""
-    for path in (out / name, *(out / name).parents):
-        if path.exists():
-            if not path.is_dir():
-                raise ConfigError("--out", [(str(out), f"{path} is a file; expected a folder for the results")])
-            return
+def _resume_command(args: argparse.Namespace) -> str:
+    words = ["continual", "run", str(args.sequence), "--out", str(args.out)]
+    if args.methods:
+        words += ["--methods", args.methods]
+    for item in args.overrides:
+        words += ["--set", item]
+    return shlex.join(words + ["--resume"])
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -110,6 +110,9 @@ class TrainingConfig(Strict):
     # activations stay in cache); on a GPU use hundreds.
     eval_batch_size: int = Field(default=64, gt=0)
     device: str = "auto"  # auto = cuda when available, else cpu
+    # bf16 autocast for forward and loss (weights, gradients and optimiser stay float32). auto = bf16 on
+    # CUDA, fp32 on CPU: CPUs without bf16 units (most laptops) run bf16 slower than fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @field_validator("device")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -13,8 +14,16 @@ from tqdm.auto import tqdm
 from continual.data import TaskData
 from continual.models import TaskModel
 
-# (model, inputs, labels, task name) -> {"ce": ..., "ldifs": ...}; the loop sums the terms.
-LossTerms = Callable[[TaskModel, torch.Tensor, torch.Tensor, str], dict[str, torch.Tensor]]
+@dataclass
+class Batch:
+    x: torch.Tensor  # preprocessed inputs, on the device
+    y: torch.Tensor  # labels, on the device
+    index: torch.Tensor  # positions in the task's training split (CPU), for what a method computed per sample
+    task: str
+
+
+# (model, batch) -> {"ce": ..., "ldifs": ...}; the loop sums the terms.
+LossTerms = Callable[[TaskModel, Batch], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -42,6 +51,29 @@ class Trainer:
     device: torch.device
     progress: bool = True
     log_every: int = 10  # progress-bar refresh: reading a loss forces a device sync, so not every step
+    scratch: Path | None = None  # where a method may keep large files it can recompute (LDIFS's anchor cache)
+
+    @property
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast around forward and loss where `precision` asks for it (auto: on CUDA only; the
+        master weights, optimiser and gradients stay float32)."""
+        precision = getattr(self.training, "precision", "fp32")
+        bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A task's uint8 images, moved to the GPU once when they fit in 4 GiB (then no host copy per
+        step), else left in host memory and copied per batch from pinned memory without blocking."""
+        if self.device.type == "cuda" and images.nbytes <= 4 * 2**30:
+            return images.to(self.device)
+        return images
+
+    def batch_to_device(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device == self.device:
+            return images
+        if self.device.type == "cuda":
+            images = images.pin_memory()
+        return images.to(self.device, non_blocking=True)
 
     def trainable_parameters(self, model: TaskModel, task: str) -> list[torch.nn.Parameter]:
         # Backbone + this task's head. Other heads stay out: AdamW's weight decay would shrink them.
@@ -73,7 +105,7 @@ class Trainer:
         """Train `model` on `task` for the configured epochs with `loss_terms`. Shuffling and dropout draw
         from torch's global RNG, which the runner seeds per step."""
         t = self.training
-        images, labels = task.train.images, task.train.labels
+        images, labels = self.on_device(task.train.images), task.train.labels.to(self.device)
         n = len(labels)
         per_epoch = self.steps_per_epoch(n)
         total = t.epochs * per_epoch
@@ -87,11 +119,13 @@ class Trainer:
         for epoch in range(t.epochs):
             sums = {}
             order = torch.randperm(n)
+            on_device = order.to(images.device)
             for b in range(per_epoch):
                 idx = order[b * t.batch_size : (b + 1) * t.batch_size]
-                x = model.backbone.preprocess(images[idx].to(self.device, non_blocking=True))
-                y = labels[idx].to(self.device, non_blocking=True)
-                terms = loss_terms(model, x, y, task.name)
+                dev_idx = on_device[b * t.batch_size : (b + 1) * t.batch_size]
+                x = model.backbone.preprocess(self.batch_to_device(images[dev_idx]))
+                with self.autocast:
+                    terms = loss_terms(model, Batch(x, labels[dev_idx.to(self.device)], idx, task.name))
                 loss = sum(terms.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -102,7 +136,7 @@ class Trainer:
                 for k, v in terms.items():  # accumulate on device: no sync per step
                     sums[k] = sums.get(k, 0) + v.detach()
                 bar.update(1)
-                if (b + 1) % self.log_every == 0 or b + 1 == per_epoch:
+                if self.progress and ((b + 1) % self.log_every == 0 or b + 1 == per_epoch):
                     shown = {k: f"{float(v) / (b + 1):.3f}" for k, v in sums.items()}
                     bar.set_postfix(epoch=f"{epoch + 1}/{t.epochs}", **shown)
         bar.close()

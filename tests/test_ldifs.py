@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from continual.data import Split, TaskData
-from continual.methods.ldifs import LDIFS, FrozenBackbone, LDIFSOptions, feature_distance
+from continual.methods.ldifs import LDIFS, AnchorCache, FrozenBackbone, LDIFSOptions, feature_distance
 from continual.models import Head, TaskModel, build_backbone
-from continual.train import Trainer
+from continual.train import Batch, Trainer
 
 TRAINING = SimpleNamespace(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=0,
                            grad_clip=1.0, batchnorm="frozen", eval_batch_size=64)
@@ -37,27 +37,28 @@ def make(backbone, options=None):
 
 
 def test_penalty_is_zero_before_training_and_positive_after(backbone):
-    model, method = make(backbone)
+    model, method = make(backbone, LDIFSOptions(cache="off"))
     task = tiny_task()
     x = backbone.preprocess(task.train.images[:8])
     model.eval()
+    batch = Batch(x, task.train.labels[:8], torch.arange(8), "t")
     with torch.no_grad():
-        assert float(method.loss_terms(model, x, task.train.labels[:8], "t")["ldifs"]) == pytest.approx(0.0, abs=1e-6)
+        assert float(method.loss_terms(model, batch)["ldifs"]) == pytest.approx(0.0, abs=1e-6)
     torch.manual_seed(0)
     method.fit_task(model, task, step=1, trainer=Trainer(TRAINING, device=torch.device("cpu"), progress=False))
     model.eval()
     with torch.no_grad():
-        assert float(method.loss_terms(model, x, task.train.labels[:8], "t")["ldifs"]) > 1e-4
+        assert float(method.loss_terms(model, batch)["ldifs"]) > 1e-4
 
 
 def test_anchor_gets_no_gradient_and_never_changes(backbone):
-    model, method = make(backbone)
+    model, method = make(backbone, LDIFSOptions(cache="off"))
     before = {k: v.clone() for k, v in method.anchor.state_dict().items()}
     assert not any(p.requires_grad for p in method.anchor.parameters())
     task = tiny_task()
     x = backbone.preprocess(task.train.images[:8])
     model.train()
-    terms = method.loss_terms(model, x, task.train.labels[:8], "t")
+    terms = method.loss_terms(model, Batch(x, task.train.labels[:8], torch.arange(8), "t"))
     sum(terms.values()).backward()
     assert all(p.grad is None for p in method.anchor.parameters())
     assert any(p.grad is not None for p in model.backbone.parameters())
@@ -95,3 +96,40 @@ def test_feature_distance_by_hand():
     assert float(feature_distance(a, b)) == pytest.approx(1.0)
     two = feature_distance(a + a, b + [torch.tensor([[3.0, 4.0], [1.0, 0.0]])])
     assert float(two) == pytest.approx(0.5)  # mean over taps
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_cached_anchor_gives_the_papers_loss(backbone, tmp_path, where):
+    """The cache replaces the anchor's forward per step by a lookup: same penalty (float16 on disk)."""
+    task = tiny_task()
+    trainer = Trainer(TRAINING, device=torch.device("cpu"), progress=False, scratch=tmp_path)
+    losses = {}
+    for cache in ("off", where):
+        torch.manual_seed(0)  # the head's initial weights too
+        model, method = make(backbone, LDIFSOptions(cache=cache))
+        stats = method.fit_task(model, task, step=1, trainer=trainer)
+        losses[cache] = stats.losses
+        assert stats.extra["anchor_cache"] == cache
+    assert losses[where]["ce"] == pytest.approx(losses["off"]["ce"], rel=1e-4)
+    assert losses[where]["ldifs"] == pytest.approx(losses["off"]["ldifs"], rel=1e-2 if where == "disk" else 1e-4)
+    assert losses["off"]["ldifs"] > 0
+    files = list(tmp_path.glob("*.npy"))
+    assert len(files) == (5 if where == "disk" else 0)  # one per tap
+    method.cache.close()
+    assert not list(tmp_path.glob("*.npy"))
+
+
+def test_cache_is_built_once_per_task_and_follows_the_anchor(backbone, monkeypatch):
+    builds = []
+    build = AnchorCache.build.__func__
+    monkeypatch.setattr(AnchorCache, "build", classmethod(lambda cls, *a, **k: builds.append(1) or build(cls, *a, **k)))
+    trainer = Trainer(TRAINING, device=torch.device("cpu"), progress=False)
+    task = tiny_task()
+    model, method = make(backbone)  # anchor: pretrained -> the same taps for the same images
+    method.fit_task(model, task, step=1, trainer=trainer)
+    method.fit_task(model, task, step=2, trainer=trainer)
+    assert len(builds) == 1
+    model, method = make(backbone, LDIFSOptions(anchor="previous"))  # a new anchor each task -> rebuilt
+    method.fit_task(model, task, step=1, trainer=trainer)
+    method.fit_task(model, task, step=2, trainer=trainer)
+    assert len(builds) == 3

@@ -31,9 +31,9 @@ def write_seq(tmp_path, **changes):
 class Diverges(Finetune):
     """Finetune whose loss turns NaN on the second task."""
 
-    def loss_terms(self, model, x, y, task):
-        terms = super().loss_terms(model, x, y, task)
-        return {"ce": terms["ce"] * float("nan")} if task == "high" else terms
+    def loss_terms(self, model, batch):
+        terms = super().loss_terms(model, batch)
+        return {"ce": terms["ce"] * float("nan")} if batch.task == "high" else terms
 
 
 class Interrupted(Finetune):
@@ -78,7 +78,9 @@ def test_ctrl_c_leaves_consistent_files_and_says_so(tmp_path, capsys, monkeypatc
     monkeypatch.setitem(METHODS, "interrupted", Interrupted)
     seq = write_seq(tmp_path, methods=["interrupted"])
     assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 130
-    assert "interrupted: results up to the last completed step are in" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "interrupted: results up to the last completed step are in" in err
+    assert f"to continue from there: continual run {seq} --out {tmp_path / 'out'} --resume" in err
     folder = tmp_path / "out" / "tiny" / "interrupted"
     doc = json.loads((folder / "metrics.json").read_text())
     assert doc["steps_done"] == 0 and not doc["complete"]

@@ -18,8 +18,10 @@ To make the comparison with our own methods fair, three Avalanche defaults are r
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
+from collections import defaultdict
 from typing import Literal
 
 import torch
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from continual import checkpoints
 from continual.data import TaskData
 from continual.models import TaskModel
 from continual.train import FitStats, Trainer, epoch_means
@@ -39,7 +42,9 @@ with warnings.catch_warnings():  # avalanche's optional solvers warn at import; 
     from avalanche.benchmarks.utils.classification_dataset import TaskAwareSupervisedClassificationDataset
     from avalanche.models import MultiTaskModule
     from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin, ReplayPlugin, SupervisedPlugin
+    from avalanche.training.storage_policy import ReservoirSamplingBuffer
     from avalanche.training.templates import SupervisedTemplate
+    from avalanche.training.utils import ParamData
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -142,14 +147,27 @@ class _Heads(MultiTaskModule):
         return state
 
 
-def _experience(task: TaskData, label: int):
-    """One Avalanche experience over our uint8 tensors, with task label `label` on every sample."""
-    images, targets = task.train.images, task.train.labels
-    dataset = TaskAwareSupervisedClassificationDataset(
+def _dataset(images: torch.Tensor, targets: torch.Tensor, task_labels: torch.Tensor):
+    """Our tensors as an Avalanche classification dataset whose items are (image, target, task label)."""
+    return TaskAwareSupervisedClassificationDataset(
         [TensorDataset(images, targets)],
         data_attributes=[DataAttribute(targets, "targets"),
-                         DataAttribute(torch.full_like(targets, label), "targets_task_labels", use_in_getitem=True)],
+                         DataAttribute(task_labels, "targets_task_labels", use_in_getitem=True)],
     )
+
+
+def _tensors(dataset) -> dict[str, torch.Tensor]:
+    """The inverse of `_dataset`, in the dataset's order (a replay buffer is a few hundred images)."""
+    items = [dataset[i] for i in range(len(dataset))]
+    return {"images": torch.stack([x for x, _, _ in items]),
+            "labels": torch.tensor([int(y) for _, y, _ in items]),
+            "task_labels": torch.tensor([int(t) for _, _, t in items])}
+
+
+def _experience(task: TaskData, label: int):
+    """One Avalanche experience over our uint8 tensors, with task label `label` on every sample."""
+    targets = task.train.labels
+    dataset = _dataset(task.train.images, targets, torch.full_like(targets, label))
     return with_task_labels(benchmark_from_datasets(train=[dataset])).train_stream[0]
 
 
@@ -185,8 +203,13 @@ class _Strategy(SupervisedTemplate):
         self.sums: dict[str, torch.Tensor] = {}  # mean loss terms over the last epoch, as Trainer.fit logs
         self.epoch_iterations = 0
 
+    def forward(self):
+        with self.trainer.autocast:  # bf16 where the run asks for it, as in Trainer.fit
+            return super().forward()
+
     def criterion(self) -> torch.Tensor:
-        ce = super().criterion()
+        with self.trainer.autocast:
+            ce = super().criterion()
         self._ce = ce.detach()
         return ce
 
@@ -203,12 +226,15 @@ class _Strategy(SupervisedTemplate):
         self.iterations += 1
         self.epoch_iterations += 1
         self.bar.update(1)
-        if self.epoch_iterations % self.trainer.log_every == 0:
+        if self.trainer.progress and self.epoch_iterations % self.trainer.log_every == 0:
             self.bar.set_postfix({k: f"{float(v) / self.epoch_iterations:.3f}" for k, v in self.sums.items()})
 
 
 class _AvalancheMethod:
-    """Shared by the four baselines: one Avalanche strategy kept across tasks, trained one task at a time."""
+    """Shared by the four baselines: one Avalanche strategy kept across tasks, trained one task at a time.
+
+    `state_dict()` is what the strategy carries from one task to the next (task labels, Avalanche's
+    clock, the plugin's memory), as tensors and plain values, so a run can resume between tasks."""
 
     name = ""
     penalty = ""  # the loss term the plugin adds, as logged
@@ -237,6 +263,26 @@ class _AvalancheMethod:
     def extra(self) -> dict:
         return {}
 
+    def state_dict(self) -> dict:
+        s = self.strategy
+        return {"task_names": list(s.heads.task_names),
+                "clock": {k: v for k, v in vars(s.clock).items() if isinstance(v, int)},
+                "plugin": self.plugin_state()}
+
+    def load_state_dict(self, state: dict, *, model: TaskModel, trainer: Trainer) -> None:
+        """Continue from `state` with `model` (already holding the checkpoint's weights and heads)."""
+        self.strategy = _Strategy(model=model, trainer=trainer, plugins=self.plugins(), penalty=self.penalty)
+        self.strategy.heads.task_names[:] = state["task_names"]
+        for k, v in state["clock"].items():  # train_exp_counter numbers EWC's experiences
+            setattr(self.strategy.clock, k, v)
+        self.load_plugin_state(state["plugin"])
+
+    def plugin_state(self) -> dict:
+        return {}
+
+    def load_plugin_state(self, state: dict) -> None:
+        pass  # Naive carries nothing
+
 
 class Naive(_AvalancheMethod):
     """Avalanche's Naive strategy: fine-tuning with no protection against forgetting (parity check)."""
@@ -254,7 +300,23 @@ class EWC(_AvalancheMethod):
 
     def plugins(self) -> list[SupervisedPlugin]:
         o = self.options
-        return [EWCPlugin(ewc_lambda=o.lambda_, mode=o.mode, decay_factor=o.decay)]
+        self.ewc = EWCPlugin(ewc_lambda=o.lambda_, mode=o.mode, decay_factor=o.decay)
+        return [self.ewc]
+
+    def plugin_state(self) -> dict:
+        # {experience: {parameter name: tensor}}, in the plugin's own order (online mode zips by order)
+        def plain(groups):
+            return {exp: {k: p.data.detach().cpu().clone() for k, p in params.items()} for exp, params in groups.items()}
+
+        return {"saved_params": plain(self.ewc.saved_params), "importances": plain(self.ewc.importances)}
+
+    def load_plugin_state(self, state: dict) -> None:
+        device = self.strategy.device
+        for kind in ("saved_params", "importances"):
+            groups = getattr(self.ewc, kind)
+            groups.clear()
+            for exp, params in state[kind].items():
+                groups[exp] = {k: ParamData(k, init_tensor=t.to(device), device=device) for k, t in params.items()}
 
 
 class LwF(_AvalancheMethod):
@@ -265,7 +327,30 @@ class LwF(_AvalancheMethod):
     penalty = "lwf"
 
     def plugins(self) -> list[SupervisedPlugin]:
-        return [LwFPlugin(alpha=self.options.alpha, temperature=self.options.temperature)]
+        self.lwf = LwFPlugin(alpha=self.options.alpha, temperature=self.options.temperature)
+        return [self.lwf]
+
+    def plugin_state(self) -> dict:
+        lwf = self.lwf.lwf
+        prev = lwf.prev_model
+        return {
+            "expcount": lwf.expcount,
+            "prev_classes_by_task": {t: sorted(c) for t, c in lwf.prev_classes_by_task.items()},
+            # the model after the last task (the teacher): its weights, heads, task labels and mode
+            "prev_model": None if prev is None else {
+                **checkpoints.model_state(prev.model), "task_names": list(prev.task_names), "training": prev.training},
+        }
+
+    def load_plugin_state(self, state: dict) -> None:
+        lwf = self.lwf.lwf
+        lwf.expcount = state["expcount"]
+        lwf.prev_classes_by_task = defaultdict(set, {t: set(c) for t, c in state["prev_classes_by_task"].items()})
+        saved = state["prev_model"]
+        if saved is not None:
+            prev = copy.deepcopy(self.strategy.heads)
+            checkpoints.load_model(prev.model, saved)
+            prev.task_names = list(saved["task_names"])
+            lwf.prev_model = prev.train(saved["training"])
 
 
 class _ReplayPlugin(ReplayPlugin):
@@ -287,3 +372,20 @@ class Replay(_AvalancheMethod):
 
     def extra(self) -> dict:
         return {"buffer_images": len(self.replay.storage_policy.buffer)}
+
+    def plugin_state(self) -> dict:
+        # The buffer, group by group, in its order, with the reservoir weights that decide what stays.
+        policy = self.replay.storage_policy
+        groups = {exp: {"max_size": g.max_size, "weights": g._buffer_weights.clone(), **_tensors(g.buffer)}
+                  for exp, g in policy.buffer_groups.items()}
+        return {"num_exps": policy._num_exps, "groups": groups}
+
+    def load_plugin_state(self, state: dict) -> None:
+        policy = self.replay.storage_policy
+        policy._num_exps = state["num_exps"]
+        policy.buffer_groups = {}
+        for exp, g in state["groups"].items():
+            group = ReservoirSamplingBuffer(g["max_size"])
+            group._buffer_weights = g["weights"]
+            group.buffer = _dataset(g["images"], g["labels"], g["task_labels"])
+            policy.buffer_groups[exp] = group

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from continual.data import TaskData
 from continual.models import Backbone, TaskModel
-from continual.train import FitStats, Trainer
+from continual.train import Batch, FitStats, Trainer
 
 
 class FinetuneOptions(BaseModel):
@@ -25,5 +25,5 @@ class Finetune:
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"finetune {step}:{task.name}")
 
-    def loss_terms(self, model: TaskModel, x: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(model(x, task), y)}
+    def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y)}
