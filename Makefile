@@ -31,7 +31,7 @@ fashion-mnist:
 	fi
 
 demo: setup
-	$(VENV)/bin/continual run $(SEQUENCE)
+	$(VENV)/bin/continual run $(SEQUENCE) --out runs --resume
 
 test: setup
 	$(PY) -m pytest -x -q

@@ -13,20 +13,23 @@ from continual.models import Backbone, Head, TaskModel
 
 
 @torch.inference_mode()
-def _features(backbone: Backbone, images: torch.Tensor, *, batch_size: int, device: torch.device) -> torch.Tensor:
+def _features(backbone: Backbone, images: torch.Tensor, *, batch_size: int, device: torch.device,
+              bf16: bool) -> torch.Tensor:
     chunks = []
-    for start in range(0, len(images), batch_size):
-        x = backbone.preprocess(images[start : start + batch_size].to(device, non_blocking=True))
-        chunks.append(backbone(x).float())
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(images), batch_size):
+            x = backbone.preprocess(images[start : start + batch_size].to(device, non_blocking=True))
+            chunks.append(backbone(x).float())
     return torch.cat(chunks)
 
 
-def extract_features(backbone: Backbone, split: Split, *, batch_size: int, device: torch.device) -> torch.Tensor:
+def extract_features(backbone: Backbone, split: Split, *, batch_size: int, device: torch.device,
+                     bf16: bool = False) -> torch.Tensor:
     """(N, D) float32 features of a split in eval mode, as an ordinary tensor (usable with autograd)."""
     was_training = backbone.training
     backbone.eval()
     try:
-        return _features(backbone, split.images, batch_size=batch_size, device=device).clone()
+        return _features(backbone, split.images, batch_size=batch_size, device=device, bf16=bf16).clone()
     finally:
         backbone.train(was_training)
 
@@ -79,7 +82,8 @@ class Evaluation:
 
 
 def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *, learned: int, head_init: str,
-             zero_shot_probes: dict[str, Head] | None, batch_size: int, device: torch.device) -> Evaluation:
+             zero_shot_probes: dict[str, Head] | None, batch_size: int, device: torch.device,
+             bf16: bool = False) -> Evaluation:
     """One row of the accuracy matrix after `learned` tasks have been trained.
 
     A learned task is scored with its own head. A task not yet learned is scored with the head it would
@@ -88,7 +92,7 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
     fit on the current frozen features of the probe's train split and scored on its test split.
     """
     encoder = model.backbone.for_inference()  # e.g. BatchNorm folded into convolutions, once per evaluation
-    features = lambda split: extract_features(encoder, split, batch_size=batch_size, device=device)  # noqa: E731
+    features = lambda split: extract_features(encoder, split, batch_size=batch_size, device=device, bf16=bf16)  # noqa: E731
     normalize = model.backbone.normalize_features
     row: dict[str, float] = {}
     future: dict[str, Head] = {}

@@ -25,7 +25,7 @@ from continual.methods import METHODS
 from continual.models import Backbone, Head, TaskModel
 from continual.report import write_report
 from continual.results import RunLock, atomic_write, record_failure, write_step
-from continual.train import Trainer
+from continual.train import Trainer, use_bf16
 
 
 @dataclass
@@ -95,14 +95,16 @@ def run_sequence(seq: Sequence, *, out: str | Path = "reports", methods: list[st
             start = Start.measure(seq, inputs, device=device)
             start.save(folder, inputs)
         failed = {}
+        report = Reporter(folder)
         for name in names:
             try:
-                run_method(seq, name, inputs, start, folder=folder, device=device, progress=progress, resume=resume)
+                run_method(seq, name, inputs, start, folder=folder, device=device, progress=progress, resume=resume,
+                           report=report)
             except FloatingPointError as err:  # this method diverged; the others still run
                 failed[name] = str(err)
                 record_failure(folder / name, str(err))
                 warnings.warn(f"{name} failed: {err}", stacklevel=2)
-        _report(folder)
+        report.draw()
     if failed:
         raise MethodsFailed(folder, failed)
     return folder
@@ -169,14 +171,27 @@ class MethodsFailed(Exception):
         super().__init__("; ".join(f"{name}: {msg}" for name, msg in errors.items()))
 
 
-def _report(folder: Path) -> None:
-    """index.html, summary.md, summary.csv of the run folder, redrawn after every step (~1 s: only the
-    figures whose numbers changed are drawn again). A report that fails warns instead of stopping the
-    run: the results are on disk and `continual report` can draw it again."""
-    try:
-        write_report([folder], record_environment=True)
-    except Exception as err:  # noqa: BLE001 - hours of training outweigh a figure
-        warnings.warn(f"{folder}: report not written: {type(err).__name__}: {err}", stacklevel=2)
+@dataclass
+class Reporter:
+    """index.html, summary.md and summary.csv of the run folder, redrawn while the run goes: after a step
+    when `every` seconds have passed since the last drawing (a drawing takes ~1 s, 1.4 s per step on the
+    default sequence when drawn every step), and always at the end. A report that fails warns instead of
+    stopping the run: the results are on disk and `continual report` can draw it again."""
+
+    folder: Path
+    every: float = 30.0
+    _last: float = float("-inf")
+
+    def step(self) -> None:
+        if time.perf_counter() - self._last >= self.every:
+            self.draw()
+
+    def draw(self) -> None:
+        try:
+            write_report([self.folder], record_environment=True)
+        except Exception as err:  # noqa: BLE001 - hours of training outweigh a figure
+            warnings.warn(f"{self.folder}: report not written: {type(err).__name__}: {err}", stacklevel=2)
+        self._last = time.perf_counter()
 
 
 @dataclass
@@ -200,7 +215,7 @@ class Start:
                                 for p in inputs.probes}
         evaluation = evaluate(model, inputs.tasks, inputs.probes, learned=0, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
-                              device=device)
+                              device=device, bf16=use_bf16(seq.training, device))
         return cls(model, evaluation, zero_shot_probes, time.perf_counter() - began)
 
     def save(self, folder: Path, inputs: Loaded) -> None:
@@ -251,7 +266,7 @@ def seed_step(seed: int, step: int) -> None:
 
 
 def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, folder: Path, device: torch.device,
-               progress: bool = True, resume: bool = False) -> None:
+               progress: bool = True, resume: bool = False, report: Reporter | None = None) -> None:
     """Train `name` on every task in turn, evaluating everything after each step. `folder` is the run's:
     results go to <folder>/<name>/, checkpoints to <folder>/checkpoints/<name>/."""
     tasks, probes = inputs.tasks, inputs.probes
@@ -264,7 +279,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, folder
 
     def write(rows, timings):
         write_step(results, method=name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings)
-        _report(folder)
+        if report is not None:
+            report.step()
 
     result = start.evaluation
     rows = [result.row]
@@ -286,7 +302,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, folder
             began = time.perf_counter()
             result = evaluate(model, tasks, probes, learned=step, head_init=seq.model.head_init,
                               zero_shot_probes=start.zero_shot_probes, batch_size=seq.training.eval_batch_size,
-                              device=device)
+                              device=device, bf16=use_bf16(seq.training, device))
             rows.append(result.row)
             timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
                             "train_steps": stats.steps, "losses": stats.losses, **stats.extra})

@@ -34,6 +34,12 @@ class FitStats:
     extra: dict = field(default_factory=dict)  # method-specific facts worth recording (e.g. buffer size)
 
 
+def use_bf16(training, device: torch.device) -> bool:
+    """`precision` resolved: auto means bf16 on CUDA and fp32 on CPU."""
+    precision = getattr(training, "precision", "fp32")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def epoch_means(sums: dict[str, torch.Tensor], *, steps: int, task: str) -> dict[str, float]:
     """Mean of each loss term over an epoch's `steps`; a non-finite one stops the method here."""
     losses = {k: float(v) / max(1, steps) for k, v in sums.items()}
@@ -55,11 +61,9 @@ class Trainer:
 
     @property
     def autocast(self) -> torch.autocast:
-        """bf16 autocast around forward and loss where `precision` asks for it (auto: on CUDA only; the
-        master weights, optimiser and gradients stay float32)."""
-        precision = getattr(self.training, "precision", "fp32")
-        bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        """bf16 autocast around forward and loss where `precision` asks for it (the master weights,
+        optimiser and gradients stay float32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16(self.training, self.device))
 
     def on_device(self, images: torch.Tensor) -> torch.Tensor:
         """A task's uint8 images, moved to the GPU once when they fit in 4 GiB (then no host copy per
@@ -119,6 +123,8 @@ class Trainer:
         for epoch in range(t.epochs):
             sums = {}
             order = torch.randperm(n)
+            if self.device.type == "cuda":  # pinned: slices of it reach the GPU without a sync (LDIFS cache)
+                order = order.pin_memory()
             on_device = order.to(images.device)
             for b in range(per_epoch):
                 idx = order[b * t.batch_size : (b + 1) * t.batch_size]

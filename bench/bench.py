@@ -1,0 +1,216 @@
+"""Benchmark: what a training step costs with each method against a bare PyTorch loop, and where the wall
+time of the default sequence goes. Prints markdown tables naming the machine.
+
+    python bench/bench.py              # CPU: step ratios (~2 min), then the default sequence end to end
+    python bench/bench.py --ratios     # the step ratios only
+    python bench/bench.py --gpu        # GPU: ViT-B-32 (random init) fine-tuning and LDIFS throughput
+
+Step ratios: EfficientNet-Lite0 with its shipped weights, 64 px, batch 64, on synthetic uint8 images of
+the default sequence's shape; every variant trains the same tensors from the same weights for one task
+of `--steps` steps, the variants interleaved for `--rounds` rounds, the median step time reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from continual.config import TrainingConfig  # noqa: E402
+from continual.data import Split, TaskData  # noqa: E402
+from continual.methods import METHODS  # noqa: E402
+from continual.models import Head, TaskModel, build_backbone  # noqa: E402
+from continual.train import Trainer  # noqa: E402
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def synthetic_task(n: int, size: int, classes: int = 10) -> TaskData:
+    g = torch.Generator().manual_seed(0)
+    split = Split(images=torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                  labels=torch.arange(n) % classes)
+    return TaskData(name="bench", dataset="synthetic", class_names=[str(c) for c in range(classes)],
+                    train=split, test=split)
+
+
+def bare_loop(model: TaskModel, task: TaskData, training, device: torch.device) -> float:
+    """The same training written as plainly as possible: seconds per step."""
+    images, labels = task.train.images, task.train.labels
+    params = [p for p in list(model.backbone.parameters()) + list(model.heads[task.name].parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+    steps = math.ceil(len(labels) / training.batch_size)
+    warmup = min(training.warmup_steps, steps - 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else
+                                              0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+    model.train()
+    order = torch.randperm(len(labels))
+    began = time.perf_counter()
+    for b in range(steps):
+        idx = order[b * training.batch_size : (b + 1) * training.batch_size]
+        x = model.backbone.preprocess(images[idx].to(device))
+        loss = F.cross_entropy(model(x, task.name), labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, training.grad_clip)
+        opt.step()
+        sched.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - began) / steps
+
+
+def method_step(name: str, options: dict, model: TaskModel, task: TaskData, trainer: Trainer, pretrained) -> tuple[float, dict]:
+    method = METHODS[name](METHODS[name].Options.model_validate(options), pretrained=pretrained)
+    stats = method.fit_task(model, task, step=1, trainer=trainer)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return stats.seconds / stats.steps, stats.extra
+
+
+def ratios(args) -> None:
+    device = torch.device("cpu")
+    backbone = build_backbone(SimpleNamespace(family="efficientnet_lite0", arch=None, pretrained=None, image_size=64,
+                                              head_init="linear_probe"))
+    training = TrainingConfig(batch_size=64, warmup_steps=2)
+    task = synthetic_task(args.steps * training.batch_size, 64)
+    torch.manual_seed(0)
+    head = Head(backbone.feature_dim, 10, normalize=False)
+    trainer = Trainer(training, device=device, progress=False)
+    variants = {
+        "bare PyTorch loop": None,
+        "finetune (Trainer.fit)": ("finetune", {}),
+        "ldifs, frozen forward per step (paper's code)": ("ldifs", {"cache": "off"}),
+        "ldifs, anchor features cached": ("ldifs", {"cache": "memory"}),
+        "naive (Avalanche SupervisedTemplate)": ("naive", {}),
+    }
+    times = {k: [] for k in variants}
+    cache_seconds = []
+    for _ in range(args.rounds):
+        for label, spec in variants.items():
+            model = TaskModel(copy.deepcopy(backbone), {"bench": copy.deepcopy(head)}, freeze_batchnorm=True)
+            torch.manual_seed(1)
+            if spec is None:
+                times[label].append(bare_loop(model, task, training, device))
+            else:
+                seconds, extra = method_step(*spec, model, task, trainer, backbone)
+                times[label].append(seconds)
+                if "anchor_cache_seconds" in extra:
+                    cache_seconds.append(extra["anchor_cache_seconds"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    bare, ft = med["bare PyTorch loop"], med["finetune (Trainer.fit)"]
+    print(f"\n### Training step, EfficientNet-Lite0 64 px, batch 64, {args.steps} steps x {args.rounds} rounds "
+          f"interleaved\n\nMachine: {machine()}\n")
+    print("| variant | ms / step | vs bare loop | vs finetune |\n|---|---|---|---|")
+    for label, t in med.items():
+        print(f"| {label} | {t * 1000:.0f} | {t / bare:.3f}x | {t / ft:.3f}x |")
+    c = statistics.median(cache_seconds)
+    with_build = (med["ldifs, anchor features cached"] * args.steps + c) / (ft * args.steps)
+    print(f"\nAnchor cache: built in {c:.2f} s per task ({args.steps * 64} images); counting the build, an LDIFS "
+          f"task of {args.steps} steps costs {with_build:.3f}x a fine-tuning task.")
+
+
+def default_run(args) -> None:
+    """The default sequence end to end in a fresh process: wall time, and evaluation's share of it."""
+    sequence = ROOT / "sequences" / "mnist-fashion-animals.yaml"
+    with tempfile.TemporaryDirectory() as out:
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "continual", "run", str(sequence), "--out", out, "--quiet"],
+                       check=True, cwd=ROOT)
+        wall = time.perf_counter() - began
+        folder = Path(out) / "mnist-fashion-animals"
+        docs = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/metrics.json"))}
+    start_eval = next(iter(docs.values()))["timings"][0]["eval_seconds"]
+    print(f"\n### Default sequence (`{sequence.relative_to(ROOT)}`), all methods, end to end\n\nMachine: {machine()}\n")
+    print("| method | fit s | eval s |\n|---|---|---|")
+    fit_total, eval_total = 0.0, start_eval
+    for name, doc in docs.items():
+        fit = sum(t["fit_seconds"] for t in doc["timings"])
+        ev = sum(t["eval_seconds"] for t in doc["timings"][1:])
+        fit_total, eval_total = fit_total + fit, eval_total + ev
+        print(f"| {name} | {fit:.1f} | {ev:.1f} |")
+    print(f"| step 0 (shared) | | {start_eval:.1f} |")
+    print(f"\nWall time {wall:.0f} s ({wall / 60:.1f} min): training {fit_total:.0f} s ({fit_total / wall:.0%}), "
+          f"evaluation {eval_total:.0f} s ({eval_total / wall:.0%}), the rest (start-up, data, files, report) "
+          f"{wall - fit_total - eval_total:.0f} s.")
+
+
+def gpu(args) -> None:
+    """ViT-B-32 (random init: no download) at 224 px, batch 128: images/s and peak memory."""
+    if not torch.cuda.is_available():
+        sys.exit("--gpu needs a CUDA device")
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    backbone = build_backbone(SimpleNamespace(family="open_clip", arch="ViT-B-32", pretrained=None, image_size=None,
+                                              head_init="linear_probe")).to(device)
+    batch, steps = args.gpu_batch, args.gpu_steps
+    training = TrainingConfig(batch_size=batch, warmup_steps=2, eval_batch_size=256)
+    task = synthetic_task(batch * steps, backbone.image_size, classes=100)
+    torch.manual_seed(0)
+    head = Head(backbone.feature_dim, 100, normalize=True)
+    trainer = Trainer(training, device=device, progress=False)
+    print(f"\n### GPU: open_clip ViT-B-32 (random init), 224 px, batch {batch}, bf16 autocast, {steps} steps\n\n"
+          f"Machine: {machine()}\n")
+    print("| variant | images / s | ms / step | vs finetune | peak GPU memory |\n|---|---|---|---|---|")
+    results = {}
+    for label, name, options in [("finetune", "finetune", {}), ("finetune (warm)", "finetune", {}),
+                                 ("ldifs, frozen forward per step", "ldifs", {"cache": "off"}),
+                                 ("ldifs, anchor features cached", "ldifs", {"cache": "auto"})]:
+        model = TaskModel(copy.deepcopy(backbone), {"bench": copy.deepcopy(head).to(device)})
+        torch.cuda.reset_peak_memory_stats()
+        seconds, extra = method_step(name, options, model, task, trainer, backbone)
+        results[label] = seconds
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        ft = results.get("finetune (warm)", seconds)
+        print(f"| {label} | {batch / seconds:.0f} | {seconds * 1000:.0f} | {seconds / ft:.3f}x | {peak:.1f} GiB |"
+              + (f" cache built in {extra['anchor_cache_seconds']:.1f} s ({extra['anchor_cache']})"
+                 if "anchor_cache_seconds" in extra else ""))
+        del model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ratios", action="store_true", help="step ratios only (no end-to-end run)")
+    parser.add_argument("--gpu", action="store_true", help="the GPU variant only")
+    parser.add_argument("--steps", type=int, default=16, help="steps per measured task (CPU)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (CPU)")
+    parser.add_argument("--gpu-batch", type=int, default=128)
+    parser.add_argument("--gpu-steps", type=int, default=30)
+    args = parser.parse_args()
+    if args.gpu:
+        gpu(args)
+        return
+    ratios(args)
+    if not args.ratios:
+        default_run(args)
+
+
+if __name__ == "__main__":
+    main()
