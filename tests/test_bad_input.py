@@ -366,3 +366,9 @@ def test_out_is_not_a_folder(tmp_path, capsys, layout):
     _, err = run(tmp_path, capsys, GOOD, out=out)
     expect(err, "--out", str(out), str(blocker), "is a file")
     assert blocker.read_text() == "not what you want\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present here")
+def test_cuda_asked_for_on_a_machine_without_one(tmp_path, capsys):
+    path, err = run(tmp_path, capsys, edited(tmp_path, {"training.device": "cuda"}))
+    assert f"{path}: training.device: cuda asked for, but this machine has 0 CUDA device(s)" in err

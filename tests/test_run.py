@@ -81,6 +81,16 @@ def test_same_seed_same_numbers_and_dict_api(run_folder, tmp_path):
     assert list(metrics["method"].unique()) == ["ldifs"] and len(metrics) == 3
 
 
+def test_ldifs_anchor_cache_on_disk_is_used_then_removed(run_folder, tmp_path):
+    doc = dict(TINY, methods=[{"ldifs": {"lambda": 10, "cache": "disk"}}])
+    folder = continual.run(doc, out=tmp_path, progress=False)
+    timings = json.loads((folder / "ldifs" / "metrics.json").read_text())["timings"]
+    assert [t["anchor_cache"] for t in timings[1:]] == ["disk", "disk"] and timings[1]["anchor_cache_mb"] > 0
+    assert not (folder / "cache").exists()  # float16 memmaps deleted when the method ends
+    disk, memory = continual.load_run(folder)["ldifs"], continual.load_run(run_folder)["ldifs"]
+    assert (disk - memory).abs().to_numpy().max() <= 0.05  # float16 taps: at most a test image or so apart
+
+
 def test_bad_data_path_writes_nothing(tmp_path, capsys):
     doc = dict(TINY, tasks=[{"name": "mine", "dataset": "imagefolder", "path": str(tmp_path / "missing")}])
     seq = tmp_path / "bad.yaml"

@@ -64,12 +64,18 @@ def feature_distance(taps: list[torch.Tensor], anchor: list[torch.Tensor]) -> to
     whatever its width or resolution, and λ means the same for a CNN and a ViT. The paper's code instead
     normalises along dim 1 (the token axis of a ViT's residual stream) and takes a plain mean over all
     elements, which scales each tap's term by its size.
+
+    Computed as 2 - 2·cos(a, b) with sums over every non-batch dimension: the same number, without
+    materialising normalised copies of the taps or flattening channels-last activations (which copies
+    them); 7% -> 3% of a fine-tuning step on the default sequence (bench/bench.py).
     """
-    total = taps[0].new_zeros(())
+    total = taps[0].new_zeros((), dtype=torch.float32)
     for a, b in zip(taps, anchor, strict=True):
-        a = F.normalize(a.flatten(1).float(), dim=1)
-        b = F.normalize(b.flatten(1).float(), dim=1)
-        total = total + (a - b).pow(2).sum(dim=1).mean()
+        a, b = a.float(), b.float()
+        dims = tuple(range(1, a.ndim))
+        dot = (a * b).sum(dims)
+        norms = a.pow(2).sum(dims).sqrt().clamp_min(1e-12) * b.pow(2).sum(dims).sqrt().clamp_min(1e-12)
+        total = total + (2 - 2 * dot / norms).mean()
     return total / len(taps)
 
 
