@@ -55,7 +55,7 @@ def load(path: Path, *, expect: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated zip, foreign pickle, permissions: all the same to a user
-        raise CheckpointError(path, f"cannot be read ({type(err).__name__}: {_first_line(err)}); "
+        raise CheckpointError(path, f"cannot be read ({type(err).__name__}: {first_line(err)}); "
                                     "it may be truncated or not a checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -66,7 +66,8 @@ def load(path: Path, *, expect: dict) -> dict:
     return state
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
+    """An error's first line, at most 200 characters: torch's load errors run to paragraphs."""
     return (str(err).strip().splitlines() or [""])[0][:200]
 
 

@@ -107,6 +107,19 @@ def _band(ax, x, mean, std, style: dict, label: str, *, markersize: float = 4) -
         ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.15, linewidth=0)
 
 
+def _method_bands(ax, mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFrame], *, methods: list[str],
+                  column: str, style: dict) -> dict[str, pd.Series]:
+    """One line (± std band) per method for `column`, in percent; returns the plotted series by method."""
+    plotted = {}
+    for method in methods:
+        if method not in mean or column not in mean[method]:
+            continue
+        m = mean[method][column] * 100
+        _band(ax, m.index, m.to_numpy(), _std(std, method, column, m.index), style[method], method)
+        plotted[method] = m
+    return plotted
+
+
 def _panels(count: int, *, max_cols: int, width: float, height: float, pad_w: float, pad_h: float):
     """A figure with `count` panels sharing the y axis (unused grid cells hidden): (fig, axes, ncols)."""
     ncols = min(count, max_cols)
@@ -137,12 +150,7 @@ def forgetting_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataF
         learned = k + 1
         ax.axvspan(-0.3, learned - 0.5, color="0.92", linewidth=0)
         ax.axvline(learned, color="0.3", linestyle=":", linewidth=1)
-        for method in methods:
-            if method not in mean or task not in mean[method]:
-                continue
-            m = mean[method][task] * 100
-            s = _std(std, method, task, m.index)
-            _band(ax, m.index, m.to_numpy(), s, style[method], method)
+        for method, m in _method_bands(ax, mean, std, methods=methods, column=task, style=style).items():
             if learned in m.index:
                 ax.plot(learned, m[learned], marker="*", markersize=13, color=style[method]["color"],
                         markeredgecolor="black", markeredgewidth=0.5, linestyle="none")
@@ -166,12 +174,7 @@ def concept_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFram
     for k, probe in enumerate(probes):
         ax = axes[k]
         ax.axhline(0, color="0.3", linewidth=1)
-        for method in methods:
-            if method not in mean or probe not in mean[method]:
-                continue
-            m = mean[method][probe] * 100
-            s = _std(std, method, probe, m.index)
-            _band(ax, m.index, m.to_numpy(), s, style[method], method)
+        _method_bands(ax, mean, std, methods=methods, column=probe, style=style)
         name = probe.removeprefix("probe:")
         kind = "zero-shot" if name.endswith(":zero_shot") else "linear probe"
         ax.set_title(f"{name.removesuffix(':zero_shot')} ({kind})", fontsize=10)

@@ -342,5 +342,5 @@ def _resume_method(saved: Path, *, name: str, model: TaskModel, method, trainer:
         future_heads = checkpoints.build_heads(state["future_heads"], device=next(model.parameters()).device)
     except (KeyError, RuntimeError, ValueError) as err:
         raise checkpoints.CheckpointError(path, f"does not fit this run's model or method "
-                                                f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+                                                f"({type(err).__name__}: {checkpoints.first_line(err)})") from None
     return step, state["rows"], state["timings"], Evaluation(state["rows"][-1], future_heads)
