@@ -31,9 +31,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from continual import methods  # noqa: E402
 from continual.config import TrainingConfig  # noqa: E402
-from continual.data import Split, TaskData  # noqa: E402
-from continual.methods import METHODS  # noqa: E402
+from continual.datasets.tasks import Split, TaskData  # noqa: E402
 from continual.models import Head, TaskModel, build_backbone  # noqa: E402
 from continual.train import Trainer  # noqa: E402
 
@@ -87,7 +87,7 @@ def bare_loop(model: TaskModel, task: TaskData, training, device: torch.device) 
 
 
 def method_step(name: str, options: dict, model: TaskModel, task: TaskData, trainer: Trainer, pretrained) -> tuple[float, dict]:
-    method = METHODS[name](METHODS[name].Options.model_validate(options), pretrained=pretrained)
+    method = methods.build(methods.METHODS[name].options.model_validate(options), pretrained=pretrained)
     stats = method.fit_task(model, task, step=1, trainer=trainer)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()

@@ -18,24 +18,32 @@ def run(sequence: str | Path | dict, *, out: str | Path = "reports", methods: li
     """Run a sequence (a YAML path or a dict of the same shape); returns the run folder. A folder that
     already holds a run needs `resume=True` (continue it) or `overwrite=True` (start again)."""
     from continual.config import load_sequence
-    from continual.runner import run_sequence
+    from continual.report import LiveReport
+    from continual.runner import MethodsFailed, run_sequence
 
     seq = load_sequence(sequence, list(overrides))
     source = "<dict>" if isinstance(sequence, dict) else str(sequence)
-    return run_sequence(seq, out=out, methods=methods, source=source, progress=progress, resume=resume,
-                        overwrite=overwrite)
+    live = LiveReport(Path(out) / seq.name)
+    try:
+        folder = run_sequence(seq, out=out, methods=methods, source=source, progress=progress, resume=resume,
+                              overwrite=overwrite, on_step=live.step)
+    except MethodsFailed:
+        live.draw()
+        raise
+    live.draw()
+    return folder
 
 
 def load_run(folder: str | Path):
     """A finished (or running) run folder -> {method: accuracy-matrix DataFrame indexed by step}."""
-    from continual.results import load_run as _load
+    from continual.run_folder import load_run as _load
 
     return _load(folder)
 
 
 def load_metrics(folder: str | Path):
     """Per-step metrics of every method in a run folder as one DataFrame (method, step, ...)."""
-    from continual.results import load_metrics as _load
+    from continual.run_folder import load_metrics as _load
 
     return _load(folder)
 

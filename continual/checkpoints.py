@@ -71,6 +71,11 @@ def first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [""])[0][:200]
 
 
+def start_path(folder: Path) -> Path:
+    """Step 0's checkpoint in a run's checkpoints/ folder (RunFolder.checkpoints())."""
+    return folder / "start.pt"
+
+
 def step_path(folder: Path, step: int) -> Path:
     return folder / f"step-{step}.pt"
 

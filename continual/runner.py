@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import random
 import shutil
 import sys
@@ -12,20 +11,24 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 
-from continual import checkpoints, data, models
+from continual import checkpoints, methods, models, seeds
 from continual.config import ConfigError, Sequence, dump_sequence
-from continual.data import TaskData
+from continual.datasets import DataError
+from continual.datasets.tasks import TaskData, load_task
 from continual.evaluate import Evaluation, evaluate
-from continual.methods import METHODS
+from continual.methods import METHODS, NEEDS
 from continual.models import Backbone, Head, TaskModel
-from continual.report import write_report
-from continual.results import RunLock, atomic_write, record_failure, write_step
+from continual.run_folder import RunFolder
 from continual.train import Trainer, use_bf16
+
+# Called after each step's files are written: (method, step, number of steps). The CLI and
+# `continual.run` draw the live report with it (continual/report/live.py); the runner draws nothing.
+OnStep = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -44,6 +47,9 @@ def resolve_device(name: str, *, source: str = "<sequence>") -> torch.device:
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ConfigError(source, [("training.device", f"{name} asked for, but this machine has "
                                    f"{torch.cuda.device_count()} CUDA device(s); use auto or cpu")])
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(source, [("training.device", "mps asked for, but this machine has no Apple GPU; "
+                                                       "use auto or cpu")])
     return device
 
 
@@ -58,113 +64,75 @@ def load_inputs(seq: Sequence, *, source: str, device: torch.device) -> Loaded:
         loaded[group] = []
         for i, spec in enumerate(getattr(seq, group)):
             try:
-                loaded[group].append(data.load_task(spec, image_size=backbone.image_size, data_root=seq.root,
-                                                    seed=seq.seed, download=seq.download))
-            except data.DataError as err:
+                loaded[group].append(load_task(spec, image_size=backbone.image_size, data_root=seq.root,
+                                               seed=seq.seed, download=seq.download))
+            except DataError as err:
                 key = f"{group}[{i}].{err.key}" if err.key else f"{group}[{i}]"
                 raise ConfigError(source, [(key, err.message)]) from None
     return Loaded(backbone=backbone, tasks=loaded["tasks"], probes=loaded["probes"])
 
 
+def check_needs(seq: Sequence, names: list[str], backbone: Backbone, *, source: str) -> None:
+    """Refuse, before anything is written, a method whose needs this model cannot meet (methods.NEEDS)."""
+    listed = [o.name for o in seq.methods]
+    problems = []
+    for name in names:
+        key = f"methods[{listed.index(name)}]" if name in listed else "--methods"
+        for need in METHODS[name].needs:
+            if need == "taps":
+                try:
+                    backbone.tap_names
+                except models.ModelError as err:
+                    problems.append((key, f"{name} needs {NEEDS[need]}: {err.message}"))
+    if problems:
+        raise ConfigError(source, problems)
+
+
 def run_sequence(seq: Sequence, *, out: str | Path = "reports", methods: list[str] | None = None,
                  source: str = "<sequence>", progress: bool = True, resume: bool = False,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, on_step: OnStep | None = None) -> Path:
     """Run every method of `seq` (or only `methods`) and return the run folder <out>/<seq.name>.
 
     A folder that already holds a run is refused unless `resume` (continue each method from its newest
-    checkpoint; the sequence must be the same) or `overwrite` (discard it and start again)."""
-    names = methods or [m.name for m in seq.methods]
+    checkpoint; the sequence must be the same) or `overwrite` (discard it and start again). `on_step`
+    is called after every step's files are written."""
+    names = methods or [o.name for o in seq.methods]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ConfigError("--methods", [(n, f"unknown method (known: {', '.join(METHODS)})") for n in unknown])
-    for name in names:  # methods named only on the command line get their default options, validated too
-        seq.method(name).parsed()
     if resume and overwrite:
         raise ConfigError("--resume", [("", "--resume and --overwrite exclude each other")])
-    folder = Path(out) / seq.name
-    for path in (folder, *folder.parents):  # refuse before loading anything if a file is in the way
+    run = RunFolder(Path(out) / seq.name)
+    for path in (run.path, *run.path.parents):  # refuse before loading anything if a file is in the way
         if path.exists():
             if not path.is_dir():
                 raise ConfigError("--out", [(str(out), f"{path} is a file; expected a folder for the results")])
             break
     device = resolve_device(seq.training.device, source=source)
     inputs = load_inputs(seq, source=source, device=device)
+    check_needs(seq, names, inputs.backbone, source=source)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with RunLock(folder):
-        _claim(folder, seq, resume=resume, overwrite=overwrite)
-        atomic_write(folder / "config.yaml", dump_sequence(seq))
-        start = Start.resume(folder, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen") if resume else None
+    run.path.mkdir(parents=True, exist_ok=True)
+    with run.lock():
+        config = dump_sequence(seq)
+        run.claim(config, resume=resume, overwrite=overwrite, may_differ=("keep_checkpoints",))
+        run.write_config(config)
+        start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen") if resume else None
         if start is None:
             start = Start.measure(seq, inputs, device=device)
-            start.save(folder, inputs)
+            start.save(run, inputs)
         failed = {}
-        report = Reporter(folder)
         for name in names:
             try:
-                run_method(seq, name, inputs, start, folder=folder, device=device, progress=progress, resume=resume,
-                           report=report)
+                run_method(seq, name, inputs, start, run=run, device=device, progress=progress, resume=resume,
+                           on_step=on_step)
             except FloatingPointError as err:  # this method diverged; the others still run
                 failed[name] = str(err)
-                record_failure(folder / name, str(err))
+                run.record_failure(name, str(err))
                 warnings.warn(f"{name} failed: {err}", stacklevel=2)
-        report.draw()
     if failed:
-        raise MethodsFailed(folder, failed)
-    return folder
-
-
-class RunExists(Exception):
-    """The output folder already holds a run and neither --resume nor --overwrite was given."""
-
-
-def _claim(folder: Path, seq: Sequence, *, resume: bool, overwrite: bool) -> None:
-    """Make `folder` ours for this run (called holding its lock): nothing computed is discarded unless
-    asked, and a resume must be of the same sequence (except `keep_checkpoints`)."""
-    config = folder / "config.yaml"
-    if not config.exists():
-        return  # a new run (or one killed before its first file): nothing to keep
-    if overwrite:
-        for entry in folder.iterdir():
-            if entry.name != ".lock":
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        return
-    if not resume:
-        raise RunExists(f"{folder} already holds a run of '{seq.name}' ({_progress(folder)}); "
-                        "add --resume to continue it, --overwrite to discard it, or choose another --out")
-    try:
-        on_disk = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(str(config), [("", f"cannot be read to check the resume ({err})")]) from None
-    now = yaml.safe_load(dump_sequence(seq))
-    differ = [(key, f"was {a!r} in this run, is {b!r} now") for key, a, b in _differences(on_disk, now)
-              if key != "keep_checkpoints"]
-    if differ:
-        raise ConfigError(str(config), differ + [("", "resume needs the sequence the run was started with; "
-                                                      "use --overwrite to start again with this one")])
-
-
-def _differences(a, b, prefix: str = "") -> list[tuple[str, object, object]]:
-    """Key paths (`training.lr`, `tasks[1].classes`) where two YAML trees differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in list(a) + [k for k in b if k not in a]:
-            out += _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(isinstance(x, dict) for x in a + b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{prefix}[{i}]")]
-    return [] if a == b else [(prefix, a, b)]
-
-
-def _progress(folder: Path) -> str:
-    done = []
-    for path in sorted(folder.glob("*/metrics.json")):
-        try:
-            doc = json.loads(path.read_text())
-            done.append(f"{path.parent.name} {doc['steps_done']}/{doc['steps_total']} steps")
-        except (OSError, ValueError, KeyError):
-            done.append(f"{path.parent.name} unreadable")
-    return ", ".join(done) or "no step finished yet"
+        raise MethodsFailed(run.path, failed)
+    return run.path
 
 
 class MethodsFailed(Exception):
@@ -173,30 +141,6 @@ class MethodsFailed(Exception):
     def __init__(self, folder: Path, errors: dict[str, str]):
         self.folder, self.errors = folder, errors
         super().__init__("; ".join(f"{name}: {msg}" for name, msg in errors.items()))
-
-
-@dataclass
-class Reporter:
-    """index.html, summary.md and summary.csv of the run folder, redrawn while the run goes: after a step
-    when `every` seconds have passed since the last drawing, and always at the end. A drawing takes
-    ~1.4 s; after every step it cost 20 of the default sequence's 430 s. Each method's own files (matrix,
-    metrics, curves) are still rewritten after every step. A report that fails warns instead of stopping
-    the run: the results are on disk and `continual report` can draw it again."""
-
-    folder: Path
-    every: float = 120.0
-    _last: float = float("-inf")
-
-    def step(self) -> None:
-        if time.perf_counter() - self._last >= self.every:
-            self.draw()
-
-    def draw(self) -> None:
-        try:
-            write_report([self.folder], record_environment=True)
-        except Exception as err:  # noqa: BLE001 - hours of training outweigh a figure
-            warnings.warn(f"{self.folder}: report not written: {type(err).__name__}: {err}", stacklevel=2)
-        self._last = time.perf_counter()
 
 
 @dataclass
@@ -223,10 +167,10 @@ class Start:
                               device=device, bf16=use_bf16(seq.training, device))
         return cls(model, evaluation, zero_shot_probes, time.perf_counter() - began)
 
-    def save(self, folder: Path, inputs: Loaded) -> None:
+    def save(self, run: RunFolder, inputs: Loaded) -> None:
         """checkpoints/start.pt: the heads and scores (the backbone is the pre-trained one, rebuilt from
         the sequence on resume and checked against this fingerprint)."""
-        checkpoints.save(folder / "checkpoints" / "start.pt", {
+        checkpoints.save(checkpoints.start_path(run.checkpoints()), {
             "format": checkpoints.FORMAT, "step": 0, "backbone": checkpoints.fingerprint(inputs.backbone),
             "heads": checkpoints.heads_state(self.model.heads), "row": self.evaluation.row,
             "future_heads": checkpoints.heads_state(self.evaluation.future_heads),
@@ -234,8 +178,8 @@ class Start:
             "seconds": self.seconds})
 
     @classmethod
-    def resume(cls, folder: Path, inputs: Loaded, *, freeze_batchnorm: bool) -> Start | None:
-        path = folder / "checkpoints" / "start.pt"
+    def resume(cls, run: RunFolder, inputs: Loaded, *, freeze_batchnorm: bool) -> Start | None:
+        path = checkpoints.start_path(run.checkpoints())
         if not path.exists():
             return None  # killed before step 0 was saved: measure it again
         state = checkpoints.load(path, expect={"step": 0, "backbone": checkpoints.fingerprint(inputs.backbone)})
@@ -255,7 +199,7 @@ def _initial_heads(seq: Sequence, backbone: Backbone, tasks: list[TaskData]) -> 
         if seq.model.head_init == "zero_shot":
             heads[task.name] = models.zero_shot_head(backbone, task.class_names)
         elif seq.model.head_init == "random":
-            torch.manual_seed(seq.seed * 1009 + i)
+            torch.manual_seed(seeds.derive(seq.seed, "head", i))
             heads[task.name] = Head(backbone.feature_dim, len(task.class_names), normalize=backbone.normalize_features)
     return heads
 
@@ -264,28 +208,27 @@ def seed_step(seed: int, step: int) -> None:
     """Seed torch (CPU and CUDA), numpy and random for one step. Per step, not once per method: a step's
     randomness (shuffling, dropout, replay sampling) then depends only on (seed, step), whichever methods
     ran before it and whether the run was resumed in between."""
-    value = seed * 1009 + step
+    value = seeds.derive(seed, "step", step)
     torch.manual_seed(value)
     np.random.seed(value % 2**32)
     random.seed(value)
 
 
-def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, folder: Path, device: torch.device,
-               progress: bool = True, resume: bool = False, report: Reporter | None = None) -> None:
-    """Train `name` on every task in turn, evaluating everything after each step. `folder` is the run's:
-    results go to <folder>/<name>/, checkpoints to <folder>/checkpoints/<name>/."""
+def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: RunFolder, device: torch.device,
+               progress: bool = True, resume: bool = False, on_step: OnStep | None = None) -> None:
+    """Train `name` on every task in turn, evaluating everything after each step, writing into `run`."""
     tasks, probes = inputs.tasks, inputs.probes
-    results, saved = folder / name, folder / "checkpoints" / name
+    saved = run.checkpoints(name)
     model = copy.deepcopy(start.model)
-    method = METHODS[name](seq.method(name).parsed(), pretrained=inputs.backbone)
-    scratch = folder / "cache" / name  # large recomputable files (LDIFS's anchor taps on disk), removed at the end
+    method = methods.build(seq.method(name), pretrained=inputs.backbone)
+    scratch = run.cache(name)  # large recomputable files (LDIFS's anchor taps on disk), removed at the end
     trainer = Trainer(seq.training, device=device, progress=progress, scratch=scratch)
     task_names = [t.name for t in tasks]
 
     def write(rows, timings):
-        write_step(results, method=name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings)
-        if report is not None:
-            report.step()
+        run.write_step(name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings)
+        if on_step is not None:
+            on_step(name, len(rows) - 1, len(tasks))
 
     result = start.evaluation
     rows = [result.row]
@@ -310,7 +253,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, folder
                               device=device, bf16=use_bf16(seq.training, device))
             rows.append(result.row)
             timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
-                            "train_steps": stats.steps, "losses": stats.losses, **stats.extra})
+                            "train_steps": stats.steps, "losses": stats.losses,
+                            "first_losses": stats.first_losses, **stats.extra})
             if seq.keep_checkpoints > 0:
                 checkpoints.save(checkpoints.step_path(saved, step), {
                     "format": checkpoints.FORMAT, "method": name, "step": step, **checkpoints.model_state(model),

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from continual.data import TaskData
+from continual.datasets.tasks import TaskData
 from continual.models import TaskModel
 
 @dataclass
@@ -31,6 +31,10 @@ class FitStats:
     steps: int
     seconds: float
     losses: dict[str, float]  # mean of each term over the last epoch
+    # Each term on the task's first batch, before any update: the starting head and features, which depend
+    # on data, preprocessing, head fitting and seeding but not on how the updates accumulate float
+    # error, so they are pinned across CPUs by the tests.
+    first_losses: dict[str, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # method-specific facts worth recording (e.g. buffer size)
 
 
@@ -120,6 +124,7 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(total=total, desc=label or task.name, unit="step", disable=not self.progress, leave=True)
         sums: dict[str, torch.Tensor] = {}
+        first: dict[str, torch.Tensor] = {}
         for epoch in range(t.epochs):
             sums = {}
             order = torch.randperm(n)
@@ -141,10 +146,13 @@ class Trainer:
                 schedule.step()
                 for k, v in terms.items():  # accumulate on device: no sync per step
                     sums[k] = sums.get(k, 0) + v.detach()
+                if not first:
+                    first = {k: v.detach() for k, v in terms.items()}
                 bar.update(1)
                 if self.progress and ((b + 1) % self.log_every == 0 or b + 1 == per_epoch):
                     shown = {k: f"{float(v) / (b + 1):.3f}" for k, v in sums.items()}
                     bar.set_postfix(epoch=f"{epoch + 1}/{t.epochs}", **shown)
         bar.close()
         return FitStats(steps=total, seconds=time.perf_counter() - start,
-                        losses=epoch_means(sums, steps=per_epoch, task=task.name))
+                        losses=epoch_means(sums, steps=per_epoch, task=task.name),
+                        first_losses={k: float(v) for k, v in first.items()})

@@ -15,8 +15,8 @@ import torch
 import yaml
 from PIL import Image
 
-from continual import data
 from continual.cli import main
+from continual.datasets import tasks
 
 # Valid everywhere except where a case breaks it: the bundled digits, 32 px, two images per class.
 GOOD = {
@@ -107,7 +107,7 @@ def expect(err: str, source, key: str, *words: str) -> None:
     ({"methods": "finetune"}, "methods", ["list", "'finetune'"]),
     ({"methods": [3]}, "methods[0]", ["method name", "3"]),
     ({"methods": [{"ldifs": {}, "ewc": {}}]}, "methods[0]", ["one-key mapping", "2 keys"]),
-    ({"methods": [{"ldifs": [1]}]}, "methods[0].ldifs", ["mapping", "list"]),
+    ({"methods": [{"ldifs": [1]}]}, "methods[0]", ["options of ldifs", "mapping", "a list"]),
     ({"methods": [{"ldifs": {"lambda": "big"}}]}, "methods[0].ldifs.lambda", ["number", "'big'"]),
     # zero and negative sizes, counts and rates
     ({"training.epochs": -1}, "training.epochs", ["greater than 0", "-1"]),
@@ -309,7 +309,7 @@ def under_root(dataset: str, make=None) -> dict:
      "probes[0].path", ["does not exist"]),
 ])
 def test_missing_or_wrong_data(tmp_path, capsys, changes, key, words):
-    data.clear_cache()
+    tasks.clear_cache()
     path, err = run(tmp_path, capsys, edited(tmp_path, changes))
     expect(err, path, key, *words)
 

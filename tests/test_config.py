@@ -56,7 +56,7 @@ def test_shipped_sequences_validate(capsys):
 def test_good_sequence_parses():
     seq = load_sequence(GOOD)
     assert [t.name for t in seq.tasks] == ["a", "b"]
-    assert seq.method("ldifs").parsed().lambda_ == 10
+    assert seq.method("ldifs").lambda_ == 10
     assert seq.training.lr == 5e-4
 
 

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from continual.data import Split, TaskData
-from continual.methods.ldifs import LDIFS, AnchorCache, FrozenBackbone, LDIFSOptions, feature_distance
+from continual.datasets.tasks import Split, TaskData
+from continual.methods.ldifs import LDIFS, AnchorCache, FrozenBackbone, feature_distance
+from continual.methods.options import LDIFSOptions
 from continual.models import Head, TaskModel, build_backbone
 from continual.train import Batch, Trainer
 

@@ -9,7 +9,7 @@ import yaml
 
 from continual.cli import main
 from continual.report import ReportError, load_tables, write_report
-from continual.results import write_step
+from continual.run_folder import RunFolder
 
 CONFIG = {"name": "toy", "seed": 0,
           "tasks": [{"name": "t1", "dataset": "digits"}, {"name": "t2", "dataset": "digits"}],
@@ -31,11 +31,11 @@ def _write_run(root, seed):
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(dict(CONFIG, seed=seed), sort_keys=False))
     for method, rows in ROWS[seed].items():
-        write_step(folder / method, method=method, rows=[dict(zip(["t1", "t2", "probe:p"], r)) for r in rows],
+        RunFolder(folder).write_step(method, rows=[dict(zip(["t1", "t2", "probe:p"], r)) for r in rows],
                    tasks=["t1", "t2"], n_steps=2,
                    timings=[{"step": 0, "fit_seconds": 0.0, "eval_seconds": 5.0}] +
                            [{"step": s, "fit_seconds": 10.0 + seed, "eval_seconds": 2.0, "train_steps": 4,
-                             "losses": {"ce": 0.5}} for s in range(1, len(rows))])
+                             "losses": {"ce": 0.5 + seed}} for s in range(1, len(rows))])
     return folder
 
 
@@ -86,6 +86,8 @@ def test_markdown_and_html_show_every_method_and_its_state(two_seeds, runs):
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing outside the page
     assert "lambda: 10.0" in page and "seed: 0 → 1" in page  # the config, and how the second run differs
     assert "numpy" in page and "incomplete" in page
+    # the loss column is labelled "(first run)": it shows seed 0's losses (0.5), not the last run's (1.5)
+    assert "loss terms, last step (first run)" in md and "ce 0.5" in md and "ce 1.5" not in md
 
 
 def test_one_folder_is_written_into_itself_with_n_1(runs, tmp_path):

@@ -8,6 +8,8 @@ import sys
 import yaml
 
 from continual.cli import main
+import dataclasses
+
 from continual.methods import METHODS
 from continual.methods.finetune import Finetune
 
@@ -60,14 +62,19 @@ def test_a_live_run_holds_its_folder(tmp_path, capsys):
     assert not (folder / ".lock").exists() and (folder / "finetune" / "metrics.json").exists()
 
 
+def implemented_by(monkeypatch, name: str, cls: type) -> None:
+    """Method `name` (its options, its place in the YAML) trained by `cls`, a class of this file."""
+    monkeypatch.setitem(METHODS, name, dataclasses.replace(METHODS[name], implementation=f"{__name__}:{cls.__name__}"))
+
+
 def test_a_diverging_method_fails_alone(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(METHODS, "diverges", Diverges)
-    seq = write_seq(tmp_path, methods=["diverges", "finetune"])
+    implemented_by(monkeypatch, "ldifs", Diverges)
+    seq = write_seq(tmp_path, methods=["ldifs", "finetune"])
     assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "diverges: loss term 'ce' became nan while training task 'high'" in err
+    assert "ldifs: loss term 'ce' became nan while training task 'high'" in err
     folder = tmp_path / "out" / "tiny"
-    failed = json.loads((folder / "diverges" / "metrics.json").read_text())
+    failed = json.loads((folder / "ldifs" / "metrics.json").read_text())
     assert failed["complete"] is False and "nan" in failed["error"] and failed["steps_done"] == 1
     assert json.loads((folder / "finetune" / "metrics.json").read_text())["complete"] is True
     assert "failed" in (folder / "summary.md").read_text()
@@ -75,13 +82,13 @@ def test_a_diverging_method_fails_alone(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_leaves_consistent_files_and_says_so(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(METHODS, "interrupted", Interrupted)
-    seq = write_seq(tmp_path, methods=["interrupted"])
+    implemented_by(monkeypatch, "finetune", Interrupted)
+    seq = write_seq(tmp_path, methods=["finetune"])
     assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 130
     err = capsys.readouterr().err
     assert "interrupted: results up to the last completed step are in" in err
     assert f"to continue from there: continual run {seq} --out {tmp_path / 'out'} --resume" in err
-    folder = tmp_path / "out" / "tiny" / "interrupted"
+    folder = tmp_path / "out" / "tiny" / "finetune"
     doc = json.loads((folder / "metrics.json").read_text())
     assert doc["steps_done"] == 0 and not doc["complete"]
     assert not (folder.parent / ".lock").exists()

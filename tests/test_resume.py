@@ -63,12 +63,13 @@ if kind == "train":
         return adamw_step(self, *args, **kwargs)
     torch.optim.AdamW.step = counted
 elif kind == "files":
-    write_step = runner.write_step
-    def written(folder, **kwargs):
-        write_step(folder, **kwargs)
-        if folder.name == method and len(kwargs["rows"]) - 1 == step:
+    from continual.run_folder import RunFolder
+    write_step = RunFolder.write_step
+    def written(self, name, **kwargs):
+        write_step(self, name, **kwargs)
+        if name == method and len(kwargs["rows"]) - 1 == step:
             die()
-    runner.write_step = written
+    RunFolder.write_step = written
 elif kind == "checkpoint":
     replace = os.replace
     def renamed(src, dst):
@@ -196,8 +197,9 @@ def test_overwrite_starts_again_and_keep_checkpoints_is_honoured(finished, seq_f
     folder = tmp_path / "out" / "tiny"
     shutil.copytree(finished, folder)
     assert sorted(p.name for p in (folder / "checkpoints" / "finetune").iterdir()) == ["step-1.pt", "step-2.pt"]
-    (folder / "stale-file").write_text("from an older run")
+    (folder / "notes.txt").write_text("the user's, not the run's")
     assert main(["run", str(seq_file), "--out", str(tmp_path / "out"), "--quiet", "--methods", "finetune",
                  "--overwrite", "--set", "keep_checkpoints=0"]) == 0
-    assert not (folder / "stale-file").exists() and not (folder / "checkpoints" / "finetune").exists()
+    assert not (folder / "checkpoints" / "finetune").exists() and not (folder / "ldifs").exists()  # the old run's
+    assert (folder / "notes.txt").exists()  # --overwrite deletes only what a run of ours writes
     assert (folder / "finetune" / "accuracy_matrix.csv").read_text() == (finished / "finetune" / "accuracy_matrix.csv").read_text()

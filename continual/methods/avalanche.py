@@ -22,15 +22,13 @@ import copy
 import time
 import warnings
 from collections import defaultdict
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from continual import checkpoints
-from continual.data import TaskData
+from continual.datasets.tasks import TaskData
 from continual.models import TaskModel
 from continual.train import FitStats, Trainer, epoch_means
 
@@ -45,46 +43,6 @@ with warnings.catch_warnings():  # avalanche's optional solvers warn at import; 
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
     from avalanche.training.templates import SupervisedTemplate
     from avalanche.training.utils import ParamData
-
-
-# ----------------------------------------------------------------------------------------------------
-# Options (validated from the sequence YAML like every other method's)
-
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
-
-
-class NaiveOptions(_Options):
-    pass
-
-
-class EWCOptions(_Options):
-    # On the default sequence (64 px EfficientNet-Lite0, 2k images/task) λ=1e3 was reported to barely
-    # help; λ=1e5 gave BWT +0.003 here (README). Avalanche's importances are mean squared mini-batch
-    # gradients, tiny for a pre-trained network, hence the large λ.
-    lambda_: float = Field(default=1e5, alias="lambda", ge=0)
-    mode: Literal["separate", "online"] = "separate"
-    decay: float | None = Field(default=None, gt=0, le=1)  # online mode only: importance decay per task
-
-    @model_validator(mode="after")
-    def _decay_with_online(self) -> EWCOptions:
-        if self.mode == "online" and self.decay is None:
-            raise ValueError("mode online needs `decay` (e.g. 0.9)")
-        if self.mode == "separate" and self.decay is not None:
-            raise ValueError("`decay` is for mode online only")
-        return self
-
-
-class LwFOptions(_Options):
-    # Avalanche's defaults (alpha 1, temperature 2); BWT -0.39 on the default sequence (README).
-    alpha: float = Field(default=1.0, ge=0)
-    temperature: float = Field(default=2.0, gt=0)
-
-
-class ReplayOptions(_Options):
-    # 300 stored images (15% of one task) gave BWT +0.003 on the default sequence (README).
-    memory_size: int = Field(default=300, gt=0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,6 +181,8 @@ class _Strategy(SupervisedTemplate):
             terms[self.penalty] = self.loss.detach() - self._ce
         for k, v in terms.items():  # accumulate on device: no sync per step
             self.sums[k] = self.sums.get(k, 0) + v
+        if self.iterations == 0:
+            self.first = terms
         self.iterations += 1
         self.epoch_iterations += 1
         self.bar.update(1)
@@ -236,7 +196,6 @@ class _AvalancheMethod:
     `state_dict()` is what the strategy carries from one task to the next (task labels, Avalanche's
     clock, the plugin's memory), as tensors and plain values, so a run can resume between tasks."""
 
-    name = ""
     penalty = ""  # the loss term the plugin adds, as logged
 
     def __init__(self, options, *, pretrained=None):
@@ -251,14 +210,14 @@ class _AvalancheMethod:
             self.strategy = _Strategy(model=model, trainer=trainer, plugins=self.plugins(), penalty=self.penalty)
         strategy = self.strategy
         strategy.heads.task_names.append(task.name)
-        strategy.label = f"{self.name} {step}:{task.name}"
+        strategy.label = f"{self.options.name} {step}:{task.name}"
         start = time.perf_counter()
         strategy.train(_experience(task, label=step - 1), eval_streams=[])
         strategy.bar.close()
         strategy.heads._last = None
         losses = epoch_means(strategy.sums, steps=strategy.epoch_iterations, task=task.name)
         return FitStats(steps=strategy.iterations, seconds=time.perf_counter() - start, losses=losses,
-                        extra=self.extra())
+                        first_losses={k: float(v) for k, v in strategy.first.items()}, extra=self.extra())
 
     def extra(self) -> dict:
         return {}
@@ -287,15 +246,11 @@ class _AvalancheMethod:
 class Naive(_AvalancheMethod):
     """Avalanche's Naive strategy: fine-tuning with no protection against forgetting (parity check)."""
 
-    name = "naive"
-    Options = NaiveOptions
 
 
 class EWC(_AvalancheMethod):
     """Avalanche's EWCPlugin: a quadratic penalty weighted by each parameter's importance on past tasks."""
 
-    name = "ewc"
-    Options = EWCOptions
     penalty = "ewc"
 
     def plugins(self) -> list[SupervisedPlugin]:
@@ -322,8 +277,6 @@ class EWC(_AvalancheMethod):
 class LwF(_AvalancheMethod):
     """Avalanche's LwFPlugin: distil every previous head's outputs from the model after the last task."""
 
-    name = "lwf"
-    Options = LwFOptions
     penalty = "lwf"
 
     def plugins(self) -> list[SupervisedPlugin]:
@@ -363,8 +316,6 @@ class _ReplayPlugin(ReplayPlugin):
 class Replay(_AvalancheMethod):
     """Avalanche's ReplayPlugin: an experience-balanced buffer of past images mixed into each batch."""
 
-    name = "replay"
-    Options = ReplayOptions
 
     def plugins(self) -> list[SupervisedPlugin]:
         self.replay = _ReplayPlugin(mem_size=self.options.memory_size)

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 
-from continual.data import TaskData
+from continual.datasets.tasks import TaskData
+from continual.methods.options import FinetuneOptions
 from continual.models import Backbone, TaskModel
 from continual.train import Batch, FitStats, Trainer
 
 
-class FinetuneOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
 class Finetune:
-    name = "finetune"
-    Options = FinetuneOptions
-
     def __init__(self, options: FinetuneOptions, *, pretrained: Backbone):
         self.options = options
 

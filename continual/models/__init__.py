@@ -1,0 +1,32 @@
+"""Pre-trained backbones, per-task heads, and zero-shot heads.
+
+    backbone      Backbone (features + taps), Head, TaskModel, ModelError
+    efficientnet  EfficientNet-Lite0, ImageNet weights shipped in a pip package (works offline)
+    clip          any open_clip architecture; only the image tower is fine-tuned; zero-shot heads
+    weights       reading the user's weight files (torch.load(weights_only=True), errors naming the file)
+"""
+
+from __future__ import annotations
+
+from continual.models import clip, efficientnet
+from continual.models.backbone import EFFICIENTNET, FAMILIES, OPEN_CLIP, Backbone, Head, ModelError, TaskModel
+from continual.models.clip import zero_shot_head
+
+__all__ = ["Backbone", "Head", "ModelError", "TaskModel", "build_backbone", "zero_shot_head"]
+
+
+def build_backbone(model_cfg) -> Backbone:
+    """model_cfg duck-typed: family, arch (str|None), pretrained (str|None), image_size (int|None), head_init."""
+    family = model_cfg.family
+    image_size = getattr(model_cfg, "image_size", None)
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0):
+        raise ModelError("image_size", f"must be a positive integer, got {image_size!r}")
+    # Fail before training starts rather than when the first zero-shot head is built.
+    if getattr(model_cfg, "head_init", None) == "zero_shot" and family != OPEN_CLIP:
+        raise ModelError("head_init", f"zero_shot heads need a text tower (family open_clip), not {family!r}")
+
+    builders = {EFFICIENTNET: efficientnet.build, OPEN_CLIP: clip.build}
+    if family not in builders:
+        raise ModelError("family", f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    pretrained = None if model_cfg.pretrained is None else str(model_cfg.pretrained)  # a Path is fine too
+    return builders[family](arch=model_cfg.arch, pretrained=pretrained, image_size=image_size)

@@ -1,0 +1,134 @@
+"""What every model is made of: a pre-trained Backbone (uint8 images -> features, plus intermediate
+"taps" for feature-space methods such as LDIFS), one Head per task, and the TaskModel that holds them.
+
+Taps are taken with forward hooks that exist only for the duration of one `forward_with_taps` call,
+so a plain forward stores nothing and a deepcopy (the frozen reference) carries no hooks that point
+back at the original.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EFFICIENTNET = "efficientnet_lite0"
+OPEN_CLIP = "open_clip"
+FAMILIES = (EFFICIENTNET, OPEN_CLIP)
+
+
+class ModelError(Exception):
+    """Bad model spec or checkpoint. `key` is the model-config key at fault ("pretrained", "arch", "family", "head_init"...)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class Backbone(nn.Module):
+    """A pre-trained image encoder: uint8 images -> features, with feature taps for LDIFS."""
+
+    def __init__(self, *, family: str, feature_dim: int, image_size: int, normalize_features: bool,
+                 mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.family = family
+        self.feature_dim = feature_dim
+        self.image_size = image_size
+        self.normalize_features = normalize_features
+        # Non-persistent: they follow .to(device) but are not weights, so checkpoints hold weights only.
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B,3,S,S) on any device -> float normalised input on the same device."""
+        # Refuse floats: an already-normalised batch normalised twice trains without error, just badly.
+        if images.dtype != torch.uint8:
+            raise TypeError(f"preprocess expects uint8 images, got {images.dtype}")
+        expected = (3, self.image_size, self.image_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"preprocess expects (B, {', '.join(map(str, expected))}) images, got {tuple(images.shape)}")
+        mean = self.pixel_mean.to(images.device)
+        std = self.pixel_std.to(images.device)
+        return (images.to(mean.dtype) / 255 - mean) / std  # the model's dtype: float32, or float64 in tests
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _taps(self) -> list[tuple[str, nn.Module, bool]]:
+        """(name, module whose output is the tap, output is sequence-first (L,B,D))."""
+        raise NotImplementedError
+
+    @property
+    def tap_names(self) -> list[str]:
+        return [name for name, _, _ in self._taps()]
+
+    def for_inference(self) -> Backbone:
+        """A module that computes the same features faster, for evaluation passes only (callers put it in
+        eval mode). Subclasses with a faster inference form return a fused copy; by default, itself."""
+        return self
+
+    def forward_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features plus the tap outputs of this same forward pass, each batch-first (B, ...)."""
+        taps = self._taps()
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(name: str, seq_first: bool):
+            def hook(module, args, output):
+                captured[name] = output.transpose(0, 1) if seq_first else output
+            return hook
+
+        # Hooks live only inside this call: plain forwards keep no activations, and deep copies
+        # of the backbone (the frozen LDIFS reference) never inherit hooks bound to this one.
+        handles = [module.register_forward_hook(capture(name, seq_first)) for name, module, seq_first in taps]
+        try:
+            features = self(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [name for name, _, _ in taps if name not in captured]
+        if missing:  # a code path that bypasses the tap modules would otherwise give stale or no taps
+            raise RuntimeError(f"taps {missing} did not run during the forward pass")
+        return features, [captured[name] for name, _, _ in taps]
+
+
+class Head(nn.Module):
+    """One task's classifier: Linear(feature_dim, n_classes); when normalize=True the input features are
+    L2-normalised first (CLIP)."""
+
+    def __init__(self, feature_dim: int, num_classes: int, *, normalize: bool):
+        super().__init__()
+        self.normalize = normalize
+        self.linear = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            features = F.normalize(features, dim=-1)
+        return self.linear(features)
+
+
+class TaskModel(nn.Module):
+    """Shared backbone + one head per task (task-incremental)."""
+
+    def __init__(self, backbone: Backbone, heads: dict[str, Head] | None = None, *, freeze_batchnorm: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(heads or {})
+        self.freeze_batchnorm = freeze_batchnorm
+
+    def train(self, mode: bool = True) -> TaskModel:
+        """With `freeze_batchnorm`, BatchNorm layers stay in eval mode (pre-trained running statistics)
+        whoever calls train(): our loop, or Avalanche's strategy."""
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        if task not in self.heads:
+            raise KeyError(f"no head for task {task!r} (heads: {', '.join(self.heads) or 'none'})")
+        return self.heads[task](self.backbone(x))

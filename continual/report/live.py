@@ -1,0 +1,44 @@
+"""The report of a run while it goes: the callback the CLI and `continual.run` hand to the runner.
+
+After each step the runner has written the method's numbers; this draws its curves.png, and the
+comparison report (index.html, summary.md, summary.csv) when `every` seconds have passed since the last
+drawing, and always at the end. A drawing takes ~1.4 s; after every step it cost 20 of the default
+sequence's 430 s. A figure or report that fails to draw warns instead of stopping the run: hours of
+training outweigh a picture, the numbers are on disk and `continual report` can draw it again.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+from continual.plots import curves_png
+from continual.report.page import write_report
+from continual.run_folder import CURVES, RunFolder, atomic_write
+
+
+class LiveReport:
+    def __init__(self, folder: str | Path, *, every: float = 120.0):
+        self.folder = RunFolder(folder)
+        self.every = every
+        self._last = float("-inf")
+
+    def step(self, method: str, step: int, n_steps: int) -> None:
+        """The runner's `on_step`, after step `step` of `method`: its curves, and the report if it is time."""
+        try:
+            matrix = self.folder.read_matrix(method).reset_index()
+            atomic_write(self.folder.method(method) / CURVES, curves_png(matrix, title=method, n_steps=n_steps))
+        except Exception as err:  # noqa: BLE001 - see the module docstring
+            warnings.warn(f"{self.folder.method(method) / CURVES}: not drawn: {type(err).__name__}: {err}",
+                          stacklevel=2)
+        if time.perf_counter() - self._last >= self.every:
+            self.draw()
+
+    def draw(self) -> None:
+        """The comparison report of the whole run folder, now."""
+        try:
+            write_report([self.folder.path], record_environment=True)
+        except Exception as err:  # noqa: BLE001 - see the module docstring
+            warnings.warn(f"{self.folder.path}: report not written: {type(err).__name__}: {err}", stacklevel=2)
+        self._last = time.perf_counter()
