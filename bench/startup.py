@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from continual.report import environment  # noqa: E402  (light: no torch)
 COMMANDS = {
     "continual --help": ["--help"],
     "continual validate sequences/*.yaml": ["validate", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "sequences").glob("*.yaml"))],
@@ -25,18 +28,8 @@ COMMANDS = {
 }
 
 
-def cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(rounds: int = 5) -> None:
-    print(f"### Start-up, median of {rounds} fresh processes\n\nMachine: {cpu()}, Python {platform.python_version()}\n")
+    print(f"### Start-up, median of {rounds} fresh processes\n\nMachine: {environment()["machine"]["processor"]}, Python {platform.python_version()}\n")
     print("| command | wall s (median) | min | max |\n|---|---|---|---|")
     for label, args in COMMANDS.items():
         times = []

@@ -19,19 +19,13 @@ def run(sequence: str | Path | dict, *, out: str | Path = "reports", methods: li
     already holds a run needs `resume=True` (continue it) or `overwrite=True` (start again)."""
     from continual.config import load_sequence
     from continual.report import LiveReport
-    from continual.runner import MethodsFailed, run_sequence
+    from continual.runner import run_sequence
 
     seq = load_sequence(sequence, list(overrides))
     source = "<dict>" if isinstance(sequence, dict) else str(sequence)
-    live = LiveReport(Path(out) / seq.name)
-    try:
-        folder = run_sequence(seq, out=out, methods=methods, source=source, progress=progress, resume=resume,
-                              overwrite=overwrite, on_step=live.step)
-    except MethodsFailed:
-        live.draw()
-        raise
-    live.draw()
-    return folder
+    with LiveReport(Path(out) / seq.name) as live:
+        return run_sequence(seq, out=out, methods=methods, source=source, progress=progress, resume=resume,
+                            overwrite=overwrite, on_step=live.step)
 
 
 def load_run(folder: str | Path):

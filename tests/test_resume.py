@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from continual.checkpoints import FORMAT
 from continual.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,10 +171,12 @@ def damaged_copy(finished, tmp_path, damage):
 @pytest.mark.parametrize("damage, words", [
     (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "cannot be read"),
     (lambda p: p.write_text("not a checkpoint\n"), "cannot be read"),
-    (lambda p: torch.save({"format": 1, "method": "finetune", "step": 2, "backbone": {"w": torch.zeros(3)},
+    (lambda p: torch.save({"format": FORMAT, "method": "finetune", "step": 2, "backbone": {"w": torch.zeros(3)},
                            "heads": {}}, p), "does not fit this run's model"),
-    (lambda p: torch.save({"format": 1, "method": "ldifs", "step": 2}, p), "holds method 'ldifs', expected 'finetune'"),
+    (lambda p: torch.save({"format": FORMAT, "method": "ldifs", "step": 2}, p), "holds method 'ldifs', expected 'finetune'"),
     (lambda p: torch.save(torch.zeros(3), p), "not a continual checkpoint"),
+    # a run started before the seeds changed (format 1) selected other images: never continued
+    (lambda p: torch.save({**torch.load(p, weights_only=True), "format": 1}, p), "older version of continual"),
 ])
 def test_a_checkpoint_that_does_not_fit_is_an_error_not_skipped(finished, seq_file, tmp_path, capsys, damage, words):
     path = damaged_copy(finished, tmp_path, damage)
@@ -187,7 +190,7 @@ def test_a_checkpoint_that_does_not_fit_is_an_error_not_skipped(finished, seq_fi
 
 
 def test_a_pickled_object_is_refused_not_run(finished, seq_file, tmp_path, capsys):
-    path = damaged_copy(finished, tmp_path, lambda p: torch.save({"format": 1, "payload": Path("x")}, p))
+    path = damaged_copy(finished, tmp_path, lambda p: torch.save({"format": FORMAT, "payload": Path("x")}, p))
     assert main(["run", str(seq_file), "--out", str(tmp_path / "out"), "--quiet", "--methods", "finetune",
                  "--resume"]) == 2
     assert f"{path}: cannot be read (UnpicklingError" in capsys.readouterr().err

@@ -79,7 +79,7 @@ class DataSpec(Strict):
 
 # The device's spelling only: `validate` may run on another machine than `run`, which checks that the
 # device is there. No torch.device() here: importing torch takes seconds.
-DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+DEVICE = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
 
 
 class TrainingConfig(Strict):
@@ -141,11 +141,11 @@ def shown(value: Any, *, kind: bool = False) -> str:
     if value is None:
         return "nothing (null)"
     if isinstance(value, bool):
-        shown, what = ("true" if value else "false"), "a boolean"
+        text, what = ("true" if value else "false"), "a boolean"
     else:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         what = {str: "a string", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
-    return f"{shown} ({what})" if kind else shown
+    return f"{text} ({what})" if kind else text
 
 
 # One of the methods' option classes, chosen by the YAML key (kept in sync with methods.METHODS by a test).

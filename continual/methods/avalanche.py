@@ -155,6 +155,7 @@ class _Strategy(SupervisedTemplate):
         self.schedule = self.trainer.make_schedule(self.optimizer, total)
         self.bar = tqdm(total=total, desc=self.label, unit="step", disable=not self.trainer.progress)
         self.iterations = 0
+        self.first: dict[str, torch.Tensor] = {}  # each loss term on the task's first batch
 
     def _before_training_epoch(self, **kwargs) -> None:
         super()._before_training_epoch(**kwargs)

@@ -28,7 +28,7 @@ import yaml
 
 from continual import metrics, plots
 from continual.report.tables import ReportError, Summary, read_run
-from continual.run_folder import atomic_write
+from continual.run_folder import ENVIRONMENT, INDEX, SUMMARY_CSV, SUMMARY_MD, atomic_write
 
 # How each summary metric is labelled in the tables, in table order.
 LABELS = {
@@ -45,15 +45,14 @@ LABELS = {
 MAIN = ["final_average_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "plasticity"]
 TRANSFER = ["zscl_transfer", "zscl_avg", "zscl_last", "forward_transfer"]
 PACKAGES = ["torch", "torchvision", "open_clip_torch", "avalanche-lib", "numpy", "pandas", "matplotlib", "continual"]
-ENVIRONMENT = "environment.json"
 
 
 def write_report(run_folders: list[Path], out: Path | None = None, *, record_environment: bool = False) -> Path:
     """Write index.html, summary.md and summary.csv for one or more run folders of one sequence into `out`
     (default: the first run folder) and return `out`. ReportError, with nothing written, when a folder
-    is not a run folder or the folders hold different sequences. `record_environment` (set by the
-    runner) saves the software and machine of the running process as environment.json in each run
-    folder, so that a report written later, elsewhere, still names the machine that ran."""
+    is not a run folder or the folders hold different sequences. `record_environment` (set by a run's
+    live report) saves the software and machine of the running process as environment.json in each
+    run folder, so that a report written later, elsewhere, still names the machine that ran."""
     if not run_folders:
         raise ReportError("no run folder given")
     runs = [read_run(f) for f in run_folders]
@@ -68,9 +67,9 @@ def write_report(run_folders: list[Path], out: Path | None = None, *, record_env
             atomic_write(run.folder / ENVIRONMENT, json.dumps(environment(), indent=1))
     report = _Report(runs)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "summary.csv", report.summary.to_csv(index=False, float_format="%.6f"))
-    atomic_write(out / "summary.md", report.markdown())
-    atomic_write(out / "index.html", report.html())
+    atomic_write(out / SUMMARY_CSV, report.summary.to_csv(index=False, float_format="%.6f"))
+    atomic_write(out / SUMMARY_MD, report.markdown())
+    atomic_write(out / INDEX, report.html())
     return out
 
 
