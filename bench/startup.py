@@ -29,7 +29,8 @@ COMMANDS = {
 
 
 def main(rounds: int = 5) -> None:
-    print(f"### Start-up, median of {rounds} fresh processes\n\nMachine: {environment()["machine"]["processor"]}, Python {platform.python_version()}\n")
+    cpu = environment()["machine"]["processor"]
+    print(f"### Start-up, median of {rounds} fresh processes\n\nMachine: {cpu}, Python {platform.python_version()}\n")
     print("| command | wall s (median) | min | max |\n|---|---|---|---|")
     for label, args in COMMANDS.items():
         times = []
