@@ -141,6 +141,13 @@ def expect(err: str, source, key: str, *words: str) -> None:
     ({"probes.0.classes": ["seven"]}, "probes[0].classes[0]", ["class 'seven' not in digits"]),
     # duplicate names
     ({"probes": [GOOD["probes"][0], GOOD["probes"][0]]}, "probes[1].name", ["duplicate probe name 'p'"]),
+    # names that would leave --out, exceed a file system's limit, or collide (issue #11)
+    ({"name": ".."}, "name", ["starting with a letter or a digit", "'..'"]),
+    ({"name": "."}, "name", ["starting with a letter or a digit"]),
+    ({"name": ".hidden"}, "name", ["starting with a letter or a digit"]),
+    ({"name": "a" * 300}, "name", ["1 to 64"]),
+    ({"tasks.0.name": "a.b"}, "tasks[0].name", ["task or probe name", "'a.b'"]),
+    ({"probes.0.name": "step"}, "probes[0].name", ["reserved"]),
     # `path` belongs to imagefolder; resisc45 lives under data_root
     ({"tasks.0.dataset": "resisc45", "tasks.0.classes": None, "tasks.0.path": "/somewhere"},
      "tasks[0].path", ["imagefolder only", "data_root"]),
@@ -325,6 +332,7 @@ def test_missing_or_wrong_data(tmp_path, capsys, changes, key, words):
     (["--set", "training.lr=[1"], "--set", "training.lr", ["cannot parse value"]),
     (["--set", "name.first=x"], "--set", "name.first", ["`name` is not a mapping"]),
     (["--set", "tasks.0.name=b"], "--set", "tasks.0.name", ["`tasks` is not a mapping"]),  # no list indices
+    (["--set", "name=.."], "SEQ", "name", ["starting with a letter or a digit"]),  # would be the parent of --out
     (["--methods", ""], "--methods", "", ["no method named"]),
     (["--methods", " , "], "--methods", "", ["no method named"]),
     (["--methods", "magic"], "--methods", "magic", ["unknown method"]),

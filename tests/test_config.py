@@ -82,7 +82,7 @@ def test_good_sequence_parses():
     (edited(methods=["finetune", "finetune"]), "methods[1]", "listed twice"),
     (edited(methods=[]), "methods", "at least 1"),
     (edited(tasks__0__dataset="imagefolder"), "tasks[0]", "needs `path`"),
-    (edited(name="my run/../x"), "name", "pattern"),
+    (edited(name="my run/../x"), "name", "starting with a letter or a digit"),
 ])
 def test_bad_sequence(tmp_path, capsys, doc, key, words):
     path = write(tmp_path, doc)

@@ -119,6 +119,25 @@ def test_load_tables_are_tidy(runs):
         "finetune": "complete", "ldifs": "complete", "ewc": "incomplete"}
 
 
+def test_a_method_without_results_and_two_probe_columns(runs, tmp_path):
+    """CLIP runs have two columns per probe (linear probe and zero-shot); a method that has not started
+    yet must still get a report (it used to raise in final_metrics' reshape)."""
+    import shutil
+
+    folder = shutil.copytree(runs[0], tmp_path / "toy")
+    for csv in folder.glob("*/accuracy_matrix.csv"):
+        matrix = pd.read_csv(csv)
+        matrix["probe:p:zero_shot"] = matrix["probe:p"]
+        matrix.to_csv(csv, index=False)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "methods": config["methods"] + ["lwf"]}))
+    assert write_report([folder]) == folder
+    summary = pd.read_csv(folder / "summary.csv").set_index(["method", "metric"])
+    assert summary.loc[("lwf", "final_average_accuracy"), "n"] == 0
+    assert summary.loc[("finetune", "concept_delta:probe:p:zero_shot"), "mean"] == pytest.approx(-0.20, abs=1e-6)
+    assert "no results written" in (folder / "summary.md").read_text()
+
+
 def test_cli_report_and_its_errors(runs, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0

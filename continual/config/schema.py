@@ -45,15 +45,39 @@ class ModelConfig(Strict):
         return self
 
 
+# Names end up as a folder (the sequence's: <out>/<name>), CSV columns, file-name parts and keys of the
+# model's heads (a task's; torch refuses a `.` there). So: letters, digits, `_`, `+`, `-` (and `.` inside
+# a sequence name), starting with a letter or a digit, so that `.` or `..` can never make a run write
+# outside --out, and at most 64 characters, far below any file system's limit.
+SEQUENCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+DATA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,63}")
+RESERVED_NAMES = {"step"}  # the accuracy matrix's first column
+
+
+def _check_name(name: str, pattern: re.Pattern, what: str) -> str:
+    if not pattern.fullmatch(name):
+        dot = " or `.`" if "." in pattern.pattern else ""
+        raise ValueError(f"{what} must be 1 to 64 letters, digits, `_`, `+`, `-`{dot}, starting with a letter or "
+                         f"a digit, got {shown(name)}")
+    return name
+
+
 class DataSpec(Strict):
     """A task or a probe: a dataset, optionally a class subset and per-class caps."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")  # a CSV column and a file-name part
+    name: str = Field(min_length=1)  # a CSV column, a file-name part and a key of the model's heads
     dataset: str
     classes: list[int | str] | None = None  # by index or by class name; None = all, in dataset order
     train_per_class: int | None = Field(default=None, gt=0)
     test_per_class: int | None = Field(default=None, gt=0)
     path: str | None = None  # imagefolder only: the user's folder of class folders
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if name in RESERVED_NAMES:
+            raise ValueError(f"'{name}' is reserved (a column of the accuracy matrix); choose another name")
+        return _check_name(name, DATA_NAME, "a task or probe name")
 
     @field_validator("dataset")
     @classmethod
@@ -155,7 +179,7 @@ MethodOptions = Annotated[
 
 
 class Sequence(Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")  # names the output folder
+    name: str = Field(min_length=1)  # names the output folder, <out>/<name>
     # Non-negative: every seed of the run is derived from it by numpy's SeedSequence (continual/seeds.py).
     seed: int = Field(default=0, ge=0)
     model: ModelConfig = ModelConfig()
@@ -168,6 +192,11 @@ class Sequence(Strict):
     # Checkpoints kept per method for --resume: the newest N completed steps (0 = none, and no resume).
     # One is all resume needs; the last one is also the fine-tuned model of a finished run.
     keep_checkpoints: int = Field(default=1, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return _check_name(name, SEQUENCE_NAME, "the sequence name")
 
     @field_validator("data_root")
     @classmethod

@@ -139,7 +139,10 @@ def _method_tables(m: MethodRun, run: Run) -> dict[str, pd.DataFrame]:
         out["metrics"] = frame.melt(id_vars="step", var_name="metric", value_name="value").assign(method=m.name)[
             ["method", "step", "metric", "value"]]
     R = m.matrix[run.tasks].to_numpy(dtype=float) if m.matrix is not None else np.full((0, len(run.tasks)), np.nan)
-    P = m.matrix.reindex(columns=run.probes).to_numpy(dtype=float) if m.matrix is not None else None
+    # No matrix yet (a method not started): no rows, whatever the number of probe columns (CLIP has two per
+    # probe; None here used to break the reshape in final_metrics, so no report until every method began).
+    P = (m.matrix.reindex(columns=run.probes).to_numpy(dtype=float) if m.matrix is not None
+         else np.full((0, len(run.probes)), np.nan))
     final = metrics.final_metrics(R, P, tasks=run.tasks, probes=run.probes)
     out["summary"] = pd.DataFrame({"method": m.name, "metric": list(final), "value": list(final.values())})
     return out
