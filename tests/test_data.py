@@ -105,10 +105,10 @@ def test_subset_by_name_and_index_remaps_in_spec_order():
     mixed = load(spec("mnist", ["7", 2], train=4, test=2))
     assert mixed.class_names == ["7", "2"]
     assert mixed.train.labels.tolist() == [0] * 4 + [1] * 4
-    # Each class draws its own images, so class 7 alone gives the same pictures as label 0 above.
-    alone = load(spec("mnist", [7], train=4, test=2))
-    assert torch.equal(alone.train.images, mixed.train.images[mixed.train.labels == 0])
-    assert alone.train.labels.tolist() == [0] * 4
+    # Each class draws its own images, so class 7 beside another class gives the same pictures as above.
+    other = load(spec("mnist", [7, 5], train=4, test=2))
+    assert torch.equal(other.train.images[other.train.labels == 0], mixed.train.images[mixed.train.labels == 0])
+    assert other.train.labels.tolist() == [0] * 4 + [1] * 4
 
 
 def test_cache_returns_the_same_object():
@@ -139,20 +139,23 @@ def test_imagefolder_train_test_layout(tmp_path):
     write_images(tmp_path / "train" / "b", 3, color=(0, 0, 255))
     write_images(tmp_path / "train" / "a", 2, color=(0, 255, 0))
     write_images(tmp_path / "test" / "a", 1, color=(0, 255, 0))
+    write_images(tmp_path / "test" / "b", 2, color=(0, 0, 255))
     task = load(spec("imagefolder", ["b", "a"], path=tmp_path), size=8)
     assert task.class_names == ["b", "a"]
-    assert per_class(task.train) == [3, 2] and per_class(task.test) == [0, 1]
-    assert (task.test.images[:, 1] == 255).all()
+    assert per_class(task.train) == [3, 2] and per_class(task.test) == [2, 1]
+    assert (task.test.images[task.test.labels == 1][:, 1] == 255).all()
 
 
 def test_resize_is_shorter_side_then_centre_crop(tmp_path):
     # 40x20, white with black 10-pixel bands left and right: the centre 20x20 is all white.
     image = np.full((20, 40), 255, dtype=np.uint8)
     image[:, :10] = image[:, 30:] = 0
-    (tmp_path / "c").mkdir()
-    Image.fromarray(image).save(tmp_path / "c" / "x.png")
+    for name in ("c", "d"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(image).save(tmp_path / name / f"{i}.png")
     out = tasks.load_task(spec("imagefolder", path=tmp_path), image_size=10, data_root=tmp_path, seed=0)
-    assert out.train.images.shape == (1, 3, 10, 10)
+    assert out.train.images.shape == (4, 3, 10, 10)
     assert out.train.images[:, :, :, 1:-1].min() == 255 and out.train.images.float().mean() > 240
 
 
@@ -177,10 +180,11 @@ def test_imagefolder_missing_path_in_class_names(tmp_path):
 
 
 def test_unreadable_image_is_a_data_error(tmp_path):
-    write_images(tmp_path / "a", 1, color=0)
+    write_images(tmp_path / "a", 3, color=0)
+    write_images(tmp_path / "b", 3, color=0)
     (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(catalog.DataError, match="cannot read image .*broken.png"):
-        load(spec("imagefolder", train=2, path=tmp_path))
+        load(spec("imagefolder", path=tmp_path))
 
 
 @pytest.mark.parametrize("inner", ["NWPU-RESISC45", ""])
@@ -189,8 +193,8 @@ def test_resisc45_layouts(tmp_path, inner):
     for i, name in enumerate(["forest", "airport", "beach"]):
         write_images(folder / name, 5, color=(i * 100, 0, 0), ext="jpg")
     assert catalog.files_present("resisc45", data_root=tmp_path)
-    task = load(spec("resisc45", ["beach"], train=2), root=tmp_path)
-    assert task.class_names == ["beach"] and per_class(task.train) == [2] and per_class(task.test) == [1]
+    task = load(spec("resisc45", ["beach", "forest"], train=2), root=tmp_path)
+    assert task.class_names == ["beach", "forest"] and per_class(task.train) == [2, 2] and per_class(task.test) == [1, 1]
     assert tasks.dataset_class_names("resisc45", path=None, data_root=tmp_path) == ["airport", "beach", "forest"]
 
 
@@ -241,9 +245,9 @@ def test_mnist_falls_back_to_torchvision_files(tmp_path, monkeypatch):
     write_idx(raw / "train-labels-idx1-ubyte.gz", (np.arange(20) % 10).astype(np.uint8))
     write_idx(raw / "t10k-images-idx3-ubyte.gz", images[:10])
     write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(10, dtype=np.uint8))
-    task = load(spec("mnist", [3]), root=tmp_path, size=28)
-    assert per_class(task.train) == [2] and per_class(task.test) == [1]
-    assert torch.equal(task.train.images[:, 0], torch.from_numpy(images[[3, 13]]))
+    task = load(spec("mnist", [3, 4]), root=tmp_path, size=28)
+    assert per_class(task.train) == [2, 2] and per_class(task.test) == [1, 1]
+    assert torch.equal(task.train.images[:, 0], torch.from_numpy(images[[3, 13, 4, 14]]))
 
 
 def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):

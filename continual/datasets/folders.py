@@ -3,30 +3,73 @@ and RESISC45 as unpacked under data_root."""
 
 from __future__ import annotations
 
+import itertools
+import re
+import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from continual.datasets.catalog import IMG_EXTENSIONS, DataError, class_folders, resisc45_dir
+from continual.datasets.catalog import IMG_EXTENSIONS, TEST_FRACTION, DataError, class_folders, resisc45_dir
 from continual.datasets.source import Pool, Source, pil_pool, split_fixed
+
+# torchvision's list plus GIF (PIL reads its first frame). Other files (notes.txt, Thumbs.db) are skipped by
+# extension, as torchvision's ImageFolder does, and so are hidden ones (.DS_Store, macOS's ._x.jpg).
+EXTENSIONS = IMG_EXTENSIONS + (".gif",)
+# PIL's own limit, Image.MAX_IMAGE_PIXELS (9459 x 9459, 256 MiB as RGB), made a refusal where PIL only warns
+# up to twice that: every image is shrunk to the model's input (224 px for the shipped models), so a larger
+# one (a 48-megapixel phone photo is not) is a raw export at best and a decompression bomb at worst: a few KB
+# of PNG that declares 20000 x 20000 pixels and takes minutes and gigabytes to decode.
+MAX_PIXELS = 89_478_485
+# The fewest images of a class the fixed split can divide: round(3 * 0.2) = 1 to test, 2 to train.
+MIN_TO_SPLIT = next(n for n in itertools.count(2) if 1 <= round(n * TEST_FRACTION) < n)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB. 16-bit grayscale (PNG, TIFF) is scaled: PIL's convert clips it at 255, so
+    every pixel above 255 of 65535 would turn white."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        pixels = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257
+        img = Image.fromarray(np.round(pixels).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def read_image(path: Path, *, key: str) -> Image.Image:
+    """The image at `path` as RGB, or a DataError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the file named
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise DataError(key, f"image {path} is {img.width} x {img.height} pixels, more than the "
+                                         f"{MAX_PIXELS:,} read here (a decompression bomb?); shrink or remove it")
+                return to_rgb(img)
+    except Image.DecompressionBombError as err:  # PIL's own refusal, above twice its limit: its message has the size
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels" if found else "larger"
+        raise DataError(key, f"image {path} is {size}, more than the {MAX_PIXELS:,} read here "
+                             "(a decompression bomb?); shrink or remove it") from err
+    except DataError:
+        raise
+    except Exception as err:  # PIL's plugins raise OSError, ValueError, SyntaxError, struct.error, ...
+        raise DataError(key, f"cannot read image {path}: {' '.join(str(err).split()) or type(err).__name__}") from err
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _folder_pool(folder: Path, class_names: list[str], *, key: str, every_class: bool) -> Pool:
     files, labels = [], []
     for label, name in enumerate(class_names):
-        found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+        found = _image_files(folder / name) if (folder / name).is_dir() else []
         if every_class and not found:
-            raise DataError(key, f"no images ({', '.join(IMG_EXTENSIONS)}) in {folder / name}")
+            raise DataError(key, f"no images ({', '.join(EXTENSIONS)}) in {folder / name}")
         files += found
         labels += [label] * len(found)
-
-    def read(i: int) -> Image.Image:
-        try:
-            with Image.open(files[i]) as img:
-                return img.convert("RGB")
-        except OSError as err:
-            raise DataError(key, f"cannot read image {files[i]}: {err}") from err
-    return pil_pool(labels, read)
+    return pil_pool(labels, lambda i: read_image(files[i], key=key))
 
 
 def folder_source(folder: Path, *, key: str) -> Source:
@@ -40,11 +83,25 @@ def folder_source(folder: Path, *, key: str) -> Source:
         raise DataError(key, f"no class folders in {top}: expected one sub-folder of images per class")
     train = _folder_pool(top, names, key=key, every_class=True)
     if top is folder:
+        counts = np.bincount(train.labels, minlength=len(names))
+        few = [(names[c], counts[c]) for c in np.flatnonzero(counts < MIN_TO_SPLIT)]
+        if few:
+            listed = [f"{folder / few[0][0]} has {few[0][1]} image{'s' if few[0][1] != 1 else ''}"]
+            listed += [f"{name} has {n}" for name, n in few[1:5]] + (["..."] if len(few) > 5 else [])
+            raise DataError(key, f"{', '.join(listed)}: a class needs at least {MIN_TO_SPLIT} images for "
+                                 f"{TEST_FRACTION:.0%} of them to be split off as its test set; add images, or "
+                                 f"give {folder / 'train'}/ and {folder / 'test'}/")
         return Source(names, *split_fixed(train))
     extra = sorted(set(class_folders(test_dir)) - set(names))
     if extra:
         raise DataError(key, f"{test_dir} has class folders missing from {train_dir}: {', '.join(extra)}")
-    return Source(names, train, _folder_pool(test_dir, names, key=key, every_class=False))
+    test = _folder_pool(test_dir, names, key=key, every_class=False)
+    missing = [names[c] for c in np.flatnonzero(np.bincount(test.labels, minlength=len(names)) == 0)]
+    if missing:
+        raise DataError(key, f"{test_dir} has no images of {len(missing)} of the {len(names)} classes in "
+                             f"{train_dir}: {', '.join(missing)}; every class needs test images (or give only "
+                             "class folders, split 80/20)")
+    return Source(names, train, test)
 
 
 def _imagefolder(*, path, data_root, download):

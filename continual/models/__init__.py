@@ -3,7 +3,8 @@
     backbone      Backbone (features + taps), Head, TaskModel, ModelError
     efficientnet  EfficientNet-Lite0, ImageNet weights shipped in a pip package (works offline)
     clip          any open_clip architecture; only the image tower is fine-tuned; zero-shot heads
-    weights       reading the user's weight files (torch.load(weights_only=True), errors naming the file)
+    weights       reading the user's weight files (torch.load(weights_only=True), errors naming the file;
+                  NaN, meta or integer tensors refused)
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from continual.models.backbone import OPEN_CLIP, Backbone, Head, ModelError
-from continual.models.weights import as_state_dict, check_state_fits, one_line, read_checkpoint
+from continual.models.weights import as_state_dict, check_state_fits, check_values, one_line, read_checkpoint
 
 
 class _SharedFrozen:
@@ -73,17 +73,104 @@ class OpenClipVisual(Backbone):
                                  f"(this open_clip tower is {type(v).__name__})")
 
 
+def _torch_state(path: str) -> dict[str, torch.Tensor]:
+    """A torch.save'd CLIP checkpoint as open_clip reads it, with errors naming the file in one line."""
+    state = read_checkpoint(path)  # raises on unreadable or unsafe files
+    if isinstance(state, dict) and "state_dict" in state:  # open_clip's training checkpoints
+        state = state["state_dict"]
+    state = as_state_dict(state, path)
+    return {k.removeprefix("module."): v for k, v in state.items()}  # saved from DistributedDataParallel
+
+
 def _open_clip_load_error(path: str, clip: nn.Module, arch: str, err: Exception) -> ModelError:
     """Why open_clip could not load `path`, in one line: its own errors are paragraphs (a strict
     load_state_dict lists every missing key). Read the file again only to say what is wrong with it."""
-    if not path.endswith((".safetensors", ".npz", ".npy")):  # other readers than torch.load
-        state = read_checkpoint(path)  # raises on unreadable or unsafe files
-        if isinstance(state, dict) and "state_dict" in state:  # open_clip's training checkpoints
-            state = state["state_dict"]
-        state = as_state_dict(state, path)
-        state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DistributedDataParallel
-        check_state_fits(state, clip, what=f"open_clip {arch}", path=path)
+    if not path.endswith(_OTHER_READERS):
+        check_state_fits(_torch_state(path), clip, what=f"open_clip {arch}", path=path)
     return ModelError("pretrained", f"cannot load {path!r} into open_clip {arch}: {one_line(err)}")
+
+
+_OTHER_READERS = (".safetensors", ".npz", ".npy")  # files open_clip reads without torch.load
+# What of a pretrained tag's settings shapes the input (open_clip's PreprocessCfg, less `size`: the
+# model's own size wins, as in create_model).
+_TAG_PREPROCESS = ("mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
+
+
+def _cached_tag_file(tag_cfg: dict) -> str | None:
+    """The cached file of a tag's weights on the Hugging Face hub (where open_clip takes every tag from,
+    safetensors first), or None when it is not cached or the tag's weights come from elsewhere."""
+    if not tag_cfg.get("hf_hub") or tag_cfg.get("file"):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo, filename = os.path.split(tag_cfg["hf_hub"])
+    filename = filename or HF_WEIGHTS_NAME
+    names = [filename]
+    # The .safetensors twin that open_clip tries first (open_clip.pretrained._get_safe_alternatives).
+    if filename == HF_WEIGHTS_NAME:
+        names.insert(0, HF_SAFE_WEIGHTS_NAME)
+    elif filename.endswith((".bin", ".pth")):
+        names.insert(0, filename[:-4] + ".safetensors")
+    for name in names:
+        cached = try_to_load_from_cache(repo, name)
+        if isinstance(cached, str):  # else None (not cached) or a marker that the hub has no such file
+            return cached
+    return None
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the url's host (or to the proxy that would carry the request) opens
+    within `timeout` seconds; in a thread, so that a DNS lookup that hangs is bounded by it too."""
+    import socket
+    import threading
+    import urllib.request
+    from urllib.parse import urlparse
+
+    target = urlparse(url)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    opened = []
+
+    def connect():
+        try:
+            socket.create_connection((target.hostname, port), timeout=timeout).close()
+            opened.append(True)
+        except (OSError, UnicodeError):
+            pass
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
+def _check_download_possible(arch: str, tag: str, tag_cfg: dict) -> None:
+    """Refuse at once a tag whose weights are not on this machine and cannot be fetched: open_clip (through
+    huggingface_hub) would retry for about a minute, printing some 45 warnings, before failing."""
+    if tag_cfg.get("file"):
+        return
+    if tag_cfg.get("hf_hub"):
+        from huggingface_hub import constants
+
+        url, cache, offline = constants.ENDPOINT, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE
+    else:  # a plain URL, cached by open_clip under ~/.cache/clip
+        url, cache, offline = tag_cfg.get("url", ""), os.path.expanduser("~/.cache/clip"), False
+        if not url or os.path.isfile(os.path.join(cache, os.path.basename(url))):
+            return
+    if offline:
+        why = "HF_HUB_OFFLINE is set"
+    elif not _reachable(url):
+        from urllib.parse import urlparse
+
+        why = f"{urlparse(url).hostname} cannot be reached from this machine"
+    else:
+        return
+    raise ModelError("pretrained", f"open_clip weights {tag!r} for {arch} are not in the local cache ({cache}) "
+                                   f"and {why}: download them on a machine with network (e.g. "
+                                   f"open_clip.create_model({arch!r}, pretrained={tag!r})) and copy {cache} here, "
+                                   "or give a local checkpoint file as model.pretrained")
 
 
 def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -> Backbone:
@@ -105,13 +192,23 @@ def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -
         raise ModelError("pretrained", f"{pretrained!r} is a directory; expected an open_clip tag for {arch} "
                                        "or a checkpoint file")
     elif tag_cfg := open_clip.get_pretrained_cfg(arch, pretrained):
+        # OpenAI weights were trained with QuickGELU; open_clip 3.x only warns on a mismatch, and the
+        # plain configs (e.g. ViT-B-32) use nn.GELU, so follow the tag rather than the arch.
+        kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu"))
+        if cached := _cached_tag_file(tag_cfg):
+            # The file open_clip would resolve the tag to, with the tag's preprocessing, and no request to
+            # the hub: without network, huggingface_hub retries for a minute before it uses its cache.
+            tag_preprocess = {k: v for k, v in tag_cfg.items() if k in _TAG_PREPROCESS}
+            source, kwargs["force_preprocess_cfg"] = cached, tag_preprocess
+        else:
+            _check_download_possible(arch, pretrained, tag_cfg)
+            source = pretrained
         try:
-            # OpenAI weights were trained with QuickGELU; open_clip 3.x only warns on a mismatch, and the
-            # plain configs (e.g. ViT-B-32) use nn.GELU, so follow the tag rather than the arch.
-            clip = open_clip.create_model(arch, pretrained=pretrained,
-                                          force_quick_gelu=bool(tag_cfg.get("quick_gelu")), **kwargs)
+            clip = open_clip.create_model(arch, pretrained=source, **kwargs)
         except Exception as e:
-            raise ModelError("pretrained", f"could not load open_clip weights {pretrained!r} for {arch}: {e}") from e
+            where = f" (cached as {source})" if source != pretrained else ""
+            raise ModelError("pretrained", f"could not load open_clip weights {pretrained!r} for {arch}{where}: "
+                                           f"{one_line(e)}") from e
     else:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         raise ModelError("pretrained", f"{pretrained!r} is neither an open_clip tag for {arch} "
@@ -119,10 +216,14 @@ def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -
     if path is not None:
         # A local checkpoint holds the whole CLIP model's state dict (open_clip's format). Note: for OpenAI
         # weights saved locally, pick the "-quickgelu" arch so the activation matches.
+        if not path.endswith(_OTHER_READERS):  # read here too: open_clip loads NaN or integers without a word
+            check_values(_torch_state(path), clip, what=f"open_clip {arch}", path=path)
         try:
             open_clip.load_checkpoint(clip, path, strict=True, weights_only=True)
         except Exception as e:
             raise _open_clip_load_error(path, clip, arch, e) from e
+        if path.endswith(_OTHER_READERS):
+            check_values(clip.state_dict(), clip, what=f"open_clip {arch}", path=path)  # NaN or inf, as loaded
 
     size = clip.visual.preprocess_cfg["size"]
     height, width = (size, size) if isinstance(size, int) else size

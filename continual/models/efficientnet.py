@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from continual.models.backbone import EFFICIENTNET, Backbone, ModelError
-from continual.models.weights import check_state_fits, load_state_file
+from continual.models.weights import check_state_fits, check_values, load_state_file
 
 
 class EfficientNetLite0(Backbone):
@@ -68,5 +68,6 @@ def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -
     # ImageNet classifier weights, if present, are dropped with the layer.
     state = {k: v for k, v in load_state_file(path).items() if not k.startswith("_fc.")}
     check_state_fits(state, net, what="efficientnet_lite0", path=path)
+    check_values(state, net, what="efficientnet_lite0", path=path)
     net.load_state_dict(state)
     return EfficientNetLite0(net, image_size=size)
