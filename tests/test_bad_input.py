@@ -64,6 +64,14 @@ def run(tmp_path: Path, capsys, doc, *flags: str, out: Path | None = None) -> tu
     return path, err
 
 
+def validate_refuses(path: Path, capsys, key: str, *words: str) -> None:
+    """`continual validate` refuses what `run` refused before training, with the same key (issue #11)."""
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    expect(err, path, key, *words)
+
+
 def snapshot(out: Path) -> dict | bool:
     """What is at `out`: False if nothing, the bytes of a file, or every path and file content under a folder."""
     if not out.exists():
@@ -79,6 +87,19 @@ def expect(err: str, source, key: str, *words: str) -> None:
     for word in words:
         assert word in err, f"{word!r} not in {err!r}"
 
+
+def imagefolder_at(path) -> dict:
+    return {"tasks.0.dataset": "imagefolder", "tasks.0.classes": None, "tasks.0.path": path}
+
+
+def class_folders(tmp: Path, *names: str, split: str | None = None) -> Path:
+    """The image folder tmp/imgs: <name>/{0,1,2}.png for each name (under <split>/ when given)."""
+    root = tmp / "imgs"
+    for name in names:
+        (root / (split or "") / name).mkdir(parents=True)
+        for i in range(3):  # the fewest a class can be split 80/20 with
+            Image.new("RGB", (8, 8)).save(root / (split or "") / name / f"{i}.png")
+    return root
 
 # ---- the schema: types, ranges and unknown names not already in test_config.py -------------------
 
@@ -155,10 +176,55 @@ def expect(err: str, source, key: str, *words: str) -> None:
     ({"data_root": lambda tmp: str(touch(tmp / "root.txt"))}, "data_root", ["is a file", "root.txt"]),
     ({"data_root": lambda tmp: str(touch(tmp / "root.txt")), "tasks.0.dataset": "cifar10"},
      "data_root", ["is a file"]),
+    # numbers the schema's types allow but the machine does not (issue #11)
+    ({"seed": 2**63}, "seed", ["below 2**63"]),
+    ({"seed": 2**70}, "seed", ["below 2**63", "71 bits"]),
+    ({"model.image_size": 100_000}, "model.image_size", ["too large", "at most 1024"]),
+    ({"training.lr": float("inf")}, "training.lr", ["finite number", "inf"]),
+    ({"training.lr": float("nan")}, "training.lr", ["finite number", "nan"]),
+    ({"training.weight_decay": float("inf")}, "training.weight_decay", ["finite number"]),
+    ({"training.grad_clip": float("inf")}, "training.grad_clip", ["finite number"]),
+    ({"methods": [{"ldifs": {"lambda": float("inf")}}]}, "methods[0].ldifs.lambda", ["finite number"]),
+    ({"methods": [{"ewc": {"lambda": float("inf")}}]}, "methods[0].ewc.lambda", ["finite number"]),
+    ({"methods": [{"ewc": {"mode": "online", "decay": float("nan")}}]}, "methods[0].ewc.decay", ["finite number"]),
+    ({"methods": [{"lwf": {"alpha": float("inf")}}]}, "methods[0].lwf.alpha", ["finite number"]),
+    ({"methods": [{"lwf": {"temperature": float("inf")}}]}, "methods[0].lwf.temperature", ["finite number"]),
+    ({"training.epochs": 10**6}, "training.epochs", ["less than or equal to 1000"]),
+    ({"training.batch_size": 10**9}, "training.batch_size", ["less than or equal to 65536"]),
+    ({"training.eval_batch_size": 2**70}, "training.eval_batch_size", ["less than or equal to 65536"]),
+    # paths no file system can hold
+    ({"data_root": "d" * 300}, "data_root", ["longer than a file system allows"]),
+    ({"data_root": "~no-such-user-here/data"}, "data_root", ["no such user"]),
+    ({"model.pretrained": "w" * 5000 + ".pt"}, "model.pretrained", ["longer than a file system allows"]),
+    (imagefolder_at("a\0b"), "tasks[0].path", ["NUL character"]),
+    # one class: accuracy over it is always 1.0; and repeats where the class names are not known here
+    ({"tasks.0.classes": [3]}, "tasks[0].classes", ["one class (3)", "at least 2"]),
+    ({"probes.0.classes": ["7"]}, "probes[0].classes", ["one class ('7')", "needs at least 2"]),
+    ({"tasks.0.dataset": "cifar100", "tasks.0.classes": [3, 3]}, "tasks[0].classes[1]", ["listed twice"]),
+    ({"tasks.0.dataset": "cifar100", "tasks.0.classes": [-1, 3]}, "tasks[0].classes[0]", ["indices start at 0"]),
+    ({"tasks.0.dataset": "cifar100", "tasks.0.classes": ["apple"]}, "tasks[0].classes", ["one class ('apple')"]),
+    # image folders: layout and class names, read from folder names before anything is loaded
+    ({**imagefolder_at(lambda tmp: str(class_folders(tmp, "cat", "dog"))), "tasks.0.classes": ["cat", "cow"]},
+     "tasks[0].classes[1]", ["class 'cow' not in imagefolder", "cat, dog"]),
+    ({**imagefolder_at(lambda tmp: str(class_folders(tmp, "cat", "dog"))), "tasks.0.classes": [2]},
+     "tasks[0].classes[0]", ["class 2 not in imagefolder (2 classes)"]),
+    (imagefolder_at(lambda tmp: str(class_folders(tmp, "cat"))), "tasks[0].path",
+     ["one class ('cat')", "has one class folder"]),
+    (imagefolder_at(lambda tmp: str(class_folders(tmp, "cat", "dog", split="train"))), "tasks[0].path",
+     ["only one of train/ and test/"]),
+    # models: what open_clip knows, and checkpoints that are paths (validate reads names, not weights)
+    ({"model": {"family": "open_clip", "arch": "ViT-Nope-99"}}, "model.arch",
+     ["unknown open_clip architecture 'ViT-Nope-99'", "ViT-B-32"]),
+    ({"model.pretrained": "weights/lite0.pth"}, "model.pretrained", ["checkpoint file not found", "weights/lite0.pth"]),
+    ({"model": {"family": "open_clip", "arch": "ViT-B-32", "pretrained": "ckpt/missing.safetensors"}},
+     "model.pretrained", ["checkpoint file not found", "not an open_clip tag"]),
+    ({"model": {"family": "open_clip", "arch": "ViT-B-32", "image_size": 100}}, "model.image_size",
+     ["100 is not a multiple of ViT-B-32's patch size 32"]),
 ])
 def test_bad_schema(tmp_path, capsys, changes, key, words):
     path, err = run(tmp_path, capsys, edited(tmp_path, changes))
     expect(err, path, key, *words)
+    validate_refuses(path, capsys, key, *words)
 
 
 def touch(path: Path, text: str = "not what you want\n") -> Path:
@@ -172,10 +238,19 @@ def touch(path: Path, text: str = "not what you want\n") -> Path:
     ("name: tiny\n\ttasks: []\n", ["not valid YAML (line 2"]),
     ("", ["expected a mapping"]),
     ("just a string\n", ["expected a mapping"]),
+    # legal YAML that PyYAML turned into a RecursionError or a ValueError with a traceback (issue #11)
+    ("name: " + "[" * 10_000, ["not valid YAML (line 1, column 70)", "nested too deeply"]),
+    ("name: " + "[" * 10_000 + "]" * 10_000 + "\n", ["nested too deeply"]),
+    ("name: " + "{a: " * 10_000, ["nested too deeply"]),
+    ("name: x\n" + "".join(" " * i + f"k{i}:\n" for i in range(3000)), ["(line 65,", "nested too deeply"]),
+    ("tasks:\n" + "".join(" " * i + "-\n" for i in range(3000)), ["nested too deeply"]),
+    ("name: tiny\nseed: 1" + "0" * 5000 + "\n", ["not valid YAML (line 2", "cannot read '100", "4300 digits"]),
+    ("name: tiny\nseed: 2021-02-30\n", ["not valid YAML (line 2", "day is out of range"]),
 ])
 def test_bad_yaml(tmp_path, capsys, text, words):
     path, err = run(tmp_path, capsys, text)
     expect(err, path, "", *words)
+    validate_refuses(path, capsys, "", *words)
 
 
 def test_yaml_that_is_not_text(tmp_path, capsys):
@@ -258,8 +333,8 @@ def test_bad_efficientnet_checkpoint(tmp_path, capsys, lite0_checkpoint, tiny_cl
 def test_bad_open_clip_checkpoint(tmp_path, capsys, lite0_checkpoint, tiny_clip, kind, words):
     arch, good = tiny_clip
     pretrained = lite0_checkpoint if kind == "lite0" else bad_checkpoint(kind, tmp_path, good)
-    if kind == "missing":
-        words = ["neither an open_clip tag", "nor an existing file"]
+    if kind == "missing":  # a path: refused by the semantic checks (validate too), not when open_clip loads it
+        words = ["checkpoint file not found", "not an open_clip tag"]
     model = {"family": "open_clip", "arch": arch, "pretrained": str(pretrained), "image_size": 32}
     path, err = run(tmp_path, capsys, edited(tmp_path, {"model": model}))
     expect(err, path, "model.pretrained", str(pretrained), *words)
@@ -319,6 +394,8 @@ def test_missing_or_wrong_data(tmp_path, capsys, changes, key, words):
     tasks.clear_cache()
     path, err = run(tmp_path, capsys, edited(tmp_path, changes))
     expect(err, path, key, *words)
+    if "not found under" not in words[0]:  # data_root's datasets: validate may run on another machine than run
+        validate_refuses(path, capsys, key, *words)
 
 
 # ---- command-line flags --------------------------------------------------------------------------
@@ -380,3 +457,46 @@ def test_out_is_not_a_folder(tmp_path, capsys, layout):
 def test_cuda_asked_for_on_a_machine_without_one(tmp_path, capsys):
     path, err = run(tmp_path, capsys, edited(tmp_path, {"training.device": "cuda"}))
     assert f"{path}: training.device: cuda asked for, but this machine has 0 CUDA device(s)" in err
+
+
+# ---- image folders: validate reads names, run reads images; the two must agree -------------------------
+
+def layout(tmp: Path, files: list[str]) -> Path:
+    """An image folder at tmp/data holding `files` (paths under it; .png and .gif ones are real images)."""
+    root = tmp / "data"
+    root.mkdir()
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith((".png", ".gif")):
+            Image.new("RGB", (4, 4), (200, 10, 10)).save(root / name)
+        else:
+            (root / name).write_text("not an image")
+    return root
+
+
+@pytest.mark.parametrize("files", [
+    ["a/1.png", "a/2.png", "a/3.png", "b/1.png", "b/2.png", "b/3.png"],  # fine
+    ["a/1.gif", "a/2.gif", "a/3.gif", "b/1.png", "b/2.png", "b/x/3.png"],  # GIFs and sub-folders count
+    ["a/1.png", "a/2.png", "a/3.png", "b/1.png", "b/2.png"],  # too few to split off a test image
+    ["a/1.png", "a/2.png", "a/3.png", "b/.1.png", "b/.x/2.png", "b/notes.txt"],  # hidden files and folders skipped
+    ["a/1.png", "a/2.png", "a/3.png", ".cache/1.png"],  # a hidden class folder is none
+    ["notes.txt"],  # no class folders
+    ["train/a/1.png", "train/b/1.png", "test/a/1.png", "test/b/1.png"],  # fine
+    ["train/a/1.png", "train/b/1.png", "test/a/1.png", "test/b/notes.txt"],  # no test image of b
+    ["train/a/1.png", "train/b/1.png", "test/a/1.png", "test/b/1.png", "test/c/1.png"],  # c only in test
+    ["train/a/1.png", "train/b/1.png"],  # no test/
+])
+def test_validate_reads_an_image_folder_as_run_does(tmp_path, files):
+    from continual.datasets import catalog, folders
+
+    assert (catalog.FOLDER_EXTENSIONS, catalog.MIN_TO_SPLIT) == (folders.EXTENSIONS, folders.MIN_TO_SPLIT)
+    root = layout(tmp_path, files)
+    try:
+        validated = catalog.imagefolder_classes(root)
+    except catalog.DataError as err:
+        validated = ("refused", err.key, err.message)
+    try:
+        read = folders.load("imagefolder", path=root, data_root=tmp_path, download=False).class_names
+    except catalog.DataError as err:
+        read = ("refused", err.key, err.message)
+    assert validated == read

@@ -1,12 +1,13 @@
 """Strict validation: every bad sequence gives exit status 2, one message naming file and key, no output."""
 
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
 from continual.cli import main
-from continual.config import ConfigError, load_sequence
+from continual.config import ConfigError, ConfigWarning, load_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def test_good_sequence_parses():
     seq = load_sequence(GOOD)
     assert [t.name for t in seq.tasks] == ["a", "b"]
     assert seq.method("ldifs").lambda_ == 10
-    assert seq.training.lr == 5e-4
+    assert seq.training.lr == 1e-5  # the default: the paper's CLIP fine-tuning rate
 
 
 @pytest.mark.parametrize("doc, key, words", [
@@ -137,3 +138,68 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     text = path.read_text().replace("seed: 1", "seed: 1\ntraining: {lr: 5e-4}")
     path.write_text(text)
     assert load_sequence(path).training.lr == 5e-4
+
+
+def test_every_problem_of_a_file_at_once(tmp_path, capsys):
+    """One wrong type used to hide the semantic problems of the rest of the file (issue #11)."""
+    doc = edited(seed="x", tasks__0__classes=[0, 12], methods=["finetune", "finetune"])
+    doc["probes"].append({"name": "mine", "dataset": "imagefolder", "path": str(tmp_path / "nowhere")})
+    doc["model"] = {"family": "open_clip", "arch": "ViT-Nope"}
+    path = write(tmp_path, doc)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    for line in ["seed: expected an integer, got 'x'", "tasks[0].classes[1]: class 12 not in digits",
+                 "methods[1]: method 'finetune' listed twice", f"probes[1].path: {tmp_path / 'nowhere'} does not exist",
+                 "model.arch: unknown open_clip architecture 'ViT-Nope'"]:
+        assert f"{path}: {line}" in err, err
+
+
+def test_largest_seed_and_image_size_pass():
+    seq = load_sequence(edited(seed=2**63 - 1, model={"family": "efficientnet_lite0", "image_size": 1024}))
+    assert seq.seed == 2**63 - 1 and seq.model.image_size == 1024
+
+
+@pytest.mark.parametrize("probe, words", [
+    ({"classes": [0, 1, 2]}, "the same classes of digits as task 'a' (tasks[0]), which is trained on: this probe is "
+                             "not held out"),
+    ({"classes": [2, 3, 7]}, "shares classes 3 of digits with task 'b' (tasks[1])"),
+    ({"classes": None}, "shares classes 0, 1, 2 of digits with task 'a'"),
+])
+def test_a_probe_that_a_task_trains_on_is_a_warning(tmp_path, capsys, probe, words):
+    path = write(tmp_path, edited(probes__0__classes=probe["classes"]))
+    with pytest.warns(ConfigWarning) as caught:
+        seq = load_sequence(path)
+    assert seq.probes[0].classes == probe["classes"]
+    assert any(str(w.message).startswith(f"{path}: probes[0]: ") and words in str(w.message) for w in caught), \
+        [str(w.message) for w in caught]
+    assert all(w.message.key == "probes[0]" and w.message.source == str(path) for w in caught)
+    assert main(["validate", str(path)]) == 0  # a warning, not a refusal
+    assert f"warning: {path}: probes[0]: " in capsys.readouterr().err
+
+
+def test_held_out_probes_give_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        load_sequence(GOOD)  # digits 7, 8 against tasks of 0..5
+        for path in sorted((ROOT / "sequences").glob("*.yaml")):
+            load_sequence(path)
+
+
+def test_open_clip_architectures_registered_at_run_time(tiny_clip):
+    """The tests' tiny CLIP is registered with open_clip.add_model_config, so it is no model_configs/*.json:
+    with open_clip imported, its own list is asked."""
+    arch, checkpoint = tiny_clip
+    model = {"family": "open_clip", "arch": arch, "pretrained": str(checkpoint), "image_size": 32}
+    assert load_sequence(edited(model=model)).model.arch == arch
+    with pytest.raises(ConfigError, match=r"model.image_size: 36 is not a multiple of continual-tiny-vit's patch size"):
+        load_sequence(edited(model={**model, "image_size": 36}))
+
+
+def test_a_method_whose_needs_the_architecture_cannot_meet(tmp_path, capsys):
+    """LDIFS taps ViT and ModifiedResNet towers; open_clip builds timm's ConvNeXt for convnext_base. `run`
+    refused it after building the model (20 s here); validate reads the architecture's config instead."""
+    doc = edited(model={"family": "open_clip", "arch": "convnext_base"})
+    path = write(tmp_path, doc)
+    assert main(["validate", str(path)]) == 2
+    assert f"{path}: methods[1]: ldifs needs intermediate feature taps" in capsys.readouterr().err
+    assert main(["validate", str(write(tmp_path, {**doc, "methods": ["finetune"]}))]) == 0

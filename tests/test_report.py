@@ -155,3 +155,61 @@ def test_cli_report_and_its_errors(runs, tmp_path, capsys):
     with pytest.raises(ReportError, match="is not the sequence of"):
         write_report([runs[0], other], tmp_path / "none")
     assert not (tmp_path / "none").exists()
+
+
+def _edit_config(folder, **changes):
+    """Rewrite a run folder's config.yaml with `changes` ("training__lr" sets training.lr)."""
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"training__lr": 1e-3}, ["training.lr", "(absent) → 0.001"]),
+    ({"model__image_size": 64}, ["model.image_size"]),
+    ({"methods": [{"finetune": {}}, {"ldifs": {"lambda": 100.0}}, {"ewc": {"lambda": 100.0}}]},
+     ["methods.ldifs.lambda: 10.0 → 100.0"]),
+    ({"tasks": [{"name": "t1", "dataset": "digits", "classes": [0, 1]}, {"name": "t2", "dataset": "digits"}]},
+     ["tasks[0].classes"]),
+])
+def test_runs_of_other_settings_are_not_averaged_as_seeds(runs, tmp_path, capsys, changes, words):
+    """Issue #11: two folders of one sequence at another lr were averaged as if they were two seeds."""
+    import shutil
+
+    other = shutil.copytree(runs[1], tmp_path / "s1" / "toy")
+    _edit_config(other, **changes)
+    with pytest.raises(ReportError) as caught:
+        write_report([runs[0], other], tmp_path / "none")
+    message = str(caught.value)
+    assert message.startswith(f"{other}: not a repetition of {runs[0]}"), message
+    for word in words:
+        assert word in message, message
+    assert main(["report", str(runs[0]), str(other), "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {other}: ") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "none").exists()
+
+
+def test_runs_that_differ_only_where_results_do_not_are_repetitions(runs, tmp_path):
+    import shutil
+
+    other = shutil.copytree(runs[1], tmp_path / "s1" / "toy")
+    _edit_config(other, keep_checkpoints=3, data_root="/elsewhere", download=False, training__device="cuda:1",
+                 training__eval_batch_size=512, methods=[{"ldifs": {"lambda": 10.0}}, {"finetune": {}}])  # no ewc
+    summary = pd.read_csv(write_report([runs[0], other], tmp_path / "rep") / "summary.csv")
+    assert summary.set_index(["method", "metric"]).loc[("finetune", "final_average_accuracy"), "n"] == 2
+
+
+def test_a_folder_without_config_cannot_be_checked(runs, tmp_path):
+    import shutil
+
+    other = shutil.copytree(runs[1], tmp_path / "s1" / "toy")
+    (other / "config.yaml").unlink()
+    with pytest.raises(ReportError, match="no config.yaml"):
+        write_report([runs[0], other], tmp_path / "none")
+    assert not (tmp_path / "none").exists()

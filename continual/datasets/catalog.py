@@ -8,9 +8,10 @@ indices without loading anything; reading images happens in the source modules o
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 # Fixed-seed 80/20 per class for datasets that ship no test split. The split belongs to the dataset,
 # not to the run, so it must not move with the run seed (else a "test" image could be trained on).
@@ -85,6 +86,71 @@ def animal_files() -> list[Path] | None:
 
 def class_folders(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+# What `folders` reads in a class folder (its EXTENSIONS): torchvision's list plus GIF, hidden files skipped.
+FOLDER_EXTENSIONS = IMG_EXTENSIONS + (".gif",)
+# The fewest images of a class the fixed split can divide: round(3 * 0.2) = 1 to test, 2 to train (the
+# same as folders.MIN_TO_SPLIT).
+MIN_TO_SPLIT = next(n for n in itertools.count(2) if 1 <= round(n * TEST_FRACTION) < n)
+
+
+def image_files(folder: Path) -> Iterator[Path]:
+    """The image files under `folder` by name (nothing opened; hidden files and folders skipped), in no
+    order and lazily, so that a check can stop at the first few of a class of thousands."""
+    for p in folder.rglob("*"):
+        hidden = any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.suffix.lower() in FOLDER_EXTENSIONS and not hidden and p.is_file():
+            yield p
+
+
+def folder_classes(folder: Path, *, key: str) -> list[str]:
+    """The class names of folder/<class>/* or folder/{train,test}/<class>/*, or the DataError that reading
+    it would raise (folders.folder_source, whose rules and messages these are, in its order): by file
+    names only, at most MIN_TO_SPLIT per class, so `continual validate` can say it at once."""
+    train_dir, test_dir = folder / "train", folder / "test"
+    if train_dir.is_dir() != test_dir.is_dir():
+        raise DataError(key, f"{folder} has only one of train/ and test/; give both, or only class folders")
+    top = train_dir if train_dir.is_dir() else folder
+    names = class_folders(top)
+    if not names:
+        raise DataError(key, f"no class folders in {top}: expected one sub-folder of images per class")
+    counts = {name: sum(1 for _ in itertools.islice(image_files(top / name), MIN_TO_SPLIT)) for name in names}
+    empty = next((name for name in names if not counts[name]), None)
+    if empty is not None:
+        raise DataError(key, f"no images ({', '.join(FOLDER_EXTENSIONS)}) in {top / empty}")
+    if top is folder:
+        few = [(name, n) for name, n in counts.items() if n < MIN_TO_SPLIT]
+        if few:
+            listed = [f"{folder / few[0][0]} has {few[0][1]} image{'s' if few[0][1] != 1 else ''}"]
+            listed += [f"{name} has {n}" for name, n in few[1:5]] + (["..."] if len(few) > 5 else [])
+            raise DataError(key, f"{', '.join(listed)}: a class needs at least {MIN_TO_SPLIT} images for "
+                                 f"{TEST_FRACTION:.0%} of them to be split off as its test set; add images, or "
+                                 f"give {folder / 'train'}/ and {folder / 'test'}/")
+        return names
+    extra = sorted(set(class_folders(test_dir)) - set(names))
+    if extra:
+        raise DataError(key, f"{test_dir} has class folders missing from {train_dir}: {', '.join(extra)}")
+    missing = [name for name in names
+               if not (test_dir / name).is_dir() or next(image_files(test_dir / name), None) is None]
+    if missing:
+        raise DataError(key, f"{test_dir} has no images of {len(missing)} of the {len(names)} classes in "
+                             f"{train_dir}: {', '.join(missing)}; every class needs test images (or give only "
+                             "class folders, split 80/20)")
+    return names
+
+
+def imagefolder_classes(path: Path, *, key: str = "path") -> list[str]:
+    """The class names of the user's image folder, or DataError saying what is wrong with it (see
+    folder_classes): `continual validate` checks a folder with this; `folders` reads it when a run starts."""
+    try:
+        if not path.exists():
+            raise DataError(key, f"{path} does not exist")
+        if not path.is_dir():
+            raise DataError(key, f"{path} is a file; expected a folder of class folders (or train/ and test/)")
+        return folder_classes(path, key=key)
+    except OSError as err:  # unreadable (permissions), or a name the file system refuses
+        raise DataError(key, f"cannot read {path}: {err.strerror or err}") from None
 
 
 def resisc45_dir(data_root: Path) -> Path:

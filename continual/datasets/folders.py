@@ -3,7 +3,6 @@ and RESISC45 as unpacked under data_root."""
 
 from __future__ import annotations
 
-import itertools
 import re
 import warnings
 from pathlib import Path
@@ -11,19 +10,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from continual.datasets.catalog import IMG_EXTENSIONS, TEST_FRACTION, DataError, class_folders, resisc45_dir
+from continual.datasets.catalog import (FOLDER_EXTENSIONS as EXTENSIONS, MIN_TO_SPLIT, TEST_FRACTION, DataError,
+                                       class_folders, image_files, resisc45_dir)
 from continual.datasets.source import Pool, Source, pil_pool, split_fixed
 
-# torchvision's list plus GIF (PIL reads its first frame). Other files (notes.txt, Thumbs.db) are skipped by
-# extension, as torchvision's ImageFolder does, and so are hidden ones (.DS_Store, macOS's ._x.jpg).
-EXTENSIONS = IMG_EXTENSIONS + (".gif",)
+# Which files are images (EXTENSIONS: torchvision's list plus GIF, whose first frame PIL reads; hidden files
+# such as .DS_Store and macOS's ._x.jpg skipped) and MIN_TO_SPLIT come from the catalog, which `continual
+# validate` checks folders with, so that validate and run see the same images.
 # PIL's own limit, Image.MAX_IMAGE_PIXELS (9459 x 9459, 256 MiB as RGB), made a refusal where PIL only warns
 # up to twice that: every image is shrunk to the model's input (224 px for the shipped models), so a larger
 # one (a 48-megapixel phone photo is not) is a raw export at best and a decompression bomb at worst: a few KB
 # of PNG that declares 20000 x 20000 pixels and takes minutes and gigabytes to decode.
 MAX_PIXELS = 89_478_485
-# The fewest images of a class the fixed split can divide: round(3 * 0.2) = 1 to test, 2 to train.
-MIN_TO_SPLIT = next(n for n in itertools.count(2) if 1 <= round(n * TEST_FRACTION) < n)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -57,8 +55,7 @@ def read_image(path: Path, *, key: str) -> Image.Image:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(image_files(folder))
 
 
 def _folder_pool(folder: Path, class_names: list[str], *, key: str, every_class: bool) -> Pool:

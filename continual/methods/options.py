@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 class Options(BaseModel):
     # Unknown keys are errors, no coercion beyond int -> float; `lambda` (a Python keyword) is `lambda_`.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    # No inf or nan (`.inf`, or `1e400`, which YAML reads as inf): a λ, α or temperature of inf passed
+    # the range checks and trained into nan (issue #11).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True,
+                              allow_inf_nan=False)
 
 
 class FinetuneOptions(Options):

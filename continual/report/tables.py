@@ -2,10 +2,11 @@
 
     tables = load_tables("reports/mnist-fashion-animals")   # tidy frames of one run folder
 
-Several folders of the same sequence (e.g. seeds) are aggregated as mean ± std (sample std, n − 1) over
-the runs where a method is complete; one folder gives n = 1 and no std. A method that is missing,
-unreadable or incomplete in a run is shown as such and counts in no mean. The metrics and their
-formulas are in `continual.metrics`. Reads numbers from files only: no torch, no models.
+Several folders of the same sequence with the same settings but the seed (repetitions) are aggregated as
+mean ± std (sample std, n − 1) over the runs where a method is complete; one folder gives n = 1 and no
+std. Folders whose config.yaml differ in anything that changes results are refused (`check_repetitions`).
+A method that is missing, unreadable or incomplete in a run is shown as such and counts in no mean. The
+metrics and their formulas are in `continual.metrics`. Reads numbers from files only: no torch, no models.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from continual.run_folder import RunFolder
 
 
 class ReportError(Exception):
-    """A folder that cannot be reported on (not there, not a run folder, another sequence)."""
+    """A folder that cannot be reported on (not there, not a run folder, another sequence or settings)."""
+
+
+# Keys of config.yaml that say where and how a run ran, not what it computed: runs that differ only in
+# these and the seed are repetitions of one experiment and are averaged. eval_batch_size only regroups
+# inference (BatchNorm is in eval mode); the device changes kernels' summation order, as another CPU does
+# (README), which is exactly the spread a mean ± std over repetitions should show.
+NOT_SETTINGS = ("seed", "keep_checkpoints", "data_root", "download", "training.device", "training.eval_batch_size")
 
 
 @dataclass
@@ -47,6 +55,7 @@ class Run:
     tasks: list[str]
     probes: list[str]
     methods: dict[str, MethodRun] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # config.yaml as read ({} when there is none)
 
     @property
     def n_steps(self) -> int:
@@ -84,7 +93,8 @@ def read_run(folder: str | Path) -> Run:
         if m.matrix is not None:
             probes += [c for c in m.matrix.columns if c.startswith("probe:") and c not in probes]
     run = Run(folder=folder, name=config.get("name") or folder.name, seed=config.get("seed"),
-              config_text=config_text, tasks=tasks, probes=probes, methods=methods)
+              config_text=config_text, tasks=tasks, probes=probes, methods=methods,
+              config=config if isinstance(config, dict) else {})
     for m in methods.values():
         _set_status(m, run)
     return run
@@ -207,11 +217,66 @@ def aggregate(frames: list[pd.DataFrame], *, by: list[str], value: str = "value"
     return out
 
 
+def settings(config: dict) -> dict[str, object]:
+    """config.yaml as key paths -> values (`training.lr`, `tasks[0].classes[1]`, `methods.ldifs.lambda`),
+    without NOT_SETTINGS. Methods are keyed by name (their order in the file changes nothing)."""
+    flat: dict[str, object] = {}
+
+    def walk(value, key):
+        if isinstance(value, dict) and (value or not key):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list) and value:
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif key not in NOT_SETTINGS:
+            flat[key] = value
+
+    walk({k: v for k, v in config.items() if k != "methods"}, "")
+    for item in config.get("methods") or []:
+        name, options = (item, {}) if not isinstance(item, dict) else next(iter(item.items()), (None, {}))
+        flat[f"methods.{name}"] = "listed"
+        for key, value in (options.items() if isinstance(options, dict) else []):
+            walk(value, f"methods.{name}.{key}")
+    return flat
+
+
+def check_repetitions(runs: list[Run]) -> None:
+    """ReportError unless every run repeats the first one's settings: the same config.yaml but for the
+    seed and NOT_SETTINGS. A method run in only some of the folders is fine (its n says so); its options
+    must agree where it ran. Averaging runs of another lr or λ as if they were seeds hid the difference."""
+    first = runs[0]
+    if len(runs) > 1 and not first.config:
+        raise ReportError(f"{first.folder}: no config.yaml, so whether the runs repeat one setting cannot be checked")
+    base = settings(first.config)
+    for run in runs[1:]:
+        if not run.config:
+            raise ReportError(f"{run.folder}: no config.yaml, so whether it repeats the settings of {first.folder} "
+                              "cannot be checked")
+        other = settings(run.config)
+        in_both = {k for k in base if k.startswith("methods.") and k.count(".") == 1} & set(other)
+
+        def compared(key: str) -> bool:  # a method's options, where both ran it; not whether it is listed
+            return not key.startswith("methods.") or ".".join(key.split(".")[:2]) in in_both and key.count(".") > 1
+
+        def value(flat: dict, key: str) -> str:
+            return repr(flat[key]) if key in flat else "(absent)"
+
+        differ = [k for k in dict.fromkeys([*base, *other]) if compared(k) and value(base, k) != value(other, k)]
+        if differ:
+            shown = "; ".join(f"{k}: {value(base, k)} → {value(other, k)}" for k in differ[:6])
+            more = f"; and {len(differ) - 6} more" if len(differ) > 6 else ""
+            raise ReportError(f"{run.folder}: not a repetition of {first.folder}, the settings differ ({shown}{more}); "
+                              f"only runs that differ in {', '.join(NOT_SETTINGS)} are averaged")
+
+
 class Summary:
     """The numbers of one or more runs of one sequence, computed once: summary metrics aggregated over
-    runs (mean, std, n), mean and std accuracy matrices, timings, each method's status."""
+    runs (mean, std, n), mean and std accuracy matrices, timings, each method's status. ReportError
+    when the runs are not repetitions of one setting (check_repetitions)."""
 
     def __init__(self, runs: list[Run]):
+        check_repetitions(runs)
         self.runs = runs
         self.first = runs[0]
         self.tasks = self.first.tasks
