@@ -19,12 +19,12 @@ Everything is saved as tensors, numbers, strings, lists and dicts, and read back
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
 from continual.models import Backbone, Head, TaskModel
+from continual.run_folder import atomic_file, make_folder
 
 # Bumped when a checkpoint's layout, or what a resumed step would draw, changes; older ones are refused
 # with a message. 2: every seed comes from continual/seeds.py (format 1 runs selected other images).
@@ -40,14 +40,11 @@ class CheckpointError(Exception):
 
 
 def save(path: Path, state: dict) -> None:
-    """torch.save under a temporary name, fsync, then rename: a checkpoint is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    """torch.save under a temporary name, fsync, then rename: a checkpoint is whole or absent, and a full
+    disk is a run_folder.DiskFull (torch itself says only 'unexpected pos'), the older checkpoint intact."""
+    make_folder(path.parent)
+    with atomic_file(path) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load(path: Path, *, expect: dict) -> dict:

@@ -10,6 +10,7 @@ import argparse
 import shlex
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from continual.config import ConfigError, load_sequence
@@ -23,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a task sequence and write results after every step")
     run.add_argument("sequence", type=Path, help="a sequence YAML file (see sequences/)")
     run.add_argument("--methods", help="comma-separated subset of methods to run (default: the file's list)")
-    run.add_argument("--out", type=Path, default=Path("reports"), help="output root (default: reports)")
+    # Not reports/: that folder holds the committed example runs, which a first run must never touch.
+    run.add_argument("--out", type=Path, default=Path("runs"), help="output root (default: runs)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the file, e.g. --set training.lr=3e-4 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -46,8 +48,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shown_as_ours(show):
+    """warnings.showwarning that prints our own warnings (continual's classes) as `warning: <message>`
+    and hands the others to `show`, as Python would show them."""
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if category.__module__.startswith("continual."):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return show_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = warnings.showwarning  # restored below: main() may be called in-process (tests, notebooks)
+    warnings.showwarning = _shown_as_ours(previous)
     try:
         if args.command == "run":
             return _run(args)
@@ -59,22 +74,41 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = previous
 
 
 def _run(args: argparse.Namespace) -> int:
-    from continual.checkpoints import CheckpointError
-    from continual.report import LiveReport
-    from continual.run_folder import RunExists, RunLocked
-    from continual.runner import MethodsFailed, run_sequence  # torch-heavy: only when running
+    # A pre-empted job gets SIGTERM: stop as on Ctrl-C (the lock is released, the message says how to
+    # resume), from the first moment: importing torch takes seconds, and a kill then must say so too.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _run_sequence(args)
+    except KeyboardInterrupt:
+        # Checkpoint first, then result files, each written atomically: what is on disk is consistent.
+        folder = getattr(args, "folder", None)  # None: stopped while still reading the sequence
+        kept = (f"results up to the last completed step are in {folder}/" if folder is not None and folder.is_dir()
+                else "nothing was written")
+        print(f"\ninterrupted: {kept}; to continue from there: {_resume_command(args)}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
+
+def _run_sequence(args: argparse.Namespace) -> int:
     seq = load_sequence(args.sequence, args.overrides)
+    args.folder = args.out / seq.name
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     if methods is not None and not methods:  # `--methods ""` too: an empty list must not mean "all"
         raise ConfigError("--methods", [("", "no method named")])
     if methods is not None and len(set(methods)) < len(methods):
         raise ConfigError("--methods", [(m, "listed twice") for m in dict.fromkeys(methods) if methods.count(m) > 1])
-    # A pre-empted job gets SIGTERM: stop as on Ctrl-C (the lock is released, the message says how to resume).
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    from continual.checkpoints import CheckpointError
+    from continual.report import LiveReport
+    from continual.run_folder import DiskFull, RunExists, RunLocked
+    from continual.runner import MethodsFailed, run_sequence  # torch-heavy: only when running
+
     try:
         with LiveReport(args.out / seq.name) as live:
             folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence),
@@ -83,19 +117,15 @@ def _run(args: argparse.Namespace) -> int:
     except (RunLocked, RunExists, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DiskFull as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except MethodsFailed as err:
         print(f"results in {err.folder}/, but these methods failed (their rows up to the failure are kept):",
               file=sys.stderr)
         for name, msg in err.errors.items():
             print(f"  {name}: {msg}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        # Checkpoint first, then result files, each written atomically: what is on disk is consistent.
-        print(f"\ninterrupted: results up to the last completed step are in {Path(args.out) / seq.name}/; "
-              f"to continue from there: {_resume_command(args)}", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print(f"results in {folder}/")
     return 0
 
@@ -111,10 +141,11 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 def _report(args: argparse.Namespace) -> int:
     from continual.report import ReportError, write_report
+    from continual.run_folder import DiskFull
 
     try:
         out = write_report(args.folders, args.out)
-    except ReportError as err:
+    except (ReportError, DiskFull) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report in {out / 'index.html'} (and summary.md, summary.csv)")

@@ -1,7 +1,7 @@
 """The run folder, `<out>/<sequence name>/`: the one module that knows its layout.
 
     config.yaml                     the resolved sequence; its presence means "a run of ours is here"
-    .lock                           PID, host and start time of the process writing here
+    .lock                           flock(2)ed by the process writing here; holds its PID, host and start time
     <method>/accuracy_matrix.csv    step, one column per task (sequence order), one per probe (`probe:<name>`)
     <method>/accuracy_matrix.json   the same rows as a JSON list of records
     <method>/metrics.json           per step: average accuracy over seen tasks, forgetting, BWT; timings
@@ -13,19 +13,27 @@
 
 The runner writes through it, the report reads through it, and a run that finds a folder taken says
 how far the run in it got.
-Every file is written atomically (a temporary name, then rename): readers never see half a file.
+Every file is written atomically (a temporary name, then rename): readers never see half a file, and a
+full disk is a DiskFull naming the folder, never a half-written file under a final name.
 No torch here: the report and `continual report` use it too.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import socket
+import stat
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -42,12 +50,172 @@ REPORT_FILES = (INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT)
 
 def atomic_write(path: Path, content: str | bytes) -> None:
     """Write to a temporary name in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(content.encode() if isinstance(content, str) else content)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file to write `path` through: it is a temporary name in the same folder, fsynced and renamed to
+    `path` when the block ends. On any error (Ctrl-C included) the temporary file is removed and `path`
+    is as it was; a full disk or quota, however the writer reports it, is a DiskFull."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        f = _Recording(open(tmp, "wb"))
+    except OSError as err:
+        raise (DiskFull(path.parent, err) if _full(err) else err) from None
+    try:
+        yield f
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+        f.close()
+        os.replace(tmp, path)
+    except BaseException as err:
+        f.close_quietly()
+        tmp.unlink(missing_ok=True)
+        full = _full(err) or f.full
+        if full is not None:
+            raise DiskFull(path.parent, full) from None
+        raise
+
+
+def make_folder(path: Path) -> None:
+    """mkdir -p, with a full disk (no room for one more folder entry) as a DiskFull."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if _full(err):
+            raise DiskFull(path, err) from None
+        raise
+
+
+class DiskFull(Exception):
+    """A write of the run failed because its disk (or the user's quota on it) is full. The file being
+    written is left as it was; the run can continue with --resume once there is room."""
+
+    def __init__(self, folder: Path, cause: OSError | None = None):
+        self.folder = Path(folder)
+        what = ("your disk quota there is used up" if cause is not None and cause.errno == errno.EDQUOT
+                else "the disk is full")
+        super().__init__(f"{self.folder}: cannot write: {what} ({_free_space(self.folder)}); "
+                         "free some space, then run again with --resume")
+
+
+def _full(err: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT behind `err`, if any. torch.save reports one as RuntimeError('... unexpected
+    pos ...') with the OSError only as its context, so the chain of causes is searched."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _free_space(folder: Path) -> str:
+    """Free space on the disk of `folder` (or of its nearest existing parent), e.g. "12.5 MiB free"."""
+    for path in (folder, *folder.parents):
+        try:
+            free = shutil.disk_usage(path).free
+        except OSError:
+            continue
+        for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if free >= size:
+                return f"{free / size:.1f} {unit} free"
+        return f"{free} bytes free"
+    return "free space unknown"
+
+
+class _Recording:
+    """A file that remembers a full-disk error from its writes: torch.save's C++ writer replaces it
+    with 'unexpected pos', and a buffered file raises it again on close."""
+
+    def __init__(self, f: BinaryIO):
+        self._f, self.full = f, None
+
+    def write(self, data) -> int:
+        return self._call(self._f.write, data)
+
+    def flush(self) -> None:
+        self._call(self._f.flush)
+
+    def close(self) -> None:
+        self._call(self._f.close)
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def _call(self, op, *args):
+        try:
+            return op(*args)
+        except OSError as err:
+            self.full = self.full or _full(err)
+            raise
+
+    def close_quietly(self) -> None:
+        try:
+            self._f.close()  # a buffered file flushes what it holds first, which fails again on a full disk
+        except OSError as err:
+            self.full = self.full or _full(err)
+            try:
+                self._f.close()  # the second close only releases the descriptor
+            except OSError:
+                pass
+
+
+def check_output(out: Path, name: str) -> None:
+    """Refuse an --out the run could not write its folder `<out>/<name>` in, before anything is loaded:
+    a file on the way, a symbolic link to nowhere or in a loop, a read-only file system, no permission.
+    Only the nearest existing folder is looked at and written to (a temporary file, removed at once);
+    nothing is created. A full disk is a DiskFull."""
+    out = Path(out)
+    for path in (out / name, *(out / name).parents):
+        problem = _unusable(path)
+        if problem is None:
+            continue  # does not exist (yet): the folder above decides
+        if problem:
+            raise ConfigError("--out", [(str(out), problem)])
+        return  # the nearest existing folder, and it can be written in
+
+
+def _unusable(path: Path) -> str | None:
+    """What is wrong with `path` for holding the run ("" when nothing), or None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        try:
+            is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:
+            return None  # not there (or a folder above is unusable: that one is reported)
+        if not is_link:
+            return f"{path} cannot be used ({err.strerror})"
+        target = os.readlink(path)
+        if err.errno == errno.ELOOP:
+            return f"{path} is a symbolic link in a loop (to {target}); point it at a folder or remove it"
+        if err.errno == errno.ENOENT:
+            return f"{path} is a symbolic link to {target}, which does not exist; create it or remove the link"
+        return f"{path} is a symbolic link to {target}, which cannot be used ({err.strerror})"
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a file" if stat.S_ISREG(st.st_mode) else "not a folder"
+        return f"{path} is {kind}; expected a folder for the results"
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return f"{path} is on a read-only file system; choose an --out on a writable one"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"cannot write in {path}: permission denied"
+    # Root passes os.access everywhere, yet may still be refused (an NFS export that squashes root, ACLs,
+    # a read-only bind mount on an old kernel): only a real file tells.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".continual-check-", dir=path)
+    except OSError as err:
+        if _full(err):
+            raise DiskFull(path, err) from None
+        if err.errno == errno.EROFS:
+            return f"{path} is on a read-only file system; choose an --out on a writable one"
+        return f"cannot write in {path}: {(err.strerror or str(err)).lower()}"
+    os.close(fd)
+    os.unlink(probe)
+    return ""
 
 
 class RunExists(Exception):
@@ -110,6 +278,10 @@ class RunFolder:
 
     # ---- writing
 
+    def create(self) -> None:
+        """The folder itself (and --out above it); after check_output, so only a full disk can fail here."""
+        make_folder(self.path)
+
     def write_config(self, text: str) -> None:
         atomic_write(self.config, text)
 
@@ -117,7 +289,7 @@ class RunFolder:
                    timings: list[dict]) -> None:
         """(Re)write the numbers of one method after a step; `rows` are the matrix rows so far."""
         folder = self.method(method)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         matrix = pd.DataFrame(rows)
         matrix.insert(0, "step", range(len(rows)))
         atomic_write(folder / MATRIX_CSV, matrix.to_csv(index=False, float_format="%.6f"))
@@ -132,7 +304,7 @@ class RunFolder:
         path = self.method(method) / METRICS
         doc = json.loads(path.read_text()) if path.exists() else {"method": method, "steps": []}
         doc.update(complete=False, error=error)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         atomic_write(path, json.dumps(doc, indent=1, allow_nan=False))
 
     # ---- reading
@@ -157,27 +329,35 @@ class RunFolder:
 
     # ---- claiming it for a run
 
-    def claim(self, config_text: str, *, resume: bool, overwrite: bool, may_differ: tuple[str, ...] = ()) -> None:
-        """Make the folder ours for a run of `config_text` (called holding its lock): nothing computed is
-        discarded unless asked, and a resume must be of the same sequence (except keys in `may_differ`)."""
+    def claim(self, config_text: str, *, resume: bool, overwrite: bool, may_differ: tuple[str, ...] = ()) -> str:
+        """Make the folder ours for a run of `config_text` (called holding its lock) and return the config
+        to write: nothing computed is discarded unless asked, and a resume must be of the same sequence
+        (except keys in `may_differ`). Methods may be added on resume (each method's options must be the
+        same as before); the config then lists every method the folder holds results of."""
         if not self.config.exists():
-            return  # a new run (or one killed before its first file): nothing to keep
+            return config_text  # a new run (or one killed before its first file): nothing to keep
         if overwrite:
             self._discard()
-            return
-        name = yaml.safe_load(config_text).get("name")
+            return config_text
+        new = yaml.safe_load(config_text)
         if not resume:
-            raise RunExists(f"{self.path} already holds a run of '{name}' ({self.progress()}); "
+            raise RunExists(f"{self.path} already holds a run of '{new.get('name')}' ({self.progress()}); "
                             "add --resume to continue it, --overwrite to discard it, or choose another --out")
         try:
             on_disk = yaml.safe_load(self.config.read_text())
-        except (OSError, yaml.YAMLError) as err:
+            old_methods = {name: options for item in on_disk.get("methods", []) for name, options in item.items()}
+        except (OSError, yaml.YAMLError, AttributeError) as err:
             raise ConfigError(str(self.config), [("", f"cannot be read to check the resume ({err})")]) from None
-        differ = [(key, f"was {a!r} in this run, is {b!r} now")
-                  for key, a, b in differences(on_disk, yaml.safe_load(config_text)) if key not in may_differ]
+        new_methods = {name: options for item in new["methods"] for name, options in item.items()}
+        differ = differences({**on_disk, "methods": None}, {**new, "methods": None})
+        differ += [(f"methods.{name}{'.' + key if key else ''}", a, b) for name in old_methods.keys() & new_methods.keys()
+                   for key, a, b in differences(old_methods[name], new_methods[name])]
+        differ = [(key, f"was {a!r} in this run, is {b!r} now") for key, a, b in differ if key not in may_differ]
         if differ:
             raise ConfigError(str(self.config), differ + [("", "resume needs the sequence the run was started "
                                                                "with; use --overwrite to start again with this one")])
+        merged = {**old_methods, **new_methods}  # the run's order, then methods new to it
+        return yaml.safe_dump({**new, "methods": [{name: options} for name, options in merged.items()]}, sort_keys=False)
 
     def _discard(self) -> None:
         """What --overwrite removes: the files and folders a run writes, nothing else that may be here."""
@@ -204,50 +384,150 @@ def differences(a, b, prefix: str = "") -> list[tuple[str, object, object]]:
 
 
 class RunLock:
-    """One run per folder: `<folder>/.lock` holds the writer's PID, host and start time. A lock whose
-    process is gone (same host, PID not alive) is stale and taken over."""
+    """One run per folder: flock(2) on `<folder>/.lock`, which also holds the writer's PID, host and
+    start time for the message a second run gets. The kernel drops the lock when its process dies, so a
+    lock left by a killed run is simply taken: there is no stale-lock takeover to race on.
+
+    Guaranteed on a local file system and on NFS v3 (with lockd) and v4, where Linux emulates flock with
+    whole-file POSIX locks the server arbitrates across nodes (a Slurm job resumed on another node takes
+    the lock its dead predecessor held). Not guaranteed: NFS mounted with `nolock` or Lustre with
+    `localflock` (locks are local to each node); if a node holding the lock dies or loses the server, NFS
+    v4 frees its lock only after the lease (about 90 s). Lustre without `flock` refuses locks: a message.
+    Because NFS locks belong to the process, not to the open file, the holder must never open and close
+    `.lock` again while holding it (that would drop the lock there): it reads its record through its fd."""
 
     def __init__(self, folder: Path):
-        self.path = folder / ".lock"
-        self.held = False
+        self.path = Path(folder) / ".lock"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def __enter__(self) -> RunLock:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(2):
+        for _ in range(100):
+            fd = self._open()
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and _alive(holder):
-                    raise RunLocked(f"{self.path.parent}: another run is writing here (PID {holder['pid']} on "
-                                    f"{holder['host']}, started {holder['started']}); wait for it, stop it, or "
-                                    "use another --out") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise RunLocked(f"{self.path}: could not take the run lock")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLocked(self._busy(_holder(_read(self.path)))) from None
+            except OSError as err:
+                os.close(fd)
+                raise RunLocked(f"{self.path}: this file system does not support locks ({err.strerror}), "
+                                "so a second run could not be kept out; use an --out on another one") from None
+            # Its holder may have released it (unlinking the file) between our open and our lock:
+            # then we locked a file nobody else will look at, so try again with the new one.
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        else:
+            raise RunLocked(f"{self.path}: could not take the run lock (it changes hands too fast)")
+        self._fd = fd
+        try:
+            holder = _holder(os.pread(fd, 4096, 0))
+            if holder is not None and holder["host"] == socket.gethostname() and holder["pid"] != os.getpid() \
+                    and _alive(holder["pid"]):
+                # A live process here named in a lock nobody holds: a run of a version of continual before
+                # flock. We cannot tell it from a reused PID, so we keep out rather than write alongside it.
+                self._release(unlink=False)
+                raise RunLocked(self._busy(holder))
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            os.fsync(fd)
+        except OSError as err:
+            self._release(unlink=True)
+            raise (DiskFull(self.path.parent, err) if _full(err) else err) from None
+        except BaseException:
+            self._release(unlink=self.held)
+            raise
+        return self
 
     def __exit__(self, *exc) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        self._release(unlink=True)
 
-    def _holder(self) -> dict | None:
+    def _release(self, *, unlink: bool) -> None:
+        """Unlink while still holding the lock (so nobody can have taken this file meanwhile), then close."""
+        if self._fd is None:
+            return
         try:
-            holder = json.loads(self.path.read_text())
-            return holder if {"pid", "host", "started"} <= holder.keys() else None
-        except (OSError, ValueError):
-            return None  # unreadable: written by a process killed mid-write, so stale
+            if unlink and _same_file(self._fd, self.path):
+                os.unlink(self.path)
+        except OSError:
+            pass  # removed by hand, or the folder went read-only: the lock is released by the close anyway
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def _open(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            if _full(err):
+                raise DiskFull(self.path.parent, err) from None
+            if err.errno == errno.EISDIR:
+                problem = "is a folder, where the run's lock file belongs; move it away, then run again"
+            elif err.errno == errno.ELOOP:
+                problem = "is a symbolic link, where the run's lock file belongs; remove it, then run again"
+            else:
+                problem = f"cannot be opened as the run's lock ({err.strerror})"
+            raise RunLocked(f"{self.path} {problem}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunLocked(f"{self.path} is not a plain file, where the run's lock file belongs; "
+                            "move it away, then run again")
+        return fd
+
+    def _busy(self, holder: dict | None) -> str:
+        who = ("PID {pid} on {host}, started {started}".format(**holder) if holder is not None
+               else "it has not written who it is yet")
+        return f"{self.path.parent}: another run is writing here ({who}); wait for it, stop it, or use another --out"
 
 
-def _alive(holder: dict) -> bool:
-    if holder["host"] != socket.gethostname():
-        return True  # another machine's process: cannot check, so respect it
+def _read(path: Path) -> bytes:
+    """The lock's record as its holder wrote it; it may be writing it right now, so wait a little for it."""
+    for _ in range(10):
+        try:
+            with open(path, "rb") as f:
+                data = f.read(4096)
+        except OSError:
+            return b""
+        if _holder(data) is not None:
+            break
+        time.sleep(0.02)
+    return data
+
+
+def _holder(data: bytes) -> dict | None:
+    """The record {pid, host, started} in a lock file, or None for anything else (empty, cut short by a
+    kill, written by hand): garbage means nobody, since only flock says whether the lock is held."""
     try:
-        os.kill(int(holder["pid"]), 0)
+        holder = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: '[[[[...' nested deeper than json can go
+        return None
+    if not isinstance(holder, dict):
+        return None
+    pid, host, started = holder.get("pid"), holder.get("host"), holder.get("started")
+    # Linux PIDs are 1..2**22 (PID_MAX_LIMIT); -1 and 0 would make kill() ask about whole process groups.
+    if type(pid) is not int or not 0 < pid <= 2**22 or not isinstance(host, str) or not isinstance(started, str):
+        return None
+    return {"pid": pid, "host": host[:100], "started": started[:40]}
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import random
 import shutil
 import sys
@@ -23,7 +24,7 @@ from continual.datasets.tasks import TaskData, load_task
 from continual.evaluate import Evaluation, evaluate
 from continual.methods import METHODS, NEEDS
 from continual.models import Backbone, Head, TaskModel
-from continual.run_folder import RunFolder
+from continual.run_folder import RunFolder, check_output
 from continual.train import Trainer, use_bf16
 
 # Called after each step's files are written: (method, step, number of steps). The CLI and
@@ -101,27 +102,26 @@ def run_sequence(seq: Sequence, *, out: str | Path = "reports", methods: list[st
     A folder that already holds a run is refused unless `resume` (continue each method from its newest
     checkpoint; the sequence must be the same) or `overwrite` (discard it and start again). `on_step`
     is called after every step's files are written."""
-    names = methods or [o.name for o in seq.methods]
+    listed = [o.name for o in seq.methods]
+    names = methods or listed
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ConfigError("--methods", [(n, f"unknown method (known: {', '.join(METHODS)})") for n in unknown])
     if resume and overwrite:
         raise ConfigError("--resume", [("", "--resume and --overwrite exclude each other")])
     run = RunFolder(Path(out) / seq.name)
-    for path in (run.path, *run.path.parents):  # refuse before loading anything if a file is in the way
-        if path.exists():
-            if not path.is_dir():
-                raise ConfigError("--out", [(str(out), f"{path} is a file; expected a folder for the results")])
-            break
+    check_output(Path(out), seq.name)  # before loading anything: a folder we cannot write is said at once
     device = resolve_device(seq.training.device, source=source)
     inputs = load_inputs(seq, source=source, device=device)
     check_needs(seq, names, inputs.backbone, source=source)
+    print(plan(seq, names, inputs), file=sys.stderr)  # also with --quiet (no progress bars): one line
 
-    run.path.mkdir(parents=True, exist_ok=True)
+    # config.yaml records what runs: a method named only by --methods joins the file's list, with its defaults.
+    ran = seq.model_copy(update={"methods": [*seq.methods, *(seq.method(n) for n in names if n not in listed)]})
+    run.create()
     with run.lock():
-        config = dump_sequence(seq)
-        run.claim(config, resume=resume, overwrite=overwrite, may_differ=("keep_checkpoints",))
-        run.write_config(config)
+        run.write_config(run.claim(dump_sequence(ran), resume=resume, overwrite=overwrite,
+                                   may_differ=("keep_checkpoints",)))
         start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen") if resume else None
         if start is None:
             start = Start.measure(seq, inputs, device=device)
@@ -134,10 +134,19 @@ def run_sequence(seq: Sequence, *, out: str | Path = "reports", methods: list[st
             except FloatingPointError as err:  # this method diverged; the others still run
                 failed[name] = str(err)
                 run.record_failure(name, str(err))
-                warnings.warn(f"{name} failed: {err}", stacklevel=2)
+                warnings.warn(TrainingWarning(f"{name} failed: {err}"), stacklevel=2)
     if failed:
         raise MethodsFailed(run.path, failed)
     return run.path
+
+
+def plan(seq: Sequence, names: list[str], inputs: Loaded) -> str:
+    """What the run will do, said before it starts: a setting that asks for years of training shows here."""
+    t = seq.training
+    steps = [t.epochs * math.ceil(len(task.train.labels) / t.batch_size) for task in inputs.tasks]
+    per_task = ", ".join(f"{task.name} {n:,}" for task, n in zip(inputs.tasks, steps))
+    return (f"{seq.name}: {len(names)} method{'s' * (len(names) > 1)} x {len(steps)} tasks; {sum(steps):,} optimiser "
+            f"steps per method ({per_task}; {t.epochs} epoch{'s' * (t.epochs > 1)} of batch {t.batch_size})")
 
 
 class MethodsFailed(Exception):
@@ -234,6 +243,11 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: R
         if on_step is not None:
             on_step(name, len(rows) - 1, len(tasks))
 
+    if resume and _complete(run, name, n_steps=len(tasks)):  # never retrained, whether or not checkpoints are kept
+        print(f"{name}: complete ({len(tasks)}/{len(tasks)} steps), kept as it is", file=sys.stderr)
+        if on_step is not None:
+            on_step(name, len(tasks), len(tasks))
+        return
     result = start.evaluation
     rows = [result.row]
     timings = [{"step": 0, "fit_seconds": 0.0, "eval_seconds": start.seconds}]
@@ -242,8 +256,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: R
         resumed = _resume_method(run, name=name, model=model, method=method, trainer=trainer, n_steps=len(tasks))
         if resumed is not None:
             done, rows, timings, result = resumed
-            if progress:
-                print(f"{name}: resuming after step {done}/{len(tasks)}", file=sys.stderr)
+            print(f"{name}: resuming after step {done}/{len(tasks)}", file=sys.stderr)
     write(rows, timings)  # rewritten from the checkpoint: a kill may have come before the files
     try:
         for step, task in enumerate(tasks[done:], start=done + 1):
@@ -259,6 +272,10 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: R
             timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
                             "train_steps": stats.steps, "losses": stats.losses,
                             "first_losses": stats.first_losses, **stats.extra})
+            worse = learned_worse(before=rows[-2][task.name], after=rows[-1][task.name], n_test=len(task.test.labels))
+            if worse:
+                timings[-1]["learned_worse"] = {"before": rows[-2][task.name], "after": rows[-1][task.name]}
+                warnings.warn(TrainingWarning(_worse_message(name, task.name, rows, stats, seq.training)), stacklevel=2)
             if seq.keep_checkpoints > 0:
                 checkpoints.save(run.step_checkpoint(name, step), {
                     "format": checkpoints.FORMAT, "method": name, "step": step, **checkpoints.model_state(model),
@@ -270,6 +287,44 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: R
         shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):
             scratch.parent.rmdir()  # `cache/`, once no method uses it
+
+
+class TrainingWarning(UserWarning):
+    """A run that goes on but whose numbers the user should not trust without a look."""
+
+
+# The rule for "training made the task it just learned worse" (README, "When a task ends below its start"):
+# after step k, task k scores more than WORSE_BY below the accuracy its head had when step k began (the
+# linear probe on the features of step k-1, or the zero-shot or random head), and more than two standard
+# errors of a test-set accuracy, so that a few test images flipping is not called a regression.
+WORSE_BY = 0.05
+
+
+def learned_worse(*, before: float, after: float, n_test: int) -> bool:
+    noise = 2 * math.sqrt(max(before * (1 - before), 1e-12) / max(n_test, 1))
+    return before - after > max(WORSE_BY, noise)
+
+
+def _worse_message(method: str, task: str, rows: list[dict], stats, training) -> str:
+    first, last = stats.first_losses.get("ce"), stats.losses.get("ce")
+    loss = f"; its cross-entropy went from {first:.3g} on the first batch to {last:.3g} over the last epoch" \
+        if first is not None and last is not None else ""
+    return (f"{method}: task '{task}' scored {rows[-1][task]:.3f} right after training on it, below the "
+            f"{rows[-2][task]:.3f} of the head it started from{loss}. Training made it worse: likely a learning "
+            f"rate too high for this few updates ({stats.steps} optimiser steps at lr {training.lr:g}, "
+            f"{min(training.warmup_steps, max(stats.steps - 1, 0))} of them warm-up). Try a lower training.lr, more "
+            "epochs or more images per class; the report marks this step.")
+
+
+def _complete(run: RunFolder, name: str, *, n_steps: int) -> bool:
+    """Whether `name` finished every step in this folder (its metrics say so, and its matrix has every row)."""
+    doc = run.read_metrics(name)
+    if not doc or not doc.get("complete") or doc.get("error") or doc.get("steps_total") != n_steps:
+        return False
+    try:
+        return len(run.read_matrix(name)) == n_steps + 1
+    except (OSError, ValueError):  # damaged: compute it again
+        return False
 
 
 def _resume_method(run: RunFolder, *, name: str, model: TaskModel, method, trainer: Trainer, n_steps: int):

@@ -2,9 +2,11 @@
 
 import dataclasses
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import yaml
 
@@ -93,3 +95,25 @@ def test_ctrl_c_leaves_consistent_files_and_says_so(tmp_path, capsys, monkeypatc
     assert doc["steps_done"] == 0 and not doc["complete"]
     assert not (folder.parent / ".lock").exists()
     assert not list(folder.glob(".*.tmp"))
+
+
+def test_sigterm_while_still_importing_says_how_to_resume(tmp_path):
+    """A job pre-empted in its first seconds (torch still importing) stops like Ctrl-C: exit status 130
+    and the command that resumes, not a silent 143."""
+    seq = write_seq(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "continual", "run", str(seq), "--out", str(tmp_path / "out")],
+                            stderr=subprocess.PIPE, text=True)
+    # Wait until the process handles SIGTERM (bit 15 of SigCgt), then send it: deterministic, whatever
+    # the machine's speed, and still long before the runner's imports are done.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        caught = next(line for line in open(f"/proc/{proc.pid}/status") if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted: nothing was written; to continue from there: continual run" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()

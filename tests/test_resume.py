@@ -142,7 +142,7 @@ def test_a_resume_with_another_sequence_is_refused_naming_the_keys(seq_file, ref
     assert main(["run", str(seq_file), "--out", out, "--quiet", "--resume",
                  "--set", "training.lr=1e-3", "--set", "seed=2"]) == 2
     err = capsys.readouterr().err
-    assert f"{reference / 'config.yaml'}: training.lr: was 0.0005 in this run, is 0.001 now" in err
+    assert f"{reference / 'config.yaml'}: training.lr: was 1e-05 in this run, is 0.001 now" in err
     assert "seed: was 1 in this run, is 2 now" in err
     assert "Traceback" not in err
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before  # nothing touched
@@ -163,6 +163,10 @@ def finished(seq_file, tmp_path_factory):
 def damaged_copy(finished, tmp_path, damage):
     folder = tmp_path / "out" / "tiny"
     shutil.copytree(finished, folder)
+    # Unfinished, as a kill after step 2's checkpoint but before its result files leaves it: a finished
+    # method is kept as it is by --resume, without reading its checkpoints.
+    metrics = folder / "finetune" / "metrics.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "complete": False}))
     path = folder / "checkpoints" / "finetune" / "step-2.pt"
     damage(path)
     return path

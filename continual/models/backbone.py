@@ -109,13 +109,48 @@ class Head(nn.Module):
         return self.linear(features)
 
 
+class Heads(nn.ModuleDict):
+    """Task name -> Head. A ModuleDict whose keys are the task names the user wrote, registered under
+    `@<name>`: a ModuleDict refuses names that are its attributes (a task named `train`, `to` or `keys`),
+    and no attribute starts with `@`. Only state_dict keys show the prefix (`heads.@train.linear.weight`)."""
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return f"@{name}"
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return super().__getitem__(self._key(name))
+
+    def __setitem__(self, name: str, head: nn.Module) -> None:
+        super().__setitem__(self._key(name), head)
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(self._key(name))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(self._key(name))
+
+    def __iter__(self):
+        return (key[1:] for key in self._modules)
+
+    def keys(self):
+        return list(self)
+
+    def items(self):
+        return [(key[1:], module) for key, module in self._modules.items()]
+
+    def pop(self, name: str) -> nn.Module:
+        return super().pop(self._key(name))
+
+
 class TaskModel(nn.Module):
     """Shared backbone + one head per task (task-incremental)."""
 
     def __init__(self, backbone: Backbone, heads: dict[str, Head] | None = None, *, freeze_batchnorm: bool = False):
         super().__init__()
         self.backbone = backbone
-        self.heads = nn.ModuleDict(heads or {})
+        self.heads = Heads()
+        self.heads.update(heads or {})
         self.freeze_batchnorm = freeze_batchnorm
 
     def train(self, mode: bool = True) -> TaskModel:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from continual.plots import curves_png
 from continual.report.page import write_report
-from continual.run_folder import CURVES, RunFolder, atomic_write
+from continual.run_folder import CURVES, DiskFull, RunFolder, atomic_write
 
 
 class LiveReport:
@@ -34,7 +34,7 @@ class LiveReport:
         return self
 
     def __exit__(self, kind, err, traceback) -> None:
-        if kind is None or (self.steps and not issubclass(kind, KeyboardInterrupt)):
+        if kind is None or (self.steps and not issubclass(kind, (KeyboardInterrupt, DiskFull))):
             self.draw()
 
     def step(self, method: str, step: int, n_steps: int) -> None:

@@ -160,9 +160,23 @@ class _Report(Summary):
                                    label=lambda n: LABELS.get(n) or "Δ " + n.split(":", 1)[1].removeprefix("probe:"))
         table.headers.insert(1, "status")
         for row, method in zip(table.rows, self.methods):
-            row.insert(1, self.status(method))
+            worse = self.learned_worse(method)
+            row.insert(1, self.status(method) + (f"; ⚠ worse after learning: {', '.join(worse)}" if worse else ""))
         table.bold = {(i, j + 1) for i, j in table.bold}
         return table
+
+    def learned_worse(self, method: str) -> list[str]:
+        """Steps after which the task just learned scored clearly below its starting head (the runner's
+        rule, README "When a task ends below its start"), as `<task> (run k: 0.810 -> 0.480)`."""
+        found = []
+        for k, run in enumerate(self.runs, start=1):
+            doc = run.methods[method].doc if method in run.methods else None
+            for t in (doc or {}).get("timings", []):
+                if isinstance(t, dict) and isinstance(t.get("learned_worse"), dict) and 1 <= t.get("step", 0) <= len(self.tasks):
+                    w = t["learned_worse"]
+                    where = f"run {k}: " if len(self.runs) > 1 else ""
+                    found.append(f"{self.tasks[t['step'] - 1]} ({where}{w['before']:.3f} -> {w['after']:.3f})")
+        return found
 
     def transfer_table(self) -> _Table:
         return self._metric_table(TRANSFER, higher_better={n: metrics.FINAL[n][1] for n in TRANSFER},
@@ -257,7 +271,8 @@ class _Report(Summary):
         agg = (f"mean ± std (sample std) over the {n} runs in which a method is complete"
                if n > 1 else "one run, no std")
         return (f"Accuracies and their differences in % (percentage points); {agg}. Bold: best per column. "
-                "Formulas: `continual/metrics.py` module docstring. A_T: average accuracy over all tasks after "
+                "⚠ in the status: a task scored clearly lower right after it was learned than with the head it started "
+                "from (see README). Formulas: `continual/metrics.py` module docstring. A_T: average accuracy over all tasks after "
                 "the last; forgetting F_T: best accuracy since learned minus final, averaged over all tasks but "
                 "the last; BWT: final minus right after learning; plasticity: right after learning; Δ <probe>: "
                 "final probe accuracy minus the pre-trained model's (concept forgetting, < 0 = forgotten). "

@@ -1,0 +1,111 @@
+"""Using the tool as README documents it must never lose results or hide a wrong one: --resume keeps
+finished methods, config.yaml records what ran, names that torch reserves work, and a task that training
+made worse is said in the log and marked in the report."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import yaml
+
+from continual.cli import main
+from continual.methods import METHODS
+from continual.methods.finetune import Finetune
+from continual.runner import learned_worse
+
+SEQ = {
+    "name": "tiny",
+    "model": {"family": "efficientnet_lite0", "image_size": 32},
+    # `train` and `keys` are attributes of torch's ModuleDict, which holds the heads: it refuses them as keys
+    "tasks": [{"name": "train", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 5},
+              {"name": "keys", "dataset": "digits", "classes": [8, 9], "train_per_class": 8, "test_per_class": 5}],
+    "training": {"batch_size": 8, "lr": 1.0e-4},
+    "methods": ["finetune"],
+    "download": False,
+    "keep_checkpoints": 0,  # as README's advice to delete checkpoints/ after a run leaves it
+}
+
+
+def write_seq(tmp_path, **changes):
+    path = tmp_path / "seq.yaml"
+    path.write_text(yaml.safe_dump({**SEQ, **changes}))
+    return path
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_never_retrains_a_finished_method_and_config_records_what_ran(tmp_path, capsys):
+    seq, out = write_seq(tmp_path), tmp_path / "out"
+    # ewc is not in the file: it runs with its defaults, and config.yaml must say so
+    assert main(["run", str(seq), "--out", str(out), "--quiet", "--methods", "finetune,ewc"]) == 0
+    folder = out / "tiny"
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert [next(iter(m)) for m in config["methods"]] == ["finetune", "ewc"]
+    assert config["methods"][1]["ewc"] == METHODS["ewc"].options().model_dump(mode="json", by_alias=True,
+                                                                                  exclude={"name"})
+    assert "| ewc |" in (folder / "summary.md").read_text()
+    assert not (folder / "checkpoints" / "finetune").exists()  # keep_checkpoints 0: nothing to resume from
+    before = snapshot(folder / "finetune") | snapshot(folder / "ewc")
+    capsys.readouterr()
+
+    # as `make demo` does: --resume on a finished run, the file's methods only; then a method added
+    assert main(["run", str(seq), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert main(["run", str(seq), "--out", str(out), "--quiet", "--resume", "--methods", "ewc,lwf"]) == 0
+    err = capsys.readouterr().err
+    assert "finetune: complete (2/2 steps), kept as it is" in err and "ewc: complete" in err
+    assert snapshot(folder / "finetune") | snapshot(folder / "ewc") == before  # not one byte retrained
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert [next(iter(m)) for m in config["methods"]] == ["finetune", "ewc", "lwf"]  # the run's, then the new
+    assert json.loads((folder / "lwf" / "metrics.json").read_text())["complete"] is True
+
+    # a method's options may not change under a resume: that would mix two settings in one run
+    assert main(["run", str(seq), "--out", str(out), "--quiet", "--resume", "--set",
+                 "methods=[finetune, {ewc: {lambda: 3.0}}]"]) == 2
+    assert "methods.ewc.lambda: was 100000.0 in this run, is 3.0 now" in capsys.readouterr().err
+
+
+def test_the_default_out_is_not_the_committed_examples():
+    from continual.cli import _parser
+
+    assert str(_parser().parse_args(["run", "x.yaml"]).out) == "runs"
+
+
+class ZeroesHead(Finetune):
+    """Finetune that leaves the head it trains at zero: every image gets class 0, so the task it just
+    learned scores exactly 1/2 on two balanced classes, whatever the CPU."""
+
+    def fit_task(self, model, task, *, step, trainer):
+        stats = super().fit_task(model, task, step=step, trainer=trainer)
+        with torch.no_grad():
+            for p in model.heads[task.name].parameters():
+                p.zero_()
+        return stats
+
+
+def test_a_task_made_worse_by_training_is_said_and_marked(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(METHODS, "finetune", dataclasses.replace(
+        METHODS["finetune"], implementation=f"{__name__}:{ZeroesHead.__name__}"))
+    assert main(["run", str(write_seq(tmp_path)), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    folder = tmp_path / "out" / "tiny"
+    rows = json.loads((folder / "finetune" / "accuracy_matrix.json").read_text())
+    start = rows[0]["train"]
+    assert start >= 0.8 and rows[1]["train"] == 0.5  # the linear probe separates 0 from 1; a zero head cannot
+    assert f"warning: finetune: task 'train' scored 0.500 right after training on it, below the {start:.3f}" in err
+    assert "Traceback" not in err
+    timings = json.loads((folder / "finetune" / "metrics.json").read_text())["timings"]
+    assert timings[1]["learned_worse"] == {"before": start, "after": 0.5}
+    assert "⚠ worse after learning: train (" in (folder / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("before, after, n, worse", [
+    (0.90, 0.80, 1000, True),   # 10 points on 1,000 images
+    (0.90, 0.87, 1000, False),  # 3 points: under the 5-point floor
+    (0.90, 0.80, 20, False),    # 10 points on 20 images: two standard errors are 13 points
+    (0.50, 0.60, 100, False),   # better, not worse
+])
+def test_the_learned_worse_rule(before, after, n, worse):
+    assert learned_worse(before=before, after=after, n_test=n) is worse
