@@ -425,13 +425,7 @@ class RunLock:
             raise RunLocked(f"{self.path}: could not take the run lock (it changes hands too fast)")
         self._fd = fd
         try:
-            holder = _holder(os.pread(fd, 4096, 0))
-            if holder is not None and holder["host"] == socket.gethostname() and holder["pid"] != os.getpid() \
-                    and _alive(holder["pid"]):
-                # A live process here named in a lock nobody holds: a run of a version of continual before
-                # flock. We cannot tell it from a reused PID, so we keep out rather than write alongside it.
-                self._release(unlink=False)
-                raise RunLocked(self._busy(holder))
+            # Whatever the file says (a killed run's record, garbage), nobody holds it: only flock decides.
             me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(me).encode(), 0)
@@ -523,16 +517,6 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
     mine = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def load_run(folder: str | Path) -> dict[str, pd.DataFrame]:

@@ -151,6 +151,9 @@ def class_folders(tmp: Path, *names: str, split: str | None = None) -> Path:
     ({"training.batchnorm": "off"}, "training.batchnorm", ["'frozen' or 'train'"]),
     ({"model.head_init": "zeros"}, "model.head_init", ["'linear_probe'", "'zeros'"]),
     ({"training.device": "tpu"}, "training.device", ["cpu", "'tpu'"]),
+    # devices torch knows but nothing trains on (meta holds no data), or spelled beyond its grammar
+    ({"training.device": "meta"}, "training.device", ["auto, cpu, cuda", "'meta'"]),
+    ({"training.device": "cuda:-1"}, "training.device", ["auto, cpu, cuda", "'cuda:-1'"]),
     ({"probes.0.dataset": "mnst"}, "probes[0].dataset", ["unknown dataset 'mnst'"]),
     ({"methods": [{"finetune": {"lr": 1}}]}, "methods[0].finetune.lr", ["unknown key"]),
     ({"tasks.0.dataset": DELETE}, "tasks[0].dataset", ["required key is missing"]),
@@ -454,9 +457,16 @@ def test_out_is_not_a_folder(tmp_path, capsys, layout):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present here")
-def test_cuda_asked_for_on_a_machine_without_one(tmp_path, capsys):
-    path, err = run(tmp_path, capsys, edited(tmp_path, {"training.device": "cuda"}))
-    assert f"{path}: training.device: cuda asked for, but this machine has 0 CUDA device(s)" in err
+@pytest.mark.parametrize("device", ["cuda", "cuda:7"])
+def test_cuda_asked_for_on_a_machine_without_one(tmp_path, capsys, device):
+    path, err = run(tmp_path, capsys, edited(tmp_path, {"training.device": device}))
+    assert f"{path}: training.device: {device} asked for, but this machine has 0 CUDA device(s)" in err
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="an Apple GPU is present here")
+def test_mps_asked_for_off_a_mac(tmp_path, capsys):
+    path, err = run(tmp_path, capsys, edited(tmp_path, {"training.device": "mps"}))
+    assert f"{path}: training.device: mps asked for, but this machine has no Apple GPU" in err
 
 
 # ---- image folders: validate reads names, run reads images; the two must agree -------------------------

@@ -257,13 +257,12 @@ def test_a_lock_left_by_a_dead_process_or_another_host_is_taken(tmp_path):
         assert not (tmp_path / ".lock").exists()
 
 
-def test_a_live_process_named_in_an_unheld_lock_is_respected(tmp_path):
-    """What a run of a version before flock leaves while it runs: refused, and the file left as it is."""
-    holder = json.dumps({"pid": os.getppid(), "host": HOST, "started": "2026-11-26 10:00:00"})
-    (tmp_path / ".lock").write_text(holder)
-    with pytest.raises(RunLocked, match=f"PID {os.getppid()} on {HOST}, started 2026-11-26 10:00:00"), RunLock(tmp_path):
-        pass
-    assert (tmp_path / ".lock").read_text() == holder
+def test_a_live_pid_in_a_lock_nobody_holds_is_taken(tmp_path):
+    """A killed run's PID reused by another process (common in containers, whose PIDs start at 1) must not
+    keep the folder locked for ever: only flock says whether a run holds it."""
+    (tmp_path / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": HOST, "started": "2026-11-26 10:00:00"}))
+    with RunLock(tmp_path) as lock:
+        assert lock.held and json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
 
 
 @pytest.mark.parametrize("kind, words", [
@@ -384,6 +383,50 @@ def test_a_lock_on_a_full_disk_is_disk_full_and_leaves_no_lock(tmp_path):
             pass
         assert_disk_full(err.value, disk)
         assert not (disk / ".lock").exists()
+
+
+SEQ = {
+    "name": "tiny",
+    "model": {"family": "efficientnet_lite0", "image_size": 32},
+    "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 5},
+              {"name": "b", "dataset": "digits", "classes": [8, 9], "train_per_class": 8, "test_per_class": 5}],
+    "training": {"batch_size": 8},
+    "methods": ["finetune", "ldifs"],
+    "download": False,
+}
+
+
+def test_a_run_that_fills_the_disk_stops_clearly_and_resumes_to_the_same_results(tmp_path, capsys):
+    """The whole CLI on a real full disk: one message and exit status 1, consistent files, the same
+    message while still full, and after space is freed --resume ends with the uninterrupted run's numbers."""
+    from continual.cli import main
+
+    seq = tmp_path / "seq.yaml"
+    seq.write_text(json.dumps(SEQ))
+    assert main(["run", str(seq), "--out", str(tmp_path / "reference"), "--quiet"]) == 0
+    reference = tmp_path / "reference" / "tiny"
+    size = sum(p.stat().st_size for p in reference.rglob("*") if p.is_file())  # about 2 checkpoints of 14 MB
+    with small_tmpfs(size * 2 / 2**20) as disk:
+        filler = fill(disk, leave=size // 2)  # room for the first method, not the second
+        capsys.readouterr()
+        assert main(["run", str(seq), "--out", str(disk), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "the disk is full" in err and "then run again with --resume" in err and "Traceback" not in err
+        folder = disk / "tiny"
+        assert leftovers(disk) == [] and not (folder / ".lock").exists()
+        for doc in folder.glob("*/metrics.json"):  # whatever was written is whole
+            rows = json.loads((doc.parent / "accuracy_matrix.json").read_text())
+            assert json.loads(doc.read_text())["steps_done"] == len(rows) - 1
+
+        assert main(["run", str(seq), "--out", str(disk), "--quiet", "--resume"]) == 1  # still full
+        assert "the disk is full" in capsys.readouterr().err and leftovers(disk) == []
+
+        filler.unlink()
+        assert main(["run", str(seq), "--out", str(disk), "--quiet", "--resume"]) == 0
+        for method in SEQ["methods"]:
+            assert (folder / method / "accuracy_matrix.csv").read_text() == \
+                (reference / method / "accuracy_matrix.csv").read_text()
+            assert json.loads((folder / method / "metrics.json").read_text())["complete"] is True
 
 
 # ----------------------------------------------------------------------------------------------------

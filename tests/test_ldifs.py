@@ -134,3 +134,18 @@ def test_cache_is_built_once_per_task_and_follows_the_anchor(backbone, monkeypat
     method.fit_task(model, task, step=1, trainer=trainer)
     method.fit_task(model, task, step=2, trainer=trainer)
     assert len(builds) == 3
+
+
+def test_a_disk_cache_on_a_full_disk_is_disk_full_not_a_crash(backbone):
+    """The taps' memory-mapped files are allocated up front: on a full disk their lazily written pages
+    would kill the process with SIGBUS in the middle of a step."""
+    from test_faults import fill, small_tmpfs
+
+    from continual.run_folder import DiskFull
+
+    with small_tmpfs(1) as disk:
+        fill(disk, leave=4096)
+        trainer = Trainer(TRAINING, device=torch.device("cpu"), progress=False, scratch=disk / "cache")
+        model, method = make(backbone, LDIFSOptions(cache="disk"))
+        with pytest.raises(DiskFull, match="the disk is full"):
+            method.fit_task(model, tiny_task(n=512), step=1, trainer=trainer)

@@ -45,21 +45,30 @@ class Interrupted(Finetune):
         raise KeyboardInterrupt
 
 
+HOLD = """
+import sys, time
+from pathlib import Path
+from continual.run_folder import RunLock
+with RunLock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_a_live_run_holds_its_folder(tmp_path, capsys):
     folder = tmp_path / "out" / "tiny"
     folder.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
-        (folder / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                                  "started": "2026-11-26 10:00:00"}))
+        assert holder.stdout.readline() == "held\n"
         assert main(["run", str(write_seq(tmp_path)), "--out", str(tmp_path / "out"), "--quiet"]) == 2
         err = capsys.readouterr().err
-        assert f"PID {holder.pid}" in err and "started 2026-11-26 10:00:00" in err
+        assert f"another run is writing here (PID {holder.pid} on {socket.gethostname()}, started " in err
         assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # nothing written
     finally:
         holder.kill()
         holder.wait()
-    # the holder is gone: its lock is stale and taken over, then released at the end
+    # the holder was killed: the kernel released its lock, which the next run takes, then removes at the end
     assert main(["run", str(write_seq(tmp_path)), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert not (folder / ".lock").exists() and (folder / "finetune" / "metrics.json").exists()
 

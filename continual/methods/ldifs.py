@@ -9,7 +9,9 @@ paper's public code does across a sequence.
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
+import os
 import time
 from pathlib import Path
 import numpy as np
@@ -21,6 +23,7 @@ from continual import checkpoints
 from continual.datasets.tasks import TaskData
 from continual.methods.options import LDIFSOptions
 from continual.models import Backbone, TaskModel
+from continual.run_folder import DiskFull
 from continual.train import Batch, FitStats, Trainer
 
 
@@ -93,8 +96,15 @@ class AnchorCache:
             if folder is None:
                 raise ValueError("ldifs cache: disk needs a scratch folder (the runner gives one)")
             folder.mkdir(parents=True, exist_ok=True)
-            taps = [np.lib.format.open_memmap(folder / f"{key}-tap{i}.npy", mode="w+", dtype=np.float16,
-                                              shape=(n, *t.shape[1:])) for i, t in enumerate(probe)]
+            try:
+                taps = [np.lib.format.open_memmap(folder / f"{key}-tap{i}.npy", mode="w+", dtype=np.float16,
+                                                  shape=(n, *t.shape[1:])) for i, t in enumerate(probe)]
+                for tap in taps:
+                    _reserve(Path(tap.filename))
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):  # the runner removes the scratch folder
+                    raise DiskFull(folder, err) from None
+                raise
         else:
             taps = [torch.empty((n, *t.shape[1:]), dtype=dtype, device=home) for t in probe]
         with torch.inference_mode():
@@ -120,6 +130,17 @@ class AnchorCache:
         self.taps = []
         for path in paths:
             path.unlink(missing_ok=True)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now. Its pages are otherwise written lazily, and a full disk
+    then kills the process with SIGBUS, mid-step, with no message; reserved, it is ENOSPC up front."""
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: lazily, then
+            raise
 
 
 def cache_key(anchor: FrozenBackbone, images: torch.Tensor) -> str:
