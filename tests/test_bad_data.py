@@ -52,9 +52,9 @@ def test_too_few_images_to_split_off_a_test_set(tmp_path, counts, short, words):
         images(tmp_path / name, n)
     err = data_error(spec(path=tmp_path))
     assert err.key == "path"
-    assert f"{tmp_path / short} has" in err.message and f"at least {folders.MIN_TO_SPLIT} images" in err.message
+    assert f"{tmp_path / short} has" in err.message and f"at least {catalog.MIN_TO_SPLIT} images" in err.message
     assert all(w in err.message for w in words)
-    assert folders.MIN_TO_SPLIT == 3  # round(3 * 0.2) = 1 test image, 2 to train
+    assert catalog.MIN_TO_SPLIT == 3  # round(3 * 0.2) = 1 test image, 2 to train
     for name, n in counts.items():  # three each is enough
         images(tmp_path / name, max(n, 3))
     task = load(spec(path=tmp_path))

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from continual.datasets.catalog import (FOLDER_EXTENSIONS as EXTENSIONS, MIN_TO_SPLIT, TEST_FRACTION, DataError,
-                                       class_folders, image_files, resisc45_dir)
+from continual.datasets.catalog import DataError, class_folders, folder_classes, image_files, resisc45_dir
 from continual.datasets.source import Pool, Source, pil_pool, split_fixed
 
-# Which files are images (EXTENSIONS: torchvision's list plus GIF, whose first frame PIL reads; hidden files
-# such as .DS_Store and macOS's ._x.jpg skipped) and MIN_TO_SPLIT come from the catalog, which `continual
+# Which files are images (torchvision's extensions plus GIF, whose first frame PIL reads; hidden files such
+# as .DS_Store and macOS's ._x.jpg skipped) and the layout's rules come from the catalog, which `continual
 # validate` checks folders with, so that validate and run see the same images.
 # PIL's own limit, Image.MAX_IMAGE_PIXELS (9459 x 9459, 256 MiB as RGB), made a refusal where PIL only warns
 # up to twice that: every image is shrunk to the model's input (224 px for the shipped models), so a larger
@@ -58,47 +57,22 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(image_files(folder))
 
 
-def _folder_pool(folder: Path, class_names: list[str], *, key: str, every_class: bool) -> Pool:
+def _folder_pool(folder: Path, class_names: list[str], *, key: str) -> Pool:
     files, labels = [], []
     for label, name in enumerate(class_names):
-        found = _image_files(folder / name) if (folder / name).is_dir() else []
-        if every_class and not found:
-            raise DataError(key, f"no images ({', '.join(EXTENSIONS)}) in {folder / name}")
+        found = _image_files(folder / name)
         files += found
         labels += [label] * len(found)
     return pil_pool(labels, lambda i: read_image(files[i], key=key))
 
 
 def folder_source(folder: Path, *, key: str) -> Source:
-    """folder/train/<class>/* and folder/test/<class>/*, or folder/<class>/* (fixed 80/20 split)."""
-    train_dir, test_dir = folder / "train", folder / "test"
-    if train_dir.is_dir() != test_dir.is_dir():
-        raise DataError(key, f"{folder} has only one of train/ and test/; give both, or only class folders")
-    top = train_dir if train_dir.is_dir() else folder
-    names = class_folders(top)
-    if not names:
-        raise DataError(key, f"no class folders in {top}: expected one sub-folder of images per class")
-    train = _folder_pool(top, names, key=key, every_class=True)
-    if top is folder:
-        counts = np.bincount(train.labels, minlength=len(names))
-        few = [(names[c], counts[c]) for c in np.flatnonzero(counts < MIN_TO_SPLIT)]
-        if few:
-            listed = [f"{folder / few[0][0]} has {few[0][1]} image{'s' if few[0][1] != 1 else ''}"]
-            listed += [f"{name} has {n}" for name, n in few[1:5]] + (["..."] if len(few) > 5 else [])
-            raise DataError(key, f"{', '.join(listed)}: a class needs at least {MIN_TO_SPLIT} images for "
-                                 f"{TEST_FRACTION:.0%} of them to be split off as its test set; add images, or "
-                                 f"give {folder / 'train'}/ and {folder / 'test'}/")
-        return Source(names, *split_fixed(train))
-    extra = sorted(set(class_folders(test_dir)) - set(names))
-    if extra:
-        raise DataError(key, f"{test_dir} has class folders missing from {train_dir}: {', '.join(extra)}")
-    test = _folder_pool(test_dir, names, key=key, every_class=False)
-    missing = [names[c] for c in np.flatnonzero(np.bincount(test.labels, minlength=len(names)) == 0)]
-    if missing:
-        raise DataError(key, f"{test_dir} has no images of {len(missing)} of the {len(names)} classes in "
-                             f"{train_dir}: {', '.join(missing)}; every class needs test images (or give only "
-                             "class folders, split 80/20)")
-    return Source(names, train, test)
+    """folder/train/<class>/* and folder/test/<class>/*, or folder/<class>/* (fixed 80/20 split). The
+    layout is checked by the catalog's `folder_classes`, from file names, as `continual validate` does."""
+    names = folder_classes(folder, key=key)
+    if not (folder / "train").is_dir():
+        return Source(names, *split_fixed(_folder_pool(folder, names, key=key)))
+    return Source(names, _folder_pool(folder / "train", names, key=key), _folder_pool(folder / "test", names, key=key))
 
 
 def _imagefolder(*, path, data_root, download):
