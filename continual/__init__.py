@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 __all__ = ["run", "load_run", "load_metrics", "load_sequence", "ConfigError"]
 
 
-def run(sequence: str | Path | dict, *, out: str | Path = "reports", methods: list[str] | None = None,
+def run(sequence: str | Path | dict, *, out: str | Path = "runs", methods: list[str] | None = None,
         overrides: list[str] = (), progress: bool = True, resume: bool = False, overwrite: bool = False) -> Path:
     """Run a sequence (a YAML path or a dict of the same shape); returns the run folder. A folder that
     already holds a run needs `resume=True` (continue it) or `overwrite=True` (start again)."""

@@ -28,7 +28,9 @@ from continual.run_folder import atomic_file, make_folder
 
 # Bumped when a checkpoint's layout, or what a resumed step would draw, changes; older ones are refused
 # with a message. 2: every seed comes from continual/seeds.py (format 1 runs selected other images).
-FORMAT = 2
+# 3: heads are registered as `heads.@<task>` (EWC's saved importances are keyed by parameter name), and
+# image folders skip hidden files, read GIFs and scale 16-bit images (a resumed step would see others).
+FORMAT = 3
 
 
 class CheckpointError(Exception):

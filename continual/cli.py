@@ -10,6 +10,7 @@ import argparse
 import shlex
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     # A pre-empted job gets SIGTERM: stop as on Ctrl-C (the lock is released, the message says how to
     # resume), from the first moment: importing torch takes seconds, and a kill then must say so too.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
     try:
         return _run_sequence(args)
     except KeyboardInterrupt:
@@ -92,7 +94,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: {kept}; to continue from there: {_resume_command(args)}", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run_sequence(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ No torch here: the report and `continual report` use it too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -48,6 +49,10 @@ INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT = "index.html", "summary.md", "summa
 REPORT_FILES = (INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, content: str | bytes) -> None:
     """Write to a temporary name in the same folder, then rename: readers never see half a file."""
     with atomic_file(path) as f:
@@ -59,9 +64,13 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A file to write `path` through: it is a temporary name in the same folder, fsynced and renamed to
     `path` when the block ends. On any error (Ctrl-C included) the temporary file is removed and `path`
     is as it was; a full disk or quota, however the writer reports it, is a DiskFull."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        f = _Recording(open(tmp, "wb"))
+        # A name of its own: two writers of one file (the run, and `continual report` watching it) never
+        # share a temporary file; `.<name>.<random>.tmp` is what a kill can leave, and pruning removes.
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp's 0600 would hide results from a team)
+        f = _Recording(os.fdopen(fd, "wb"))
     except OSError as err:
         raise (DiskFull(path.parent, err) if _full(err) else err) from None
     try:
@@ -186,8 +195,10 @@ def _unusable(path: Path) -> str | None:
     except OSError as err:
         try:
             is_link = stat.S_ISLNK(os.lstat(path).st_mode)
-        except OSError:
-            return None  # not there (or a folder above is unusable: that one is reported)
+        except OSError as missing:
+            if missing.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ELOOP):
+                return None  # not there (or a folder above is a file or unusable: that one is reported)
+            return f"{path} cannot be used ({missing.strerror})"  # e.g. a name too long for the file system
         if not is_link:
             return f"{path} cannot be used ({err.strerror})"
         target = os.readlink(path)
@@ -333,21 +344,23 @@ class RunFolder:
         """Make the folder ours for a run of `config_text` (called holding its lock) and return the config
         to write: nothing computed is discarded unless asked, and a resume must be of the same sequence
         (except keys in `may_differ`). Methods may be added on resume (each method's options must be the
-        same as before); the config then lists every method the folder holds results of."""
-        if not self.config.exists():
-            return config_text  # a new run (or one killed before its first file): nothing to keep
+        same as before); the config then lists the run's methods, then the new ones."""
+        new = yaml.safe_load(config_text)
+        on_disk = self._our_config(new["name"])
+        if on_disk is None:
+            if self._holds_results() and not overwrite:  # an --overwrite interrupted after config.yaml went
+                raise RunExists(f"{self.path} holds results of a run but no {CONFIG} (an interrupted --overwrite?), "
+                                "so they cannot be checked against this sequence; add --overwrite to discard "
+                                "them, or choose another --out")
+            self._discard()
+            return config_text
         if overwrite:
             self._discard()
             return config_text
-        new = yaml.safe_load(config_text)
         if not resume:
-            raise RunExists(f"{self.path} already holds a run of '{new.get('name')}' ({self.progress()}); "
+            raise RunExists(f"{self.path} already holds a run of '{new['name']}' ({self.progress()}); "
                             "add --resume to continue it, --overwrite to discard it, or choose another --out")
-        try:
-            on_disk = yaml.safe_load(self.config.read_text())
-            old_methods = {name: options for item in on_disk.get("methods", []) for name, options in item.items()}
-        except (OSError, yaml.YAMLError, AttributeError) as err:
-            raise ConfigError(str(self.config), [("", f"cannot be read to check the resume ({err})")]) from None
+        old_methods = {name: options for item in on_disk["methods"] for name, options in item.items()}
         new_methods = {name: options for item in new["methods"] for name, options in item.items()}
         differ = differences({**on_disk, "methods": None}, {**new, "methods": None})
         differ += [(f"methods.{name}{'.' + key if key else ''}", a, b) for name in old_methods.keys() & new_methods.keys()
@@ -359,13 +372,63 @@ class RunFolder:
         merged = {**old_methods, **new_methods}  # the run's order, then methods new to it
         return yaml.safe_dump({**new, "methods": [{name: options} for name, options in merged.items()]}, sort_keys=False)
 
+    def _our_config(self, name: str) -> dict | None:
+        """The config.yaml of our run of `name` here, None when there is none; a config.yaml that is not
+        one (another tool's, another sequence's, unreadable) is never resumed or overwritten: RunExists."""
+        if not self.config.exists():
+            return None
+        try:
+            doc = yaml.safe_load(self.config.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            doc, why = None, f"cannot be read ({' '.join(str(err).split())[:120]})"
+        else:
+            why = "was not written by continual"
+        methods = doc.get("methods") if isinstance(doc, dict) else None
+        ours = (isinstance(doc, dict) and {"name", "model", "tasks", "training", "methods"} <= doc.keys()
+                and isinstance(methods, list) and all(isinstance(m, dict) and len(m) == 1 for m in methods))
+        if ours and doc["name"] == name:
+            return doc
+        if ours:
+            why = f"holds a run of '{doc['name']}', not of '{name}'"
+        raise RunExists(f"{self.config} {why}, so nothing here is resumed or overwritten; choose another --out")
+
+    def _holds_results(self) -> bool:
+        return self.start_checkpoint.exists() or bool(self._method_folders())
+
+    def _method_folders(self) -> list[Path]:
+        return [p for p in self.path.iterdir() if p.is_dir() and not p.is_symlink()
+                and any((p / f).exists() for f in (MATRIX_CSV, METRICS))] if self.path.is_dir() else []
+
     def _discard(self) -> None:
-        """What --overwrite removes: the files and folders a run writes, nothing else that may be here."""
-        ours = {CONFIG, *REPORT_FILES, "checkpoints", "cache"}
-        for entry in self.path.iterdir():
-            is_method = entry.is_dir() and any((entry / f).exists() for f in (MATRIX_CSV, METRICS))
-            if entry.name in ours or is_method:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        """What --overwrite removes: the files a run writes, by name, and the folders they leave empty;
+        nothing else that may be here. config.yaml goes last: until then the folder is still a run of ours
+        (an interrupted --overwrite is finished by the next one)."""
+        def remove(folder: Path, patterns: tuple[str, ...]) -> None:
+            for pattern in patterns:
+                for path in folder.glob(pattern):
+                    if path.is_file() and not path.is_symlink():
+                        path.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+
+        ours = (MATRIX_CSV, MATRIX_JSON, METRICS, CURVES, ".*.tmp")
+        for folder in self._method_folders():
+            remove(folder, ours)
+        checkpoints = self.checkpoints()
+        if checkpoints.is_dir():
+            for folder in [p for p in checkpoints.iterdir() if p.is_dir() and not p.is_symlink()]:
+                remove(folder, ("step-*.pt", ".*.tmp"))
+            remove(checkpoints, ("start.pt", ".*.tmp"))
+        cache = self.path / "cache"
+        if cache.is_dir():
+            for folder in [p for p in cache.iterdir() if p.is_dir() and not p.is_symlink()]:
+                remove(folder, ("*-tap*.npy",))
+            remove(cache, ())
+        for name in REPORT_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        self.config.unlink(missing_ok=True)
 
     def lock(self) -> RunLock:
         return RunLock(self.path)

@@ -94,7 +94,7 @@ MEETS: dict[str, Callable[[Backbone], object]] = {
 }
 
 
-def run_sequence(seq: Sequence, *, out: str | Path = "reports", methods: list[str] | None = None,
+def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] | None = None,
                  source: str = "<sequence>", progress: bool = True, resume: bool = False,
                  overwrite: bool = False, on_step: OnStep | None = None) -> Path:
     """Run every method of `seq` (or only `methods`) and return the run folder <out>/<seq.name>.
@@ -122,8 +122,12 @@ def run_sequence(seq: Sequence, *, out: str | Path = "reports", methods: list[st
     with run.lock():
         run.write_config(run.claim(dump_sequence(ran), resume=resume, overwrite=overwrite,
                                    may_differ=("keep_checkpoints",)))
-        start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen") if resume else None
-        if start is None:
+        start = None
+        if resume and all(_complete(run, name, n_steps=len(inputs.tasks)) for name in names):
+            pass  # nothing to train: step 0 is neither measured again nor its checkpoint rewritten
+        elif resume and (start := Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen")):
+            pass
+        else:
             start = Start.measure(seq, inputs, device=device)
             start.save(run, inputs)
         failed = {}
@@ -228,10 +232,16 @@ def seed_step(seed: int, step: int) -> None:
     random.seed(value)
 
 
-def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: RunFolder, device: torch.device,
+def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *, run: RunFolder, device: torch.device,
                progress: bool = True, resume: bool = False, on_step: OnStep | None = None) -> None:
-    """Train `name` on every task in turn, evaluating everything after each step, writing into `run`."""
+    """Train `name` on every task in turn, evaluating everything after each step, writing into `run`.
+    `start` may be None only when `name` is complete in `run` and `resume` is set (nothing to train)."""
     tasks, probes = inputs.tasks, inputs.probes
+    if resume and _complete(run, name, n_steps=len(tasks)):  # never retrained, whether or not checkpoints are kept
+        print(f"{name}: complete ({len(tasks)}/{len(tasks)} steps), kept as it is", file=sys.stderr)
+        if on_step is not None:
+            on_step(name, len(tasks), len(tasks))
+        return
     model = copy.deepcopy(start.model)
     method = methods.build(seq.method(name), pretrained=inputs.backbone)
     scratch = run.cache(name)  # large recomputable files (LDIFS's anchor taps on disk), removed at the end
@@ -243,11 +253,6 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start, *, run: R
         if on_step is not None:
             on_step(name, len(rows) - 1, len(tasks))
 
-    if resume and _complete(run, name, n_steps=len(tasks)):  # never retrained, whether or not checkpoints are kept
-        print(f"{name}: complete ({len(tasks)}/{len(tasks)} steps), kept as it is", file=sys.stderr)
-        if on_step is not None:
-            on_step(name, len(tasks), len(tasks))
-        return
     result = start.evaluation
     rows = [result.row]
     timings = [{"step": 0, "fit_seconds": 0.0, "eval_seconds": start.seconds}]

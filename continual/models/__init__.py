@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+
 from continual.models import clip, efficientnet
 from continual.models.backbone import EFFICIENTNET, FAMILIES, OPEN_CLIP, Backbone, Head, ModelError, TaskModel
 from continual.models.clip import zero_shot_head
@@ -29,5 +31,6 @@ def build_backbone(model_cfg) -> Backbone:
     builders = {EFFICIENTNET: efficientnet.build, OPEN_CLIP: clip.build}
     if family not in builders:
         raise ModelError("family", f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
-    pretrained = None if model_cfg.pretrained is None else str(model_cfg.pretrained)  # a Path is fine too
+    # A Path is fine too; `~/w.pt` is the user's home, as `continual validate` read it (a tag has no `~`).
+    pretrained = None if model_cfg.pretrained is None else os.path.expanduser(str(model_cfg.pretrained))
     return builders[family](arch=model_cfg.arch, pretrained=pretrained, image_size=image_size)

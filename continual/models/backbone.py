@@ -140,7 +140,9 @@ class Heads(nn.ModuleDict):
         return [(key[1:], module) for key, module in self._modules.items()]
 
     def pop(self, name: str) -> nn.Module:
-        return super().pop(self._key(name))
+        head = self[name]
+        del self[name]
+        return head
 
 
 class TaskModel(nn.Module):

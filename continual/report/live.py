@@ -20,7 +20,7 @@ from pathlib import Path
 
 from continual.plots import curves_png
 from continual.report.page import write_report
-from continual.run_folder import CURVES, DiskFull, RunFolder, atomic_write
+from continual.run_folder import CURVES, DiskFull, RunFolder, RunLocked, atomic_write
 
 
 class LiveReport:
@@ -35,7 +35,13 @@ class LiveReport:
 
     def __exit__(self, kind, err, traceback) -> None:
         if kind is None or (self.steps and not issubclass(kind, (KeyboardInterrupt, DiskFull))):
-            self.draw()
+            # The runner has released the folder's lock: hold it again while drawing, so that a run that
+            # took the folder in between never finds this run's report in it (it draws its own).
+            try:
+                with self.folder.lock():
+                    self.draw()
+            except (RunLocked, DiskFull) as problem:
+                warnings.warn(f"{self.folder.path}: report not written: {problem}", stacklevel=2)
 
     def step(self, method: str, step: int, n_steps: int) -> None:
         """The runner's `on_step`, after step `step` of `method`: its curves, and the report if it is time."""
