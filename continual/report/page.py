@@ -166,17 +166,19 @@ class _Report(Summary):
         return table
 
     def learned_worse(self, method: str) -> list[str]:
-        """Steps after which the task just learned scored clearly below its starting head (the runner's
-        rule, README "When a task ends below its start"), as `<task> (run k: 0.810 -> 0.480)`."""
-        found = []
-        for k, run in enumerate(self.runs, start=1):
+        """Tasks that scored clearly below their starting head right after being learned (the runner's
+        rule, README "When a task ends below its start"): `mnist (0.930 -> 0.510)` for one run, else
+        `mnist (2 of 3 runs)`."""
+        found: dict[str, list[str]] = {}
+        for run in self.runs:
             doc = run.methods[method].doc if method in run.methods else None
             for t in (doc or {}).get("timings", []):
                 if isinstance(t, dict) and isinstance(t.get("learned_worse"), dict) and 1 <= t.get("step", 0) <= len(self.tasks):
                     w = t["learned_worse"]
-                    where = f"run {k}: " if len(self.runs) > 1 else ""
-                    found.append(f"{self.tasks[t['step'] - 1]} ({where}{w['before']:.3f} -> {w['after']:.3f})")
-        return found
+                    found.setdefault(self.tasks[t["step"] - 1], []).append(f"{w['before']:.3f} -> {w['after']:.3f}")
+        if len(self.runs) == 1:
+            return [f"{task} ({changes[0]})" for task, changes in found.items()]
+        return [f"{task} ({len(changes)} of {len(self.runs)} runs)" for task, changes in found.items()]
 
     def transfer_table(self) -> _Table:
         return self._metric_table(TRANSFER, higher_better={n: metrics.FINAL[n][1] for n in TRANSFER},
