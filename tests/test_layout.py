@@ -181,14 +181,17 @@ def test_a_figure_that_fails_to_draw_warns_and_the_run_goes_on(tmp_path, monkeyp
 
 
 def test_overwrite_removes_what_a_run_wrote_and_nothing_else(tmp_path):
+    from continual.config import dump_sequence, load_sequence
     from continual.run_folder import RunFolder
 
     folder = tmp_path / "tiny"
     (folder / "finetune").mkdir(parents=True)
-    for name in ("config.yaml", "summary.md", "finetune/metrics.json", "notes.txt"):
+    for name in ("summary.md", "finetune/metrics.json", "notes.txt"):
         (folder / name).write_text("x")
+    config = dump_sequence(load_sequence(SEQ))
+    (folder / "config.yaml").write_text(config)  # a run of ours: only then is anything removed
     (folder / "checkpoints").mkdir()
     (folder / "my-data").mkdir()
     (folder / "my-data" / "keep.txt").write_text("x")
-    RunFolder(folder).claim(yaml.safe_dump(SEQ), resume=False, overwrite=True)
+    RunFolder(folder).claim(config, resume=False, overwrite=True)
     assert sorted(p.name for p in folder.iterdir()) == ["my-data", "notes.txt"]
