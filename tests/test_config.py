@@ -203,3 +203,25 @@ def test_a_method_whose_needs_the_architecture_cannot_meet(tmp_path, capsys):
     assert main(["validate", str(path)]) == 2
     assert f"{path}: methods[1]: ldifs needs intermediate feature taps" in capsys.readouterr().err
     assert main(["validate", str(write(tmp_path, {**doc, "methods": ["finetune"]}))]) == 0
+
+
+def test_relative_paths_name_files_next_to_the_sequence(tmp_path, monkeypatch, capsys):
+    """A sweep's jobs start wherever the scheduler puts them: `path: data` means next to the file."""
+    project = tmp_path / "project"
+    for name in ("a", "b"):
+        (project / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            (project / "data" / name / f"{i}.png").write_bytes(b"")  # validate reads names only
+    (project / "weights").mkdir()
+    (project / "weights" / "lite0.pt").write_bytes(b"")
+    doc = {"name": "mine", "model": {"pretrained": "weights/lite0.pt"}, "data_root": "cache",
+           "tasks": [{"name": "t", "dataset": "imagefolder", "path": "data"}], "methods": ["finetune"]}
+    path = project / "seq.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.chdir(tmp_path)  # not the sequence's folder
+    seq = load_sequence(Path("project/seq.yaml"))
+    assert seq.tasks[0].path == str(project / "data") and seq.model.pretrained == str(project / "weights/lite0.pt")
+    assert seq.data_root == str(project / "cache")
+    assert main(["validate", "project/seq.yaml"]) == 0
+    # a path given with --set is the shell's, relative to where continual runs
+    assert load_sequence(Path("project/seq.yaml"), ["data_root=elsewhere"]).data_root == "elsewhere"

@@ -63,6 +63,7 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Seque
         label, raw = "<dict>", copy.deepcopy(source)
     else:
         label, raw = str(source), _read_yaml(Path(source))
+        _anchor_paths(raw, Path(source).absolute().parent)  # before --set: a flag's paths are the shell's
     for item in overrides:
         _apply_override(raw, item, label)
     try:
@@ -76,6 +77,30 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Seque
     for key, message in found.doubts:
         warnings.warn(ConfigWarning(label, key, message), stacklevel=2)
     return seq
+
+
+def _anchor_paths(raw: dict, base: Path) -> None:
+    """Relative paths in a sequence file name files next to it, wherever `continual` runs from (a sweep's
+    jobs start in other folders): `data_root`, each task's and probe's `path`, and a `model.pretrained`
+    that is a file rather than a tag. Made absolute here, so config.yaml records where they really are."""
+    def anchored(value):
+        if isinstance(value, str) and value and not value.startswith("~") and not os.path.isabs(value):
+            return str(base / value)
+        return value
+
+    if "data_root" in raw:
+        raw["data_root"] = anchored(raw["data_root"])
+    for group in GROUPS:
+        items = raw.get(group)
+        for item in items if isinstance(items, list) else []:  # a wrong type is the schema's to report
+            if isinstance(item, dict) and "path" in item:
+                item["path"] = anchored(item["path"])
+    model = raw.get("model")
+    text = model.get("pretrained") if isinstance(model, dict) else None
+    if isinstance(text, str):
+        lite0 = model.get("family", "efficientnet_lite0") == "efficientnet_lite0"
+        if (lite0 and text != "imagenet") or "/" in text or text.lower().endswith(CHECKPOINT_SUFFIXES):
+            model["pretrained"] = anchored(text)
 
 
 def dump_sequence(seq: Sequence) -> str:
