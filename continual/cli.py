@@ -197,6 +197,9 @@ def _list(*, pretrained: bool = False) -> int:
             for arch in common:
                 tags = open_clip.list_pretrained_tags_by_model(arch)
                 print(f"    {arch:<10} {', '.join(tags[:4])}{', ...' if len(tags) > 4 else ''}")
+    if package_dir("timm") is not None:  # ships with open_clip
+        print("  timm                any timm architecture (arch: resnet50, convnext_tiny, ...), weights from a "
+              "local file or random")
     print("methods:")
     for name, info in METHODS.items():
         fields = {k: f for k, f in info.options.model_fields.items() if k != "name"}

