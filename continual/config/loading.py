@@ -81,8 +81,9 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Seque
 
 def _anchor_paths(raw: dict, base: Path) -> None:
     """Relative paths in a sequence file name files next to it, wherever `continual` runs from (a sweep's
-    jobs start in other folders): `data_root`, each task's and probe's `path`, and a `model.pretrained`
-    that is a file rather than a tag. Made absolute here, so config.yaml records where they really are."""
+    jobs start in other folders): `data_root`, each task's and probe's `path`, a `model.pretrained` that is
+    a file rather than a tag, and an open_clip `model.arch` that is a `local-dir:` or a config JSON file.
+    Made absolute here, so config.yaml records where they really are."""
     def anchored(value):
         if isinstance(value, str) and value and not value.startswith("~") and not os.path.isabs(value):
             return str(base / value)
@@ -96,6 +97,11 @@ def _anchor_paths(raw: dict, base: Path) -> None:
             if isinstance(item, dict) and "path" in item:
                 item["path"] = anchored(item["path"])
     model = raw.get("model")
+    arch = model.get("arch") if isinstance(model, dict) else None
+    if isinstance(arch, str) and arch.startswith(LOCAL_DIR):
+        model["arch"] = LOCAL_DIR + anchored(arch[len(LOCAL_DIR):])
+    elif isinstance(arch, str) and arch.lower().endswith(".json"):
+        model["arch"] = anchored(arch)
     text = model.get("pretrained") if isinstance(model, dict) else None
     if isinstance(text, str):
         family = model.get("family", "efficientnet_lite0")
@@ -422,7 +428,11 @@ def _probes_trained_on(specs: dict[str, list[tuple[int, DataSpec]]], chosen: dic
 def _model_problems(model: ModelConfig) -> list[tuple[str, str]]:
     """What models.build_backbone would refuse, found by names only (no torch, no open_clip import)."""
     problems = []
-    if model.family == "open_clip":
+    if model.family == "open_clip" and (model.arch.startswith(LOCAL_DIR) or model.arch.lower().endswith(".json")):
+        problems += _local_arch_problems(model.arch)
+        if model.arch.startswith(LOCAL_DIR) and model.pretrained is not None:  # as models/clip.py says it
+            problems.append(("pretrained", f"{model.arch} holds its own weights; leave pretrained unset"))
+    elif model.family == "open_clip":
         archs = open_clip_architectures()
         if archs is None:
             problems.append(("family", "open_clip is not installed here (pip install open_clip_torch)"))
@@ -435,6 +445,24 @@ def _model_problems(model: ModelConfig) -> list[tuple[str, str]]:
     if model.pretrained is not None:
         problems += _checkpoint_problems(model)
     return problems
+
+
+LOCAL_DIR = "local-dir:"  # as models/clip.py reads it: open_clip's own form of a saved model's folder
+
+
+def _local_arch_problems(arch: str) -> list[tuple[str, str]]:
+    """An open_clip model the user brings: `local-dir:<folder>` or a model config JSON file."""
+    if arch.startswith(LOCAL_DIR):
+        folder = Path(arch[len(LOCAL_DIR):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            return [("arch", f"{arch}: no open_clip_config.json in {folder} (a local-dir is a folder saved by "
+                             "open_clip or downloaded from the hub, with its weights)")]
+        if not any(next(folder.glob(ext), None) for ext in ("*.safetensors", "*.bin", "*.pth")):
+            return [("arch", f"{arch}: no weights (.safetensors, .bin or .pth) in {folder}")]
+        return []
+    if not Path(arch).expanduser().is_file():
+        return [("arch", f"model config file not found: {arch!r}")]
+    return []
 
 
 def _unmet(need: str, model: ModelConfig) -> str | None:

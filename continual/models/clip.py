@@ -4,8 +4,10 @@ and friends), which EfficientNet-only runs should not pay."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -173,9 +175,19 @@ def _check_download_possible(arch: str, tag: str, tag_cfg: dict) -> None:
                                    "or give a local checkpoint file as model.pretrained")
 
 
+LOCAL_DIR = "local-dir:"  # open_clip's own form: a folder with open_clip_config.json and the weights
+
+
 def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -> Backbone:
+    """`arch`: an open_clip architecture name, `local-dir:<folder>` (open_clip_config.json and weights,
+    as open_clip and the HF hub save a model), or a model config JSON file (the user's architecture,
+    registered under its file name); `pretrained`: a tag, a checkpoint file, or None (random)."""
     import open_clip
 
+    if arch is not None and arch.startswith(LOCAL_DIR):
+        return _build_local_dir(open_clip, arch, pretrained=pretrained, image_size=image_size)
+    if arch is not None and arch.lower().endswith(".json"):
+        arch = _register_config(open_clip, arch)
     known = open_clip.list_models()
     if arch not in known:
         examples = ", ".join(a for a in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50") if a in known)
@@ -225,6 +237,11 @@ def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -
         if path.endswith(_OTHER_READERS):
             check_values(clip.state_dict(), clip, what=f"open_clip {arch}", path=path)  # NaN or inf, as loaded
 
+    embed_dim = open_clip.get_model_config(arch)["embed_dim"]  # timm towers have no output_dim attribute
+    return _visual(clip, arch=arch, embed_dim=embed_dim)
+
+
+def _visual(clip: nn.Module, *, arch: str, embed_dim: int) -> Backbone:
     size = clip.visual.preprocess_cfg["size"]
     height, width = (size, size) if isinstance(size, int) else size
     if height != width:
@@ -233,8 +250,51 @@ def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -
     if patch is not None and height % patch[0]:
         # A ViT silently drops the border pixels that do not fill a patch.
         raise ModelError("image_size", f"{height} is not a multiple of {arch}'s patch size {patch[0]}")
-    embed_dim = open_clip.get_model_config(arch)["embed_dim"]  # timm towers have no output_dim attribute
     return OpenClipVisual(clip, arch=arch, embed_dim=embed_dim, image_size=height)
+
+
+def _model_config(path: Path, *, nested: bool) -> dict:
+    """An open_clip model config read from `path` (under "model_cfg" in a local-dir's file), or ModelError."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelError("arch", f"cannot read the model config {str(path)!r}: {one_line(err)}") from None
+    cfg = doc.get("model_cfg") if nested and isinstance(doc, dict) else doc
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        where = " under model_cfg" if nested else ""
+        raise ModelError("arch", f"{str(path)!r} is not an open_clip model config: no {', '.join(missing)}{where}")
+    return cfg
+
+
+def _register_config(open_clip, text: str) -> str:
+    """A user's model config JSON registered with open_clip under its file name (which names it)."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ModelError("arch", f"model config file not found: {text!r}")
+    _model_config(path, nested=False)
+    open_clip.add_model_config(path)
+    return path.stem
+
+
+def _build_local_dir(open_clip, arch: str, *, pretrained: str | None, image_size: int | None) -> Backbone:
+    folder = Path(arch[len(LOCAL_DIR):]).expanduser()
+    if pretrained is not None:  # open_clip ignores it with a log line: a run would use other weights than asked
+        raise ModelError("pretrained", f"{arch} holds its own weights; leave pretrained unset")
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelError("arch", f"{arch}: no open_clip_config.json in {folder} (a local-dir is a folder "
+                                 "saved by open_clip or downloaded from the hub, with its weights)")
+    cfg = _model_config(folder / "open_clip_config.json", nested=True)
+    weights = sorted(p.name for ext in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(ext))
+    if not weights:  # open_clip would only warn and build random weights
+        raise ModelError("arch", f"{arch}: no weights (.safetensors, .bin or .pth) in {folder}")
+    try:
+        clip = open_clip.create_model(f"{LOCAL_DIR}{folder}", force_image_size=image_size, pretrained_text=False,
+                                      weights_only=True)
+    except Exception as e:
+        raise ModelError("arch", f"cannot load {arch}: {one_line(e)}") from e
+    check_values(clip.state_dict(), clip, what=f"open_clip {arch}", path=str(folder))
+    return _visual(clip, arch=f"{LOCAL_DIR}{folder}", embed_dim=cfg["embed_dim"])
 
 
 def zero_shot_head(backbone: Backbone, class_names: list[str], *,
