@@ -339,3 +339,13 @@ def test_cached_tag_loads_without_network(empty_hub, monkeypatch, tiny_clip):
     assert torch.equal(backbone.pixel_std.flatten(), torch.tensor(std))
     saved = torch.load(checkpoint, weights_only=True)
     assert torch.equal(backbone.visual.conv1.weight, saved["visual.conv1.weight"])
+
+
+def test_a_dataset_torchvision_cannot_download_says_what_to_fetch_and_where(tmp_path):
+    from continual.datasets import torchvision_sets
+
+    with pytest.raises(catalog.DataError) as err:
+        torchvision_sets.load("stanford_cars", path=None, data_root=tmp_path, download=True)
+    message = err.value.message
+    assert "cannot download it" in message and str(tmp_path / "stanford_cars" / "stanford_cars") in message
+    assert "cars_test_annos_withlabels.mat" in message

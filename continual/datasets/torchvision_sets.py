@@ -12,6 +12,14 @@ from continual.datasets.catalog import DATASETS, TORCHVISION, DataError
 from continual.datasets.source import Pool, Source, pil_pool, split_fixed
 
 
+# Datasets torchvision can no longer download: what to fetch by hand and where torchvision looks for it.
+BY_HAND = {
+    "stanford_cars": "torchvision cannot download it (its original URL is gone): fetch Stanford Cars by hand (e.g. "
+                     "a Kaggle mirror with the devkit) and unpack into {base}: devkit/ (cars_meta.mat, "
+                     "cars_train_annos.mat), cars_train/, cars_test/ and cars_test_annos_withlabels.mat",
+}
+
+
 def load(dataset: str, *, path: Path | None, data_root: Path, download: bool) -> Source:
     import torchvision.datasets  # here, not at the top: only these datasets need it
 
@@ -33,6 +41,10 @@ def load(dataset: str, *, path: Path | None, data_root: Path, download: bool) ->
                 raise DataError("dataset", f"{dataset}: {names} under {root} {fail} torchvision's MD5 check "
                                            f"(checksum mismatch: a partial download?); delete {target} and run again"
                                            f"{'' if download else ' with `download: true`'}") from err
+            if dataset in BY_HAND:
+                base = root / spec.marker.split("/")[0]
+                raise DataError("dataset", f"{dataset} not found under {root}; "
+                                           f"{BY_HAND[dataset].format(base=base)}") from err
             how = "the download failed" if download else "set `download: true` or place the files there"
             raise DataError("dataset", f"{dataset} not found under {root} (expected {root / spec.marker}); "
                                        f"{how} (torchvision: {err})") from err
