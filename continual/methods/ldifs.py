@@ -23,7 +23,7 @@ from continual import checkpoints
 from continual.datasets.tasks import TaskData
 from continual.methods.options import LDIFSOptions
 from continual.models import Backbone, TaskModel
-from continual.run_folder import DiskFull
+from continual.run_folder import DiskFull, full_disk
 from continual.train import Batch, FitStats, Trainer
 
 
@@ -102,7 +102,7 @@ class AnchorCache:
                 for tap in taps:
                     _reserve(Path(tap.filename))
             except OSError as err:
-                if err.errno in (errno.ENOSPC, errno.EDQUOT):  # the runner removes the scratch folder
+                if full_disk(err):  # the runner removes the scratch folder
                     raise DiskFull(folder, err) from None
                 raise
         else:
