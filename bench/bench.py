@@ -3,7 +3,7 @@ time of the default sequence goes. Prints markdown tables naming the machine.
 
     python bench/bench.py              # CPU: step ratios (~2 min), then the default sequence end to end
     python bench/bench.py --ratios     # the step ratios only
-    python bench/bench.py --gpu        # GPU: ViT-B-32 (random init) fine-tuning and LDIFS throughput
+    python bench/bench.py --gpu        # GPU: ViT-B-32 and ViT-B-16 (random init): training and evaluation throughput
 
 Step ratios: EfficientNet-Lite0 with its shipped weights, 64 px, batch 64, on synthetic uint8 images of
 the default sequence's shape; every variant trains the same tensors from the same weights for one task
@@ -161,38 +161,76 @@ def default_run(args) -> None:
           f"{wall - fit_total - eval_total:.0f} s.")
 
 
+class HostTrainer(Trainer):
+    """A Trainer that never moves a split to the GPU whole: every batch is copied from pinned host memory,
+    as it is for a split over 4 GiB (ImageNet-sized tasks)."""
+
+    def on_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+
+class FusedTrainer(Trainer):
+    """A Trainer whose AdamW is torch's fused CUDA kernel (one launch for all parameters)."""
+
+    def make_optimizer(self, params):
+        t = self.training
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+
+
 def gpu(args) -> None:
-    """ViT-B-32 (random init: no download) at 224 px, batch 128: images/s and peak memory."""
+    """open_clip ViTs (random init: no download) at 224 px: training images/s and peak memory per method,
+    where the batches come from, and evaluation (feature extraction) images/s."""
     if not torch.cuda.is_available():
         sys.exit("--gpu needs a CUDA device")
+    from continual.evaluate import extract_features
+
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    backbone = build_backbone(SimpleNamespace(family="open_clip", arch="ViT-B-32", pretrained=None, image_size=None,
-                                              head_init="linear_probe")).to(device)
     batch, steps = args.gpu_batch, args.gpu_steps
-    training = TrainingConfig(batch_size=batch, warmup_steps=2, eval_batch_size=256)
-    task = synthetic_task(batch * steps, backbone.image_size, classes=100)
-    torch.manual_seed(0)
-    head = Head(backbone.feature_dim, 100, normalize=True)
-    trainer = Trainer(training, device=device, progress=False)
-    print(f"\n### GPU: open_clip ViT-B-32 (random init), 224 px, batch {batch}, bf16 autocast, {steps} steps\n\n"
-          f"Machine: {machine()}\n")
-    print("| variant | images / s | ms / step | vs finetune | peak GPU memory |\n|---|---|---|---|---|")
-    results = {}
-    for label, name, options in [("finetune", "finetune", {}), ("finetune (warm)", "finetune", {}),
-                                 ("ldifs, frozen forward per step", "ldifs", {"cache": "off"}),
-                                 ("ldifs, anchor features cached", "ldifs", {"cache": "auto"})]:
-        model = TaskModel(copy.deepcopy(backbone), {"bench": copy.deepcopy(head).to(device)})
-        torch.cuda.reset_peak_memory_stats()
-        seconds, extra = method_step(name, options, model, task, trainer, backbone)
-        results[label] = seconds
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        ft = results.get("finetune (warm)", seconds)
-        print(f"| {label} | {batch / seconds:.0f} | {seconds * 1000:.0f} | {seconds / ft:.3f}x | {peak:.1f} GiB |"
-              + (f" cache built in {extra['anchor_cache_seconds']:.1f} s ({extra['anchor_cache']})"
-                 if "anchor_cache_seconds" in extra else ""))
-        del model
+    print(f"\nMachine: {machine()}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+    for arch in args.gpu_archs.split(","):
+        backbone = build_backbone(SimpleNamespace(family="open_clip", arch=arch, pretrained=None, image_size=None,
+                                                  head_init="linear_probe")).to(device)
+        training = TrainingConfig(batch_size=batch, warmup_steps=2, eval_batch_size=256)
+        task = synthetic_task(batch * steps, backbone.image_size, classes=100)
+        torch.manual_seed(0)
+        head = Head(backbone.feature_dim, 100, normalize=True)
+        plain = Trainer(training, device=device, progress=False)
+        print(f"\n### GPU training: open_clip {arch} (random init), {backbone.image_size} px, batch {batch}, "
+              f"bf16 autocast, {steps} steps per row\n")
+        print("| variant | images / s | ms / step | vs finetune | peak GPU memory |\n|---|---|---|---|---|")
+        results = {}
+        for label, name, options, trainer in [
+                ("finetune (cold: first CUDA kernels)", "finetune", {}, plain),
+                ("finetune", "finetune", {}, plain),
+                ("finetune, batches copied from pinned host memory", "finetune", {}, HostTrainer(training, device=device, progress=False)),
+                ("finetune, fused AdamW", "finetune", {}, FusedTrainer(training, device=device, progress=False)),
+                ("ldifs, frozen forward per step", "ldifs", {"cache": "off"}, plain),
+                ("ldifs, anchor features cached", "ldifs", {"cache": "auto"}, plain)]:
+            model = TaskModel(copy.deepcopy(backbone), {"bench": copy.deepcopy(head).to(device)})
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            seconds, extra = method_step(name, options, model, task, trainer, backbone)
+            results[label] = seconds
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            ft = results.get("finetune", seconds)
+            print(f"| {label} | {batch / seconds:.0f} | {seconds * 1000:.1f} | {seconds / ft:.3f}x | {peak:.1f} GiB |"
+                  + (f" cache built in {extra['anchor_cache_seconds']:.1f} s ({extra['anchor_cache']})"
+                     if "anchor_cache_seconds" in extra else ""), flush=True)
+            del model
+        print(f"\nEvaluation (features of {len(task.train.labels)} images, eval mode, inference):\n")
+        print("| batch | precision | images / s |\n|---|---|---|")
+        for eval_batch, bf16 in [(256, True), (1024, True), (256, False)]:
+            extract_features(backbone, task.train, batch_size=eval_batch, device=device, bf16=bf16)  # warm
+            torch.cuda.synchronize()
+            began = time.perf_counter()
+            extract_features(backbone, task.train, batch_size=eval_batch, device=device, bf16=bf16)
+            torch.cuda.synchronize()
+            print(f"| {eval_batch} | {'bf16' if bf16 else 'fp32 (tf32)'} | "
+                  f"{len(task.train.labels) / (time.perf_counter() - began):.0f} |", flush=True)
+        del backbone
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -202,7 +240,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="steps per measured task (CPU)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (CPU)")
     parser.add_argument("--gpu-batch", type=int, default=128)
-    parser.add_argument("--gpu-steps", type=int, default=30)
+    parser.add_argument("--gpu-steps", type=int, default=40)
+    parser.add_argument("--gpu-archs", default="ViT-B-32,ViT-B-16", help="open_clip architectures (GPU)")
     args = parser.parse_args()
     if args.gpu:
         gpu(args)

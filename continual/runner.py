@@ -43,7 +43,8 @@ class Loaded:
 
 def resolve_device(name: str, *, source: str = "<sequence>") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # Indexed (cuda:0, not cuda), so that a tensor's device compares equal to the run's.
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ConfigError(source, [("training.device", f"{name} asked for, but this machine has "

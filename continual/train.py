@@ -77,9 +77,8 @@ class Trainer:
         return images
 
     def batch_to_device(self, images: torch.Tensor) -> torch.Tensor:
-        if images.device == self.device:
-            return images
-        if self.device.type == "cuda":
+        # A no-op for a tensor already there. (Never compare devices with ==: cuda != cuda:0.)
+        if images.device.type == "cpu" and self.device.type == "cuda":
             images = images.pin_memory()
         return images.to(self.device, non_blocking=True)
 
