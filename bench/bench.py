@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import numpy as np
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,8 +230,56 @@ def gpu(args) -> None:
             torch.cuda.synchronize()
             print(f"| {eval_batch} | {'bf16' if bf16 else 'fp32 (tf32)'} | "
                   f"{len(task.train.labels) / (time.perf_counter() - began):.0f} |", flush=True)
+        if arch == args.gpu_archs.split(",")[0]:
+            store_rows(args, backbone, head, training, device)
         del backbone
         torch.cuda.empty_cache()
+
+
+def store_rows(args, backbone, head, training, device) -> None:
+    """Training with the images where runs keep them: 256 px JPEGs decoded once into the store (at the
+    model's size) and read per batch from it, or moved to the GPU whole; and 32 px images (CIFAR's size)
+    resized to the model's on the GPU per batch."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import data_store
+
+    from continual.datasets import tasks
+    from continual.datasets.source import Pool, array_images
+
+    batch, steps = args.gpu_batch, args.gpu_steps
+    work = Path(tempfile.mkdtemp())
+    n = batch * steps * 5 // 4  # the folder's 80/20 split leaves batch * steps to train on
+    began = time.perf_counter()
+    data_store.make_folder(work / "jpegs", n, classes=max(2, min(100, n // 10)))
+    written = time.perf_counter() - began
+    began = time.perf_counter()
+    stored = tasks.load_task(data_store.spec(work / "jpegs"), image_size=backbone.image_size, data_root=work / "data",
+                             seed=0)
+    built = time.perf_counter() - began
+    g = torch.Generator().manual_seed(0)
+    small = torch.randint(0, 256, (len(stored.train.labels), 32, 32, 3), dtype=torch.uint8, generator=g).numpy()
+    cifar_like = array_images(Pool(stored.train.labels.numpy(), array=small), np.arange(len(small)))
+    print(f"\nThe store in the loop ({len(stored.train.labels):,} training images of {n:,} 256 px JPEGs written in "
+          f"{written:.1f} s, decoded into the store in {built:.1f} s by {data_store.store_workers()} processes):\n")
+    print("| variant | images / s | ms / step | peak GPU memory |\n|---|---|---|---|")
+    for label, images, trainer in [
+            ("finetune, batches read from the store (host)", stored.train.images,
+             HostTrainer(training, device=device, progress=False)),
+            ("finetune, the stored split moved to the GPU once (the default when it fits)", stored.train.images,
+             Trainer(training, device=device, progress=False)),
+            ("finetune, 32 px images resized to 224 px on the GPU per batch", cifar_like,
+             Trainer(training, device=device, progress=False))]:
+        task = TaskData(name="bench", dataset="synthetic", class_names=[str(c) for c in range(100)],
+                        train=Split(images, stored.train.labels % 100), test=stored.test)
+        model = TaskModel(copy.deepcopy(backbone), {"bench": copy.deepcopy(head).to(device)})
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        seconds, _ = method_step("finetune", {}, model, task, trainer, backbone)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"| {label} | {batch / seconds:.0f} | {seconds * 1000:.1f} | {peak:.1f} GiB |", flush=True)
+        del model
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`continual run | validate | list | report`. Bad input exits with status 2 and one message per problem.
+"""`continual run | validate | list | report | data prepare | data list`. Bad input exits with status 2 and one message per problem.
 
 Start-up stays light: this module and the schema import no torch and no avalanche (a test checks), so
 `--help`, `validate` and `list` answer at once; `run` imports the runner when it starts running.
@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from continual.config import ConfigError, load_sequence
+from continual.config.schema import DEFAULT_DATA_ROOT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="datasets (and whether their files are here), models and methods")
     listing.add_argument("--pretrained", action="store_true", help="also the open_clip pretrained tags of common "
                          "architectures (imports open_clip and torch: a few seconds)")
+
+    data = sub.add_parser("data", help="the store of decoded images: fill it ahead of a run, or list it")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prepare = data_sub.add_parser("prepare", help="decode and store every image a sequence selects (e.g. on a "
+                                  "login node before queuing GPU jobs); runs then start without decoding")
+    prepare.add_argument("sequence", type=Path, help="a sequence YAML file")
+    prepare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a key of the file, as for run (repeatable)")
+    stored = data_sub.add_parser("list", help="what is stored under a data_root, and its size on disk")
+    stored.add_argument("data_root", type=Path, nargs="?", default=Path(DEFAULT_DATA_ROOT),
+                        help=f"default: {DEFAULT_DATA_ROOT}, the schema's")
 
     report = sub.add_parser("report", help="write index.html, summary.md and summary.csv for run folders "
                             "(several folders of one sequence, e.g. seeds, give mean ± std)")
@@ -71,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args.files)
         if args.command == "report":
             return _report(args)
+        if args.command == "data":
+            return _prepare(args) if args.data_command == "prepare" else _stored(args.data_root)
         return _list(pretrained=args.pretrained)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -155,6 +169,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    seq = load_sequence(args.sequence, args.overrides)
+    from continual.runner import prepare_data  # torch-heavy
+
+    prepare_data(seq, source=str(args.sequence))
+    return _stored(seq.root)
+
+
+def _stored(data_root: Path) -> int:
+    from continual.datasets import store
+
+    root = data_root.expanduser()
+    print(store.describe(store.list_stores(root), root))
+    return 0
+
+
 def _validate(files: list[Path]) -> int:
     status = 0
     for path in files:
@@ -175,7 +205,7 @@ def _list(*, pretrained: bool = False) -> int:
     from continual.datasets.catalog import package_dir
     from continual.methods import METHODS, NEEDS
 
-    root = Path("~/.cache/continual/data").expanduser()
+    root = Path(DEFAULT_DATA_ROOT).expanduser()
     print(f"datasets (files looked for under the default data_root {root}):")
     for name, info in DATASETS.items():
         state = {True: "present", False: "missing", None: "needs a path"}[files_present(name, data_root=root)]

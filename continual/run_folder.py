@@ -360,6 +360,7 @@ class RunFolder:
         if not resume:
             raise RunExists(f"{self.path} already holds a run of '{new['name']}' ({self.progress()}); "
                             "add --resume to continue it, --overwrite to discard it, or choose another --out")
+        on_disk = _as_today(on_disk)
         old_methods = {name: options for item in on_disk["methods"] for name, options in item.items()}
         new_methods = {name: options for item in new["methods"] for name, options in item.items()}
         differ = differences({**on_disk, "methods": None}, {**new, "methods": None})
@@ -432,6 +433,18 @@ class RunFolder:
 
     def lock(self) -> RunLock:
         return RunLock(self.path)
+
+
+def _as_today(doc: dict) -> dict:
+    """A run's config.yaml as this version writes it: keys added since it was written (`training.augment`,
+    a task's `templates`) get their defaults, so a run started before an upgrade can still be resumed.
+    A config that is not valid today is compared as written (the differences then name the keys)."""
+    from continual.config import Sequence, dump_sequence
+
+    try:
+        return yaml.safe_load(dump_sequence(Sequence.model_validate(doc)))
+    except Exception:  # pydantic's ValidationError, or anything else an old file holds
+        return doc
 
 
 def differences(a, b, prefix: str = "") -> list[tuple[str, object, object]]:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from continual import checkpoints, methods, models, seeds
-from continual.config import ConfigError, Sequence, dump_sequence
-from continual.datasets import DataError
+from continual.config import ConfigError, DataSpec, Sequence, dump_sequence
+from continual.datasets import DataError, prompts
 from continual.datasets.tasks import TaskData, load_task
 from continual.evaluate import Evaluation, evaluate
 from continual.methods import METHODS, NEEDS
@@ -72,6 +72,20 @@ def load_inputs(seq: Sequence, *, source: str, device: torch.device) -> Loaded:
                 key = f"{group}[{i}].{err.key}" if err.key else f"{group}[{i}]"
                 raise ConfigError(source, [(key, err.message)]) from None
     return Loaded(backbone=backbone, tasks=loaded["tasks"], probes=loaded["probes"])
+
+
+def prepare_data(seq: Sequence, *, source: str) -> None:
+    """Decode and store every image the sequence's tasks and probes select (what `load_inputs` does at a
+    run's start), so that runs start without decoding: `continual data prepare`."""
+    began = time.perf_counter()
+    inputs = load_inputs(seq, source=source, device=torch.device("cpu"))  # the model only for its input size
+    for group, loaded in (("task", inputs.tasks), ("probe", inputs.probes)):
+        for task in loaded:
+            images = task.train.images
+            where = "in memory (an array, nothing to decode)" if images.home == "memory" else f"in {Path(images.home).parent}"
+            print(f"{group} {task.name}: {task.dataset}, {len(task.train.labels):,} training and "
+                  f"{len(task.test.labels):,} test images at {images.shape[-1]} px, {where}")
+    print(f"ready in {time.perf_counter() - began:.1f} s; model input {inputs.backbone.image_size} px")
 
 
 def check_needs(seq: Sequence, names: list[str], backbone: Backbone, *, source: str) -> None:
@@ -180,8 +194,8 @@ class Start:
             model.heads[task_name] = head.to(device)
         zero_shot_probes = None
         if seq.model.family == "open_clip":  # text heads: fixed, since the text tower is never trained
-            zero_shot_probes = {p.name: models.zero_shot_head(model.backbone, p.class_names).to(device)
-                                for p in inputs.probes}
+            zero_shot_probes = {p.name: _zero_shot_head(model.backbone, p, spec).to(device)
+                                for p, spec in zip(inputs.probes, seq.probes, strict=True)}
         evaluation = evaluate(model, inputs.tasks, inputs.probes, learned=0, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
                               device=device, bf16=use_bf16(seq.training, device))
@@ -217,11 +231,18 @@ def _initial_heads(seq: Sequence, backbone: Backbone, tasks: list[TaskData]) -> 
     heads = {}
     for i, task in enumerate(tasks):
         if seq.model.head_init == "zero_shot":
-            heads[task.name] = models.zero_shot_head(backbone, task.class_names)
+            heads[task.name] = _zero_shot_head(backbone, task, seq.tasks[i])
         elif seq.model.head_init == "random":
             torch.manual_seed(seeds.derive(seq.seed, "head", i))
             heads[task.name] = Head(backbone.feature_dim, len(task.class_names), normalize=backbone.normalize_features)
     return heads
+
+
+def _zero_shot_head(backbone: Backbone, data: TaskData, spec: DataSpec) -> Head:
+    """CLIP's text head for a task or probe: the literature's names of its classes, and the spec's
+    templates, else its dataset's (continual/datasets/prompts.py)."""
+    return models.zero_shot_head(backbone, prompts.readable_names(data.dataset, data.class_names),
+                                 templates=spec.templates or prompts.templates(data.dataset))
 
 
 def seed_step(seed: int, step: int) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
+from continual.augment import augment
+from continual.augment import generator as augmentation_generator
 from continual.datasets.tasks import TaskData
 from continual.models import TaskModel
 
@@ -69,10 +72,13 @@ class Trainer:
         optimiser and gradients stay float32)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16(self.training, self.device))
 
-    def on_device(self, images: torch.Tensor) -> torch.Tensor:
-        """A task's uint8 images, moved to the GPU once when they fit in 4 GiB (then no host copy per
-        step), else left in host memory and copied per batch from pinned memory without blocking."""
-        if self.device.type == "cuda" and images.nbytes <= 4 * 2**30:
+    GPU_SHARE = 0.25  # of the GPU's free memory a task's images may take to live there for the whole task
+
+    def on_device(self, images):
+        """A task's uint8 images (a tensor, or an `Images` read by row from memory or the store), moved
+        to the GPU once when they fit in GPU_SHARE of its free memory (then no host copy per step), else
+        left where they are and read per batch, copied from pinned memory without blocking."""
+        if self.device.type == "cuda" and images.nbytes <= self.GPU_SHARE * torch.cuda.mem_get_info(self.device)[0]:
             return images.to(self.device)
         return images
 
@@ -81,6 +87,23 @@ class Trainer:
         if images.device.type == "cpu" and self.device.type == "cuda":
             images = images.pin_memory()
         return images.to(self.device, non_blocking=True)
+
+    def batches(self, images, index: torch.Tensor, steps: int) -> Iterator[torch.Tensor]:
+        """One epoch's uint8 batches (rows `index`, in batches of batch_size), on the device. From host
+        memory to a GPU, the next batch is read and pinned in a thread while this one trains: the step's
+        kernels are queued without waiting, so reading overlaps them instead of adding to them."""
+        size = self.training.batch_size
+        rows = [index[b * size : (b + 1) * size] for b in range(steps)]
+        if images.device.type != "cpu" or self.device.type != "cuda":
+            yield from (self.batch_to_device(images[r]) for r in rows)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="next-batch") as reader:
+            ahead = reader.submit(lambda r: images[r].pin_memory(), rows[0])
+            for b in range(steps):
+                batch = ahead.result()
+                if b + 1 < steps:
+                    ahead = reader.submit(lambda r: images[r].pin_memory(), rows[b + 1])
+                yield batch.to(self.device, non_blocking=True)
 
     def trainable_parameters(self, model: TaskModel, task: str) -> list[torch.nn.Parameter]:
         # Backbone + this task's head. Other heads stay out: AdamW's weight decay would shrink them.
@@ -110,7 +133,7 @@ class Trainer:
 
     def fit(self, model: TaskModel, task: TaskData, *, loss_terms: LossTerms, label: str = "") -> FitStats:
         """Train `model` on `task` for the configured epochs with `loss_terms`. Shuffling and dropout draw
-        from torch's global RNG, which the runner seeds per step."""
+        from torch's global RNG, which the runner seeds per step; augmentation from a generator seeded by it."""
         t = self.training
         images, labels = self.on_device(task.train.images), task.train.labels.to(self.device)
         n = len(labels)
@@ -124,16 +147,19 @@ class Trainer:
         bar = tqdm(total=total, desc=label or task.name, unit="step", disable=not self.progress, leave=True)
         sums: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
+        draws = augmentation_generator(getattr(t, "augment", "none"))  # None (and nothing drawn) for none
         for epoch in range(t.epochs):
             sums = {}
             order = torch.randperm(n)
             if self.device.type == "cuda":  # pinned: slices of it reach the GPU without a sync (LDIFS cache)
                 order = order.pin_memory()
             on_device = order.to(images.device)
-            for b in range(per_epoch):
+            for b, x in enumerate(self.batches(images, on_device, per_epoch)):
                 idx = order[b * t.batch_size : (b + 1) * t.batch_size]
                 dev_idx = on_device[b * t.batch_size : (b + 1) * t.batch_size]
-                x = model.backbone.preprocess(self.batch_to_device(images[dev_idx]))
+                if draws is not None:  # training.augment: on the device, the draws from a seeded CPU generator
+                    x = augment(x, t.augment, draws)
+                x = model.backbone.preprocess(x)
                 with self.autocast:
                     terms = loss_terms(model, Batch(x, labels[dev_idx.to(self.device)], idx, task.name))
                 loss = sum(terms.values())

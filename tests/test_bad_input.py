@@ -204,7 +204,7 @@ def class_folders(tmp: Path, *names: str, split: str | None = None) -> Path:
     ({"tasks.0.classes": [3]}, "tasks[0].classes", ["one class (3)", "at least 2"]),
     ({"probes.0.classes": ["7"]}, "probes[0].classes", ["one class ('7')", "needs at least 2"]),
     ({"tasks.0.dataset": "cifar100", "tasks.0.classes": [3, 3]}, "tasks[0].classes[1]", ["listed twice"]),
-    ({"tasks.0.dataset": "cifar100", "tasks.0.classes": [-1, 3]}, "tasks[0].classes[0]", ["indices start at 0"]),
+    ({"tasks.0.dataset": "dtd", "tasks.0.classes": [-1, 3]}, "tasks[0].classes[0]", ["indices start at 0"]),
     ({"tasks.0.dataset": "cifar100", "tasks.0.classes": ["apple"]}, "tasks[0].classes", ["one class ('apple')"]),
     # image folders: layout and class names, read from folder names before anything is loaded
     ({**imagefolder_at(lambda tmp: str(class_folders(tmp, "cat", "dog"))), "tasks.0.classes": ["cat", "cow"]},

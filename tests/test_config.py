@@ -67,7 +67,7 @@ def test_good_sequence_parses():
     (edited(training={"epochs": 0}), "training.epochs", "greater than 0"),
     (edited(training={"batch_size": -4}), "training.batch_size", "greater than 0"),
     (edited(training={"lr": 0}), "training.lr", "greater than 0"),
-    (edited(tasks__1__dataset="imagenet"), "tasks[1].dataset", "unknown dataset 'imagenet'"),
+    (edited(tasks__1__dataset="imagenet21k"), "tasks[1].dataset", "unknown dataset 'imagenet21k'"),
     (edited(tasks__0__classes=[0, 1, 12]), "tasks[0].classes[2]", "class 12 not in digits (10 classes)"),
     (edited(tasks__0__classes=[0, "cat"]), "tasks[0].classes[1]", "class 'cat' not in digits"),
     (edited(tasks__1__name="a"), "tasks[1].name", "duplicate task name 'a'"),

@@ -39,14 +39,15 @@ def per_class(split):
 def test_mnist_shapes_labels_and_caps():
     task = load(spec("mnist", [3, 1], train=5, test=3), size=32)
     assert task.class_names == ["3", "1"]
-    assert task.train.images.shape == (10, 3, 32, 32) and task.test.images.shape == (6, 3, 32, 32)
+    # Kept at MNIST's own 28 px (an array in memory): the backbone resizes each batch to its 32 on the device.
+    assert task.train.images.shape == (10, 3, 28, 28) and task.test.images.shape == (6, 3, 28, 28)
     assert task.train.images.dtype == torch.uint8 and task.train.labels.dtype == torch.int64
-    assert task.train.images.is_contiguous()
+    assert task.train.images[:].shape == (10, 3, 28, 28) and task.train.images[:].is_contiguous()
     assert per_class(task.train) == [5, 5] and per_class(task.test) == [3, 3]
     # grayscale is replicated, not tinted
     assert torch.equal(task.train.images[:, 0], task.train.images[:, 1])
     assert torch.equal(task.train.images[:, 0], task.train.images[:, 2])
-    assert task.train.images.max() > 200  # strokes are near white, the background black
+    assert task.train.images[:].max() > 200  # strokes are near white, the background black
     assert task.train.images[:, :, 0, 0].max() == 0
 
 
@@ -56,8 +57,8 @@ def test_mnist_selection_is_pinned():
     # selection is numpy's integer generator on continual.seeds' streams (re-pinned when they replaced
     # seed * 1009 + step).
     task = load(spec("mnist", [0, 5], train=3, test=2), size=28)
-    assert task.train.images.sum(dim=(1, 2, 3)).tolist() == [76653, 64617, 87873, 57492, 81903, 74652]
-    assert task.test.images.sum(dim=(1, 2, 3)).tolist() == [123624, 98817, 37071, 77967]
+    assert task.train.images[:].sum(dim=(1, 2, 3)).tolist() == [76653, 64617, 87873, 57492, 81903, 74652]
+    assert task.test.images[:].sum(dim=(1, 2, 3)).tolist() == [123624, 98817, 37071, 77967]
 
 
 @pytest.mark.skipif(not FASHION_PRESENT, reason=f"{catalog.FASHION_MNIST_DIR} absent "
@@ -65,7 +66,7 @@ def test_mnist_selection_is_pinned():
 def test_fashion_mnist_by_name():
     task = load(spec("fashion_mnist", ["Bag", "Trouser"], train=4, test=2))
     assert task.class_names == ["Bag", "Trouser"]
-    assert task.train.images.shape == (8, 3, 16, 16)
+    assert task.train.images.shape == (8, 3, 28, 28)  # its own size; resized on the device
     assert per_class(task.train) == [4, 4] and per_class(task.test) == [2, 2]
     assert tasks.dataset_class_names("fashion_mnist", path=None, data_root=Path("/x"))[0] == "T-shirt/top"
 
@@ -76,8 +77,8 @@ def test_animal_mnist_fixed_split():
     assert per_class(full.train) == [800] * 10 and per_class(full.test) == [200] * 10
     tasks.clear_cache()  # re-read the files, so the split is drawn again
     other_seed = load(spec("animal_mnist", train=None, test=None), seed=1, size=28)
-    assert torch.equal(full.test.images, other_seed.test.images)  # the split does not move with the seed
-    assert torch.equal(full.train.images, other_seed.train.images)
+    assert torch.equal(full.test.images[:], other_seed.test.images[:])  # the split does not move with the seed
+    assert torch.equal(full.train.images[:], other_seed.train.images[:])
     # The package's file has some duplicate pictures, so disjointness is checked on indices.
     labels = embedded.unpickle_numpy(catalog.animal_files()[1])
     train, test = source.fixed_split(labels)
@@ -89,7 +90,7 @@ def test_digits_caps_above_available_take_all():
     task = load(spec("digits", [0, 9], train=10_000, test=10_000), size=8)
     assert task.train.images.shape[1:] == (3, 8, 8)
     assert per_class(task.train) == [142, 144] and per_class(task.test) == [36, 36]  # 178 and 180 images
-    assert task.train.images.max() == 255  # 0..16 scaled to the full range
+    assert task.train.images[:].max() == 255  # 0..16 scaled to the full range
 
 
 def test_determinism_and_seed():
@@ -97,8 +98,8 @@ def test_determinism_and_seed():
     tasks.clear_cache()
     b = load(spec("mnist", [4, 7], train=6, test=2), seed=3)
     c = load(spec("mnist", [4, 7], train=6, test=2), seed=4)
-    assert a is not b and torch.equal(a.train.images, b.train.images) and torch.equal(a.test.images, b.test.images)
-    assert not torch.equal(a.train.images, c.train.images)
+    assert a is not b and torch.equal(a.train.images[:], b.train.images[:]) and torch.equal(a.test.images[:], b.test.images[:])
+    assert not torch.equal(a.train.images[:], c.train.images[:])
 
 
 def test_subset_by_name_and_index_remaps_in_spec_order():
@@ -156,7 +157,7 @@ def test_resize_is_shorter_side_then_centre_crop(tmp_path):
             Image.fromarray(image).save(tmp_path / name / f"{i}.png")
     out = tasks.load_task(spec("imagefolder", path=tmp_path), image_size=10, data_root=tmp_path, seed=0)
     assert out.train.images.shape == (4, 3, 10, 10)
-    assert out.train.images[:, :, :, 1:-1].min() == 255 and out.train.images.float().mean() > 240
+    assert out.train.images[:, :, :, 1:-1].min() == 255 and out.train.images[:].float().mean() > 240
 
 
 @pytest.mark.parametrize("make, message", [

@@ -58,7 +58,8 @@ LAYERS = [
                   "continual.train", "continual.evaluate", "continual.checkpoints"]),
     ("models and data", ["continual.models", "continual.datasets.tasks", "continual.datasets.source",
                          "continual.datasets.embedded", "continual.datasets.torchvision_sets",
-                         "continual.datasets.folders"]),
+                         "continual.datasets.folders", "continual.datasets.listed", "continual.datasets.store",
+                         "continual.augment"]),
     ("light", ["continual.config", "continual.datasets", "continual.methods", "continual.seeds", "continual.metrics",
                "continual.plots", "continual.run_folder", "continual.report"]),
 ]

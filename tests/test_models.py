@@ -100,7 +100,12 @@ def test_efficientnet_preprocess_is_minus_one_to_one(effnet):
     with pytest.raises(TypeError):
         effnet.preprocess(expected)  # already float: refuse rather than normalise twice
     with pytest.raises(ValueError):
-        effnet.preprocess(uint8_images(1, 32))
+        effnet.preprocess(torch.zeros(1, 3, 64, 32, dtype=torch.uint8))  # not square
+    # Stored at another size (CIFAR's 32 px): resized to the model's on the images' device.
+    small = uint8_images(2, 32)
+    resized = torch.nn.functional.interpolate(small.float(), size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(effnet.preprocess(small), (resized / 255 - 0.5) / 0.5)
+    assert effnet.preprocess(uint8_images(2, 128)).shape == (2, 3, 64, 64)  # shrunk (antialiased)
 
 
 def test_efficientnet_taps_are_stage_ends(effnet):

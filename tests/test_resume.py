@@ -151,6 +151,21 @@ def test_a_resume_with_another_sequence_is_refused_naming_the_keys(seq_file, ref
                  "--set", "keep_checkpoints=2"]) == 0
 
 
+def test_a_run_written_before_new_keys_existed_still_resumes(seq_file, reference, tmp_path):
+    """config.yaml of an older version lacks keys added since (training.augment, a task's templates): they
+    take their defaults, so upgrading continual does not strand a half-finished run."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(reference, folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    del config["training"]["augment"]
+    for spec in config["tasks"] + config["probes"]:
+        del spec["templates"]
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", str(seq_file), "--out", str(tmp_path), "--quiet", "--resume", "--methods", "finetune"]) == 0
+    assert main(["run", str(seq_file), "--out", str(tmp_path), "--quiet", "--resume", "--methods", "finetune",
+                 "--set", "training.augment=flip"]) == 2  # a value other than the default is a difference
+
+
 @pytest.fixture(scope="module")
 def finished(seq_file, tmp_path_factory):
     """A finished two-step finetune run, copied by tests that damage it."""

@@ -72,6 +72,7 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Seque
         raise ConfigError(label, _problems(err) + _checks(**_valid_parts(raw)).problems) from None
     found = _checks(model=seq.model, specs={g: list(enumerate(getattr(seq, g))) for g in GROUPS},
                     methods=[(i, o.name) for i, o in enumerate(seq.methods)], root=seq.root)
+    found.problems += _augment_problems(seq)
     if found.problems:
         raise ConfigError(label, found.problems)
     for key, message in found.doubts:
@@ -314,6 +315,8 @@ def _checks(*, model: ModelConfig | None, specs: dict[str, list[tuple[int, DataS
             if spec.name in seen:
                 found.problems.append((f"{at}.name", f"duplicate {group[:-1]} name '{spec.name}'"))
             seen.add(spec.name)
+            if spec.templates and model is not None and model.family != "open_clip":
+                found.problems.append((f"{at}.templates", "templates are for CLIP zero-shot heads (family: open_clip)"))
             try:
                 chosen[at] = _selection(spec, root=root)
             except DataError as err:
@@ -328,6 +331,18 @@ def _checks(*, model: ModelConfig | None, specs: dict[str, list[tuple[int, DataS
                 found.problems.append((f"methods[{i}]", f"{name} needs {NEEDS[need]}: {why}"))
     found.doubts = _probes_trained_on(specs, chosen)
     return found
+
+
+def _augment_problems(seq: Sequence) -> list[tuple[str, str]]:
+    """LDIFS's anchor cache holds the anchor's features of the training images as they are; augmented
+    images differ every step. `cache: auto` then runs the anchor per batch (said in the log and in
+    metrics.json); a cache asked for by name is refused rather than silently not used."""
+    if seq.training.augment == "none":
+        return []
+    return [(f"methods[{i}].ldifs.cache", f"cache: {o.cache} cannot be used with training.augment: "
+             f"{seq.training.augment} (augmented images differ every step, so the anchor runs on each batch); "
+             f"use cache: auto or off, or training.augment: none")
+            for i, o in enumerate(seq.methods) if o.name == "ldifs" and o.cache in ("memory", "disk")]
 
 
 def _valid_parts(raw: dict) -> dict:

@@ -11,9 +11,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 from continual.datasets import DATASETS
+from continual.datasets.prompts import template_problem
 from continual.methods import METHODS
 from continual.methods.options import (EWCOptions, FinetuneOptions, LDIFSOptions, LwFOptions, NaiveOptions, Options,
                                        ReplayOptions)
@@ -109,6 +111,12 @@ def _check_name(name: str, pattern: re.Pattern, what: str) -> str:
     return name
 
 
+def _template(template: str) -> str:
+    if problem := template_problem(template):
+        raise ValueError(f"{problem}, got {shown(template)}")
+    return template
+
+
 class DataSpec(Strict):
     """A task or a probe: a dataset, optionally a class subset and per-class caps."""
 
@@ -118,6 +126,9 @@ class DataSpec(Strict):
     train_per_class: int | None = Field(default=None, gt=0)
     test_per_class: int | None = Field(default=None, gt=0)
     path: str | None = None  # imagefolder only: the user's folder of class folders
+    # CLIP zero-shot prompts (open_clip: a probe's zero-shot score, a task's head_init: zero_shot), `{}` where
+    # the class name goes; None = the dataset's from the CLIP literature (datasets/prompts.py), else generic.
+    templates: list[Annotated[str, AfterValidator(_template)]] | None = Field(default=None, min_length=1)
 
     @field_validator("name")
     @classmethod
@@ -152,6 +163,7 @@ class DataSpec(Strict):
 
 # The device's spelling only: `validate` may run on another machine than `run`, which checks that the
 # device is there. No torch.device() here: importing torch takes seconds.
+DEFAULT_DATA_ROOT = "~/.cache/continual/data"
 DEVICE = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
 
 
@@ -184,6 +196,10 @@ class TrainingConfig(Strict):
     # bf16 autocast for forward and loss (weights, gradients and optimiser stay float32). auto = bf16 on
     # CUDA, fp32 on CPU: CPUs without bf16 units (most laptops) run bf16 slower than fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Per batch, on the device (continual/augment.py): flip = horizontal flips; crop_flip = open_clip's
+    # training crop (90-100% of the area) then flips. none by default: runs stay as they were, and only
+    # then can LDIFS cache its anchor's features (with augmentation its anchor runs on every batch).
+    augment: Literal["none", "flip", "crop_flip"] = "none"
 
     @field_validator("device")
     @classmethod
@@ -248,7 +264,7 @@ class Sequence(Strict):
     probes: list[DataSpec] = []
     training: TrainingConfig = TrainingConfig()
     methods: list[MethodOptions] = Field(min_length=1)
-    data_root: str = "~/.cache/continual/data"  # torchvision datasets live under <data_root>/<dataset>
+    data_root: str = DEFAULT_DATA_ROOT  # datasets live under <data_root>/<dataset>, decoded images in its .continual-store
     download: bool = True  # let torchvision download missing datasets into data_root
     # Checkpoints kept per method for --resume: the newest N completed steps (0 = none, and no resume).
     # One is all resume needs; the last one is also the fine-tuned model of a finished run.

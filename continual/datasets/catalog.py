@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from continual.datasets.prompts import clip_benchmark_names
+
 # Fixed-seed 80/20 per class for datasets that ship no test split. The split belongs to the dataset,
 # not to the run, so it must not move with the run seed (else a "test" image could be trained on).
 TEST_FRACTION = 0.2
@@ -41,7 +43,7 @@ class DatasetInfo:
     description: str
     embedded: bool  # ships with an installed Python or Debian package: usable offline
     class_names: list[str] | None  # None: known only once the files are read
-    source: str  # the module of this package that reads it: embedded | torchvision_sets | folders
+    source: str  # the module of this package that reads it: embedded | torchvision_sets | folders | listed
     files_present: Callable[[Path], bool] | None  # data_root -> bool; None: depends on the spec's path
 
 
@@ -49,7 +51,9 @@ class DatasetInfo:
 class TorchvisionSpec:
     cls_name: str  # the class in torchvision.datasets
     marker: str  # a path under <data_root>/<name> that exists once the files are there
-    split_arg: str | None  # "train" (train=bool), "split" (split="train"/"test"), None (no test split: 80/20)
+    # "train" (train=bool), "split" (split="train"/"test"), "trainval" (split="trainval"/"test"),
+    # None (no test split: fixed 80/20)
+    split_arg: str | None
 
 
 # ---- where the files are (path checks only) -----------------------------------------------------
@@ -152,9 +156,30 @@ def imagefolder_classes(path: Path, *, key: str = "path") -> list[str]:
         raise DataError(key, f"cannot read {path}: {err.strerror or err}") from None
 
 
+def unpacked_dir(data_root: Path, name: str, inner: str) -> Path:
+    """<data_root>/<name>/<inner> as the archive unpacks, or <data_root>/<name> where it was flattened."""
+    root = data_root / name
+    return root / inner if (root / inner).is_dir() else root
+
+
 def resisc45_dir(data_root: Path) -> Path:
-    root = data_root / "resisc45"
-    return root / "NWPU-RESISC45" if (root / "NWPU-RESISC45").is_dir() else root  # as unpacked, or flattened
+    return unpacked_dir(data_root, "resisc45", "NWPU-RESISC45")
+
+
+def imagenet_r_dir(data_root: Path) -> Path:
+    return unpacked_dir(data_root, "imagenet_r", "imagenet-r")
+
+
+def tiny_imagenet_dir(data_root: Path) -> Path:
+    return unpacked_dir(data_root, "tiny_imagenet", "tiny-imagenet-200")
+
+
+def cub200_dir(data_root: Path) -> Path:
+    return unpacked_dir(data_root, "cub200", "CUB_200_2011")
+
+
+def has_class_folders(folder: Path) -> bool:
+    return folder.is_dir() and bool(class_folders(folder))
 
 
 # ---- the registry -------------------------------------------------------------------------------
@@ -165,6 +190,16 @@ ANIMALS = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
            "PermanentCrop", "Residential", "River", "SeaLake"]  # torchvision's sorted folder names
+# fine_label_names of the archive's `meta` file, which lists them alphabetically; known here so that
+# `continual validate` checks class indices of split CIFAR-100 (tests check torchvision reads the same).
+CIFAR100 = ("apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly "
+            "camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup "
+            "dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower "
+            "leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid "
+            "otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road "
+            "rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower "
+            "sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale "
+            "willow_tree wolf woman worm").split()
 
 TORCHVISION = {
     "cifar10": TorchvisionSpec("CIFAR10", "cifar-10-batches-py", "train"),
@@ -176,6 +211,10 @@ TORCHVISION = {
     "flowers102": TorchvisionSpec("Flowers102", "flowers-102/jpg", "split"),
     "food101": TorchvisionSpec("Food101", "food-101/images", "split"),
     "stanford_cars": TorchvisionSpec("StanfordCars", "stanford_cars/devkit", "split"),
+    "fgvc_aircraft": TorchvisionSpec("FGVCAircraft", "fgvc-aircraft-2013b/data", "split"),
+    "caltech101": TorchvisionSpec("Caltech101", "caltech101/101_ObjectCategories", None),
+    "oxford_pets": TorchvisionSpec("OxfordIIITPet", "oxford-iiit-pet/annotations", "trainval"),
+    "sun397": TorchvisionSpec("SUN397", "SUN397/ClassName.txt", None),
 }
 
 
@@ -202,18 +241,43 @@ DATASETS: dict[str, DatasetInfo] = {
         "handwritten digits 8x8 (UCI), from scikit-learn; fixed 80/20 split",
         embedded=True, class_names=DIGITS, source="embedded", files_present=lambda root: True),
     "cifar10": _torchvision("cifar10", "CIFAR-10, 32x32 objects", CIFAR10),
-    "cifar100": _torchvision("cifar100", "CIFAR-100, 32x32 objects"),
+    "cifar100": _torchvision("cifar100", "CIFAR-100, 32x32 objects", CIFAR100),
     "svhn": _torchvision("svhn", "street-view house numbers 32x32", DIGITS),  # torchvision maps label 10 to 0
     "dtd": _torchvision("dtd", "describable textures, split 1"),
     "eurosat": _torchvision("eurosat", "EuroSAT RGB satellite tiles 64x64; fixed 80/20 split", EUROSAT),
-    "gtsrb": _torchvision("gtsrb", "German traffic signs"),
-    "flowers102": _torchvision("flowers102", "Oxford 102 flowers"),
+    # torchvision names GTSRB's and Flowers102's classes 0..n-1: these are the CLIP literature's (prompts.py).
+    "gtsrb": _torchvision("gtsrb", "German traffic signs", clip_benchmark_names("gtsrb")),
+    "flowers102": _torchvision("flowers102", "Oxford 102 flowers", clip_benchmark_names("flowers102")),
     "food101": _torchvision("food101", "Food-101 dishes"),
     "stanford_cars": _torchvision("stanford_cars", "Stanford cars (needs manual download)"),
+    # ZSCL's MTIL trains on `train` (3,334 images), not torchvision's default `trainval`.
+    "fgvc_aircraft": _torchvision("fgvc_aircraft", "FGVC-Aircraft, 100 variants; split train/test as in ZSCL"),
+    # torchvision drops the BACKGROUND_Google folder (clutter, not a class); ZSCL reads it through torchvision too.
+    "caltech101": _torchvision("caltech101", "Caltech-101, 101 categories (no BACKGROUND_Google); fixed 80/20 split"),
+    "oxford_pets": _torchvision("oxford_pets", "Oxford-IIIT Pets, 37 breeds; split trainval/test"),
+    "sun397": _torchvision("sun397", "SUN397 scenes, 397 classes; fixed 80/20 split (torchvision has none)"),
     "resisc45": DatasetInfo(
         "NWPU-RESISC45 remote-sensing scenes, from data_root/resisc45; fixed 80/20 split",
         embedded=False, class_names=None, source="folders",
-        files_present=lambda root: resisc45_dir(root).is_dir() and bool(class_folders(resisc45_dir(root)))),
+        files_present=lambda root: has_class_folders(resisc45_dir(root))),
+    "imagenet": DatasetInfo(
+        "ImageNet-1k as you extracted it: data_root/imagenet/{train,val}/<wnid>/ (val: the test split); "
+        "never downloaded",
+        embedded=False, class_names=None, source="folders",
+        files_present=lambda root: has_class_folders(root / "imagenet" / "train")
+        and has_class_folders(root / "imagenet" / "val")),
+    "imagenet_r": DatasetInfo(
+        "ImageNet-R renditions, 200 WordNet-id folders, from data_root/imagenet_r; fixed 80/20 split",
+        embedded=False, class_names=None, source="folders",
+        files_present=lambda root: has_class_folders(imagenet_r_dir(root))),
+    "tiny_imagenet": DatasetInfo(
+        "Tiny-ImageNet 64x64, 200 WordNet ids, as unzipped to data_root/tiny_imagenet; val is the test split",
+        embedded=False, class_names=None, source="listed",
+        files_present=lambda root: (tiny_imagenet_dir(root) / "wnids.txt").is_file()),
+    "cub200": DatasetInfo(
+        "CUB-200-2011 birds, as unpacked to data_root/cub200; the dataset's own train/test split",
+        embedded=False, class_names=None, source="listed",
+        files_present=lambda root: (cub200_dir(root) / "images.txt").is_file()),
     "imagefolder": DatasetInfo(
         "your own folder: path/<class>/* (fixed 80/20 split) or path/{train,test}/<class>/*",
         embedded=False, class_names=None, source="folders", files_present=None),

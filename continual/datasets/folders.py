@@ -1,5 +1,5 @@
-"""Folders of class folders: the user's `imagefolder` (path/<class>/* or path/{train,test}/<class>/*)
-and RESISC45 as unpacked under data_root."""
+"""Folders of class folders: the user's `imagefolder` (path/<class>/* or path/{train,test}/<class>/*),
+and RESISC45, ImageNet-R and ImageNet as unpacked under data_root (none of them is downloaded here)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from continual.datasets.catalog import DataError, class_folders, folder_classes, image_files, resisc45_dir
+from continual.datasets.catalog import (DataError, class_folders, folder_classes, has_class_folders, image_files,
+                                        imagenet_r_dir, resisc45_dir)
 from continual.datasets.source import Pool, Source, pil_pool, split_fixed
 
 # Which files are images (torchvision's extensions plus GIF, whose first frame PIL reads; hidden files such
@@ -85,16 +86,51 @@ def _imagefolder(*, path, data_root, download):
     return folder_source(path, key="path")
 
 
-def _resisc45(*, path, data_root, download):
-    folder = resisc45_dir(data_root)
-    if not folder.is_dir() or not class_folders(folder):
-        raise DataError("dataset", f"resisc45 not found under {data_root / 'resisc45'}: it cannot be downloaded "
-                                   "automatically; unpack NWPU-RESISC45 there so that "
-                                   f"{data_root / 'resisc45' / 'NWPU-RESISC45'}/<class>/*.jpg exist")
+def _unpacked(dataset: str, folder: Path, *, data_root: Path, what: str, inner: str, files: str) -> Source:
+    """A dataset unpacked by hand under data_root/<dataset> (flat class folders: fixed 80/20 split)."""
+    if not has_class_folders(folder):
+        raise DataError("dataset", f"{dataset} not found under {data_root / dataset}: it cannot be downloaded "
+                                   f"automatically; unpack {what} there so that "
+                                   f"{data_root / dataset / inner}/{files} exist")
     return folder_source(folder, key="dataset")
 
 
-LOADERS = {"imagefolder": _imagefolder, "resisc45": _resisc45}
+def _resisc45(*, path, data_root, download):
+    return _unpacked("resisc45", resisc45_dir(data_root), data_root=data_root, what="NWPU-RESISC45",
+                     inner="NWPU-RESISC45", files="<class>/*.jpg")
+
+
+def _imagenet_r(*, path, data_root, download):
+    return _unpacked("imagenet_r", imagenet_r_dir(data_root), data_root=data_root,
+                     what="imagenet-r.tar (https://github.com/hendrycks/imagenet-r)", inner="imagenet-r",
+                     files="<wnid>/*.jpg")
+
+
+def _imagenet(*, path, data_root, download):
+    """ImageNet as the user extracted it: train/<wnid>/ and val/<wnid>/ (val is the test split). Never
+    downloaded (its licence asks for a sign-up), and kept under data_root/imagenet like every dataset."""
+    root = data_root / "imagenet"
+    train, val = root / "train", root / "val"
+    if not (has_class_folders(train) and has_class_folders(val)):
+        raise DataError("dataset", f"imagenet not found under {root}: it is never downloaded; extract ILSVRC 2012 "
+                                   f"there (or link your copy's folders) so that {train}/<wnid>/*.JPEG and "
+                                   f"{val}/<wnid>/*.JPEG exist, the validation images sorted into class folders")
+    names = class_folders(train)
+    val_names = set(class_folders(val))
+    extra, missing = sorted(val_names - set(names)), [name for name in names if name not in val_names]
+    if extra:
+        raise DataError("dataset", f"{val} has class folders missing from {train}: {_some(extra)}")
+    if missing:
+        raise DataError("dataset", f"{val} lacks {len(missing)} of the {len(names)} classes in {train}: "
+                                   f"{_some(missing)}; every class needs validation images")
+    return Source(names, _folder_pool(train, names, key="dataset"), _folder_pool(val, names, key="dataset"))
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+LOADERS = {"imagefolder": _imagefolder, "resisc45": _resisc45, "imagenet_r": _imagenet_r, "imagenet": _imagenet}
 
 
 def load(dataset: str, *, path: Path | None, data_root: Path, download: bool) -> Source:

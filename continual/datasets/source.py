@@ -1,9 +1,14 @@
-"""What every source module hands to task assembly: class names and two pools of labelled images that
-can decode any subset of themselves, resized once to uint8 (n, 3, S, S)."""
+"""What every source module hands to task assembly: class names and two pools of labelled images, and
+`Images`, the read-by-row view of a selection that training and evaluation index like a tensor.
+
+A pool is either an array already in memory at its native size (MNIST's idx files, Animal-MNIST,
+digits), read by row and never copied, or images that must be decoded one by one (files, torchvision
+datasets), which `store` decodes once into a file on disk and reads by row from there."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -16,13 +21,20 @@ from continual.datasets.catalog import SPLIT_SEED, TEST_FRACTION
 
 @dataclass(frozen=True)
 class Pool:
-    """One split of a dataset before selection: the label of every image, and a way to decode some."""
+    """One split of a dataset before selection: the label of every image, and either the images as an
+    array in memory (`array`, rows `index` of it) or a way to decode one of them at a given size."""
 
     labels: np.ndarray  # int64 (N,)
-    decode: Callable[[np.ndarray, int], torch.Tensor]  # (indices, size) -> uint8 (n, 3, size, size)
+    decode: Callable[[int, int], torch.Tensor] | None = None  # (i, size) -> uint8 (3, size, size), resized
+    native: int | None = None  # decoded images are all native x native (CIFAR, SVHN: 32): stored at that size
+    array: np.ndarray | None = None  # uint8 (M, H, W) or (M, H, W, 3), in memory
+    index: np.ndarray | None = None  # rows of `array` (None: all, in order)
 
     def subset(self, idx: np.ndarray) -> Pool:
-        return Pool(self.labels[idx], lambda sel, size: self.decode(idx[sel], size))
+        if self.array is not None:
+            rows = idx if self.index is None else self.index[idx]
+            return Pool(self.labels[idx], array=self.array, index=rows)
+        return Pool(self.labels[idx], lambda i, size: self.decode(int(idx[i]), size), native=self.native)
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ def resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     top, left = (new_h - size) // 2, (new_w - size) // 2
     chunks = []
-    for chunk in images.split(1024):  # bounds the float copy for big arrays (60k MNIST digits)
+    for chunk in images.split(1024):  # bounds the float copy for big arrays
         if (new_h, new_w) != (h, w):
             chunk = F.interpolate(chunk.float(), size=(new_h, new_w), mode="bilinear", antialias=True)
             chunk = chunk.round_().clamp_(0, 255).to(torch.uint8)
@@ -50,23 +62,18 @@ def resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def array_pool(images: np.ndarray, labels: np.ndarray) -> Pool:
-    """images: uint8 (N, H, W) grayscale or (N, H, W, 3) RGB, all in memory."""
-    def decode(idx, size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[idx]))
-        batch = batch[:, None] if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
-        return resize_crop(batch, size)
-    return Pool(np.asarray(labels, dtype=np.int64), decode)
+    """images: uint8 (N, H, W) grayscale or (N, H, W, 3) RGB, all in memory: read at their own size."""
+    return Pool(np.asarray(labels, dtype=np.int64), array=images)
 
 
-def pil_pool(labels, get_image: Callable[[int], Image.Image]) -> Pool:
-    """Images decoded one at a time (files of different sizes): only the selected ones are read."""
-    def decode(idx, size):
-        out = torch.empty((len(idx), 3, size, size), dtype=torch.uint8)
-        for row, i in enumerate(idx.tolist()):
-            rgb = torch.from_numpy(np.array(get_image(i).convert("RGB")))
-            out[row] = resize_crop(rgb.permute(2, 0, 1)[None], size)[0]
-        return out
-    return Pool(np.asarray(labels, dtype=np.int64), decode)
+def pil_pool(labels, get_image: Callable[[int], Image.Image], *, native: int | None = None) -> Pool:
+    """Images decoded one at a time (files of different sizes): only the selected ones are ever read.
+    `native`: the size every image has (e.g. 32 for CIFAR), so that a store keeps them at that size
+    and the model's resize happens on the device."""
+    def decode(i: int, size: int) -> torch.Tensor:
+        rgb = torch.from_numpy(np.array(get_image(i).convert("RGB")))
+        return resize_crop(rgb.permute(2, 0, 1)[None], size)[0]
+    return Pool(np.asarray(labels, dtype=np.int64), decode, native=native)
 
 
 def fixed_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,3 +91,89 @@ def fixed_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def split_fixed(pool: Pool) -> tuple[Pool, Pool]:
     train, test = fixed_split(pool.labels)
     return pool.subset(train), pool.subset(test)
+
+
+# ---- a selection, read by row -----------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Images:
+    """uint8 images (N, 3, S, S) that stay where they live (an array in memory, a store on disk) and are
+    read by row when indexed, so that a split of 100k images at 224 px costs no memory until a batch is
+    read. Indexing (an int, a slice, an index tensor or array) returns a tensor, as a tensor would;
+    `to(device)` copies the whole selection to a device in chunks. S is the stored size, which can
+    differ from the model's: the backbone resizes each batch on its device."""
+
+    read: Callable[[np.ndarray], np.ndarray]  # int64 rows, any order -> uint8 (k, 3, S, S)
+    rows: np.ndarray  # int64: row of each image in what `read` reads
+    image_size: int
+    identity: Callable[[], str]  # what `read` reads from (a store's key, an array's digest)
+    home: str = "memory"  # where the pixels are: "memory", or a store's folder
+    dtype: torch.dtype = field(default=torch.uint8, init=False)
+    device: torch.device = field(default=torch.device("cpu"), init=False)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), 3, self.image_size, self.image_size))
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * 3 * self.image_size ** 2
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, tuple):  # images[rows, channels, ...]: the rows are read, the rest is a tensor's
+            return self[key[0]][(slice(None), *key[1:])]
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        if isinstance(key, slice):
+            return self._take(self.rows[key])
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        return self._take(self.rows[np.asarray(key)])
+
+    def _take(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.read(rows))
+
+    CHUNK = 4096  # images per copy in `to`: 600 MiB at 224 px, so a whole split never sits in host memory
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> torch.Tensor:
+        out = torch.empty(tuple(self.shape), dtype=torch.uint8, device=device)
+        for start in range(0, len(self), self.CHUNK):
+            batch = self[start:start + self.CHUNK]
+            out[start:start + len(batch)] = batch.pin_memory() if out.is_cuda else batch
+        return out
+
+    def fingerprint(self) -> str:
+        """Which images, exactly: where they are read from and which rows (LDIFS keys its cache on it)."""
+        digest = hashlib.sha256(self.identity().encode())
+        digest.update(np.ascontiguousarray(self.rows, dtype=np.int64).tobytes())
+        digest.update(str(self.image_size).encode())
+        return digest.hexdigest()
+
+
+def array_images(pool: Pool, picked: np.ndarray) -> Images:
+    """An Images over rows of an in-memory array pool, at the array's own size (centre-cropped square)."""
+    array = pool.array
+    rows = picked if pool.index is None else pool.index[picked]
+    h, w = array.shape[1:3]
+    size, top, left = min(h, w), (h - min(h, w)) // 2, (w - min(h, w)) // 2
+
+    def read(sel: np.ndarray) -> np.ndarray:
+        batch = array[sel, top:top + size, left:left + size]
+        if batch.ndim == 3:  # grayscale: 3 identical channels
+            return np.repeat(batch[:, None], 3, axis=1)
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+    digest: list[str] = []
+
+    def identity() -> str:  # hashed once, when asked (a 47 MB array takes 0.1 s)
+        if not digest:
+            digest.append("array:" + hashlib.sha256(np.ascontiguousarray(array)).hexdigest())
+        return digest[0]
+
+    return Images(read, np.asarray(rows, dtype=np.int64), size, identity)

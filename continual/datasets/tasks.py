@@ -1,9 +1,10 @@
 """A task or probe spec -> tensors: the one path from (dataset, classes, per-class caps) to images.
 
 The selected classes are relabelled 0..k-1 in spec order, at most `*_per_class` images per class are
-chosen by a seeded generator, then decoded and resized once to uint8 (N, 3, S, S) and kept in memory.
-Source modules only say what the labels are and how to decode some indices; selection, resizing and
-caching are shared here.
+chosen by a seeded generator, and the split's images are an `Images`: read by row when a batch needs
+them, from the array a source holds in memory or from the dataset's store on disk (`store`), where the
+selected images are decoded and resized once, the first time any run needs them. Source modules only
+say what the labels are and how to decode one image; selection and storing are shared here.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import numpy as np
 import torch
 
 from continual import seeds
+from continual.datasets import store
 from continual.datasets.catalog import DataError, info, resolve_classes
-from continual.datasets.source import Pool, Source
+from continual.datasets.source import Images, Pool, Source, array_images
 
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8, (N, 3, S, S), contiguous
+    images: Images | torch.Tensor  # uint8 (N, 3, S, S), S the stored size (the backbone resizes to its own)
     labels: torch.Tensor  # int64, (N,), 0..len(class_names)-1 in the order of the spec's classes
 
 
@@ -49,6 +51,7 @@ def clear_cache() -> None:
     load_source.cache_clear()
     _TASKS.clear()
     _DECODED.clear()
+    _IDENTITY.clear()
 
 
 def dataset_class_names(dataset: str, *, path: Path | None, data_root: Path) -> list[str]:
@@ -60,7 +63,8 @@ def dataset_class_names(dataset: str, *, path: Path | None, data_root: Path) -> 
 
 
 _TASKS: dict[tuple, TaskData] = {}  # (name, data key) -> task, so a rerun of a spec is the same object
-_DECODED: dict[tuple, tuple[list[str], Split, Split]] = {}  # data key -> tensors, shared across names
+_DECODED: dict[tuple, tuple[list[str], Split, Split]] = {}  # data key -> splits, shared across names
+_IDENTITY: dict[Path, str] = {}  # a dataset's folder -> store.source_identity, once per process
 
 
 def load_task(spec, *, image_size: int, data_root: Path, seed: int, download: bool = False) -> TaskData:
@@ -74,8 +78,8 @@ def load_task(spec, *, image_size: int, data_root: Path, seed: int, download: bo
         source = load_source(spec.dataset, path, data_root, download)
         chosen = resolve_classes(spec.classes, source.class_names, dataset=spec.dataset)
         _check_two_classes(spec, path, [source.class_names[c] for c in chosen])
-        train, test = (_select(pool, chosen, cap=cap, image_size=image_size, seed=seed, dataset=spec.dataset,
-                               split=split)
+        where = _Where(spec.dataset, path if path is not None else data_root / spec.dataset, data_root)
+        train, test = (_select(pool, chosen, cap=cap, image_size=image_size, seed=seed, where=where, split=split)
                        for split, pool, cap in [("train", source.train, spec.train_per_class),
                                                 ("test", source.test, spec.test_per_class)])
         _DECODED[key] = ([source.class_names[c] for c in chosen], train, test)
@@ -102,7 +106,14 @@ def _path(path) -> Path | None:
     return None if path is None else Path(path).expanduser()
 
 
-def _select(pool: Pool, chosen: list[int], *, cap: int | None, image_size: int, seed: int, dataset: str,
+@dataclass(frozen=True)
+class _Where:
+    dataset: str
+    files: Path  # the dataset's files: the store's key covers every one of them
+    data_root: Path  # stores live under it
+
+
+def _select(pool: Pool, chosen: list[int], *, cap: int | None, image_size: int, seed: int, where: _Where,
             split: str) -> Split:
     """Up to `cap` images of each chosen class, relabelled by position in `chosen`. Each class draws
     from its own stream (run seed, dataset, split, class), so its images do not depend on which other
@@ -111,7 +122,24 @@ def _select(pool: Pool, chosen: list[int], *, cap: int | None, image_size: int, 
     for new_label, c in enumerate(chosen):
         idx = np.flatnonzero(pool.labels == c)
         if cap is not None and cap < len(idx):
-            idx = np.sort(seeds.generator(seed, "data", dataset, split, c).choice(idx, size=cap, replace=False))
+            idx = np.sort(seeds.generator(seed, "data", where.dataset, split, c).choice(idx, size=cap, replace=False))
         picked.append(idx)
         labels.append(np.full(len(idx), new_label, dtype=np.int64))
-    return Split(pool.decode(np.concatenate(picked), image_size), torch.from_numpy(np.concatenate(labels)))
+    rows = np.concatenate(picked).astype(np.int64)
+    return Split(_images(pool, rows, image_size=image_size, where=where, split=split),
+                 torch.from_numpy(np.concatenate(labels)))
+
+
+def _images(pool: Pool, rows: np.ndarray, *, image_size: int, where: _Where, split: str) -> Images:
+    """The selected rows, read from memory (an array pool, at its own size) or from the pool's store,
+    where those not stored yet are decoded now. A store keeps images at the model's size, or at their
+    own when every image has it and it is smaller (CIFAR's 32 px feeds a 224 px model, resized on the device)."""
+    if pool.array is not None:
+        return array_images(pool, rows)
+    size = min(pool.native, image_size) if pool.native else image_size
+    if where.files not in _IDENTITY:
+        _IDENTITY[where.files] = store.source_identity(where.files)
+    key = store.key_for(where.dataset, split, size, source=_IDENTITY[where.files], labels=pool.labels)
+    opened = store.Store.open(where.data_root, key, len(pool.labels))
+    opened.ensure(rows, pool.decode)
+    return Images(opened.read, rows, size, lambda: key.folder_name, home=str(opened.folder))

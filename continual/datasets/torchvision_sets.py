@@ -4,12 +4,16 @@ argument, and which file shows they are there), downloaded by torchvision when t
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
 from continual.datasets.catalog import DATASETS, TORCHVISION, DataError
-from continual.datasets.source import Pool, Source, pil_pool, split_fixed
+from continual.datasets.source import Pool, Source, array_pool, pil_pool, split_fixed
 
 
 # Datasets torchvision can no longer download: what to fetch by hand and where torchvision looks for it.
@@ -19,15 +23,49 @@ BY_HAND = {
                      "cars_train_annos.mat), cars_train/, cars_test/ and cars_test_annos_withlabels.mat",
 }
 
+# Datasets of files whose images all have one size: stored at it (when smaller than the model's) and resized
+# on the device, instead of stored at the model's size (EuroSAT at 224 px would take 12x the disk).
+NATIVE_SIZE = {"eurosat": 64}
+
+# Where torchvision downloads each dataset from (a test checks each host is in the class's source). With
+# `download: true` and the files absent, the host is tried first for a few seconds: torchvision's urlopen
+# has no timeout, so a network that drops packets would otherwise hang the run before it starts.
+DOWNLOAD_URLS = {
+    "cifar10": "https://www.cs.toronto.edu",
+    "cifar100": "https://www.cs.toronto.edu",
+    "svhn": "http://ufldl.stanford.edu",
+    "dtd": "https://www.robots.ox.ac.uk",
+    "eurosat": "https://huggingface.co",
+    "gtsrb": "https://sid.erda.dk",
+    "flowers102": "https://www.robots.ox.ac.uk",
+    "food101": "http://data.vision.ee.ethz.ch",
+    "fgvc_aircraft": "https://www.robots.ox.ac.uk",
+    "caltech101": "https://data.caltech.edu",
+    "oxford_pets": "https://www.robots.ox.ac.uk",
+    "sun397": "http://vision.princeton.edu",
+}
+
 
 def load(dataset: str, *, path: Path | None, data_root: Path, download: bool) -> Source:
     import torchvision.datasets  # here, not at the top: only these datasets need it
 
     spec = TORCHVISION[dataset]
     root = data_root / dataset
+    if download and dataset in DOWNLOAD_URLS and not (root / spec.marker).exists():
+        url = DOWNLOAD_URLS[dataset]
+        if not _reachable(url):
+            raise DataError("dataset", f"{dataset} not found under {root} and `download: true` cannot fetch it: "
+                                       f"{urlparse(url).hostname} cannot be reached from this machine; download it "
+                                       f"where there is network and copy the folder to {root} (so that "
+                                       f"{root / spec.marker} exists)")
 
     def make(split: str):
-        kwargs = {"train": {"train": split == "train"}, "split": {"split": split}, None: {}}[spec.split_arg]
+        if spec.split_arg == "train":
+            kwargs = {"train": split == "train"}
+        elif spec.split_arg is None:
+            kwargs = {}
+        else:  # split="train"/"test", or "trainval"/"test"
+            kwargs = {"split": "trainval" if spec.split_arg == "trainval" and split == "train" else split}
         cls = getattr(torchvision.datasets, spec.cls_name)
         try:
             return cls(root, download=download, **kwargs)
@@ -51,16 +89,49 @@ def load(dataset: str, *, path: Path | None, data_root: Path, download: bool) ->
 
     def pool(ds) -> Pool:
         # Labels from the dataset's own list, so that only the selected images are ever decoded.
-        for attr in ("targets", "labels", "_labels"):
+        if dataset == "sun397":  # listed by rglob, in the file system's order: sort, so the 80/20 split is fixed
+            order = sorted(range(len(ds._image_files)), key=lambda i: ds._image_files[i])
+            ds._image_files, ds._labels = [ds._image_files[i] for i in order], [ds._labels[i] for i in order]
+        data = getattr(ds, "data", None)
+        if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 4:
+            # CIFAR (N, 32, 32, 3) and SVHN (N, 3, 32, 32) come as one array: read by row at 32 px, never
+            # decoded or stored (the model's resize happens on the device)
+            labels = np.asarray(ds.targets if hasattr(ds, "targets") else ds.labels)
+            return array_pool(data if data.shape[-1] == 3 else data.transpose(0, 2, 3, 1), labels)
+        native = NATIVE_SIZE.get(dataset)
+        for attr in ("targets", "labels", "_labels", "y"):  # y: Caltech101
             if hasattr(ds, attr):
-                return pil_pool(np.asarray(getattr(ds, attr)), lambda i: ds[i][0])
-        return pil_pool([label for _, label in ds._samples], lambda i: ds[i][0])
+                return pil_pool(np.asarray(getattr(ds, attr)), lambda i: ds[i][0], native=native)
+        return pil_pool([label for _, label in ds._samples], lambda i: ds[i][0], native=native)
 
     train = make("train")
     train_pool, test_pool = split_fixed(pool(train)) if spec.split_arg is None else (pool(train), pool(make("test")))
-    names = (DATASETS[dataset].class_names or getattr(train, "classes", None)
+    names = (DATASETS[dataset].class_names or getattr(train, "classes", None) or getattr(train, "categories", None)
              or [str(c) for c in range(train_pool.labels.max() + 1)])
     return Source(list(names), train_pool, test_pool)
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the url's host (or to the proxy that would carry the request) opens
+    within `timeout` seconds; in a thread, so that a DNS lookup that hangs is bounded by it too.
+    (The same check as models.clip's for open_clip weights; data does not import models.)"""
+    target = urlparse(url)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    opened = []
+
+    def connect():
+        try:
+            socket.create_connection((target.hostname, port), timeout=timeout).close()
+            opened.append(True)
+        except (OSError, UnicodeError):
+            pass
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
 
 
 def _failing_checksums(cls, root: Path) -> list[Path]:

@@ -4,7 +4,8 @@ The only module that imports avalanche. Each baseline is Avalanche's `Supervised
 plugins (`EWCPlugin`, `LwFPlugin`, `ReplayPlugin`, none for Naive), trained on our model, our tensors and
 our settings; Avalanche never evaluates (the runner scores every method with the same evaluator).
 
-To make the comparison with our own methods fair, three Avalanche defaults are replaced:
+To make the comparison with our own methods fair, three Avalanche defaults are replaced (and
+`training.augment` applies to each training batch as in `Trainer.fit`):
 * the optimiser: Avalanche keeps one optimiser over *all* parameters with its state carried across
   experiences; here each task gets a fresh one over the backbone and that task's head, as in
   `Trainer.fit` (other heads would otherwise be shrunk by AdamW's weight decay);
@@ -28,6 +29,8 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from continual import checkpoints
+from continual.augment import augment
+from continual.augment import generator as augmentation_generator
 from continual.datasets.tasks import TaskData
 from continual.models import TaskModel
 from continual.train import FitStats, Trainer, epoch_means
@@ -156,11 +159,25 @@ class _Strategy(SupervisedTemplate):
         self.bar = tqdm(total=total, desc=self.label, unit="step", disable=not self.trainer.progress)
         self.iterations = 0
         self.first: dict[str, torch.Tensor] = {}  # each loss term on the task's first batch
+        # training.augment, drawn as Trainer.fit draws it: None (and nothing drawn) for none
+        self.augment_draws = augmentation_generator(self.augment_kind)
 
     def _before_training_epoch(self, **kwargs) -> None:
         super()._before_training_epoch(**kwargs)
         self.sums: dict[str, torch.Tensor] = {}  # mean loss terms over the last epoch, as Trainer.fit logs
         self.epoch_iterations = 0
+
+    @property
+    def augment_kind(self) -> str:
+        return getattr(self.trainer.training, "augment", "none")
+
+    def _unpack_minibatch(self) -> None:
+        super()._unpack_minibatch()  # the batch, on the device
+        if self.is_training and self.augment_draws is not None:
+            # training.augment, as in Trainer.fit, once per batch and before any forward, so the model,
+            # LwF's teacher and the replayed images all see the same augmented batch. (EWC's importances,
+            # computed by the plugin's own loop after a task, see the images as they are.)
+            self.mbatch[0] = augment(self.mbatch[0], self.augment_kind, self.augment_draws)
 
     def forward(self):
         with self.trainer.autocast:  # bf16 where the run asks for it, as in Trainer.fit

@@ -12,6 +12,7 @@ import copy
 import errno
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 import numpy as np
@@ -151,7 +152,10 @@ def cache_key(anchor: FrozenBackbone, images: torch.Tensor) -> str:
     digest.update(repr([name for name, _, _ in anchor.backbone._taps()]).encode())
     b = anchor.backbone
     digest.update(repr((b.image_size, b.pixel_mean.tolist(), b.pixel_std.tolist(), tuple(images.shape))).encode())
-    digest.update(images.contiguous().numpy())  # buffer protocol: no copy
+    if isinstance(images, torch.Tensor):
+        digest.update(images.contiguous().numpy())  # buffer protocol: no copy
+    else:  # an Images: where its rows come from and which (a store's key names every file it holds)
+        digest.update(images.fingerprint().encode())
     return digest.hexdigest()[:16]
 
 
@@ -159,13 +163,17 @@ class LDIFS:
     def __init__(self, options: LDIFSOptions, *, pretrained: Backbone):
         self.options = options
         self.anchor = FrozenBackbone(pretrained)
-        self.cache: AnchorCache | None = None
+        self.cache: AnchorCache | None = None  # None: the anchor runs on every batch
+        self.said_per_step = False
 
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         if self.options.anchor == "previous" and step > 1:
             self.anchor = FrozenBackbone(model.backbone)
         extra = {"anchor_cache": self.options.cache}
-        if self.options.cache != "off":
+        augment = getattr(trainer.training, "augment", "none")
+        if augment != "none":
+            extra = self.anchor_per_step(augment)
+        elif self.options.cache != "off":
             key = cache_key(self.anchor, task.train.images)
             if self.cache is None or self.cache.key != key:
                 if self.cache is not None:
@@ -179,9 +187,24 @@ class LDIFS:
         stats.extra.update(extra)
         return stats
 
+    def anchor_per_step(self, augment: str) -> dict:
+        """With training.augment, the anchor's taps depend on each batch's draws, so no cache can hold them:
+        the anchor runs on every augmented batch (the batch the model sees). Said once, and in metrics.json."""
+        if self.options.cache in ("memory", "disk"):  # load_sequence refuses this; a Sequence built in Python may not
+            raise ValueError(f"methods.ldifs.cache: {self.options.cache} cannot hold the anchor's features with "
+                             f"training.augment: {augment}; use cache: auto (or off)")
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+        if not self.said_per_step:
+            print(f"ldifs: training.augment is {augment}, so the anchor's features cannot be cached; the frozen "
+                  f"anchor runs on every augmented batch (about 1.3-1.4x a fine-tuning step, README)", file=sys.stderr)
+            self.said_per_step = True
+        return {"anchor_cache": "off", "anchor_per_step": f"training.augment: {augment}"}
+
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
         features, taps = model.backbone.forward_with_taps(batch.x)
-        if self.options.cache == "off":
+        if self.cache is None:  # cache: off, or training.augment
             anchor = self.anchor.taps(batch.x)
         else:
             anchor = self.cache.lookup(batch.index, batch.x.device)

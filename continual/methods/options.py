@@ -37,6 +37,8 @@ class LDIFSOptions(Options):
     # training images are computed once per task and looked up per batch, instead of a second forward
     # every step (the paper's code: 1.30-1.41x a fine-tuning step against 1.05-1.07x cached, README).
     # auto: in memory up to 1 GiB (float32), else memory-mapped on disk in float16. off: the paper's way.
+    # With training.augment the images differ every step: auto then runs the anchor per batch, and
+    # memory or disk is refused (config/loading.py).
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
 
 

@@ -44,16 +44,21 @@ class Backbone(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B,3,S,S) on any device -> float normalised input on the same device."""
+        """uint8 (B,3,s,s) on any device -> float normalised (B,3,S,S) input on the same device, S the
+        model's size. Images stored at another size (CIFAR's 32 px for a 224 px model) are resized here,
+        on the device, per batch: bilinear, antialiased when shrinking, as the store resizes."""
         # Refuse floats: an already-normalised batch normalised twice trains without error, just badly.
         if images.dtype != torch.uint8:
             raise TypeError(f"preprocess expects uint8 images, got {images.dtype}")
-        expected = (3, self.image_size, self.image_size)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"preprocess expects (B, {', '.join(map(str, expected))}) images, got {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+            raise ValueError(f"preprocess expects square (B, 3, S, S) images, got {tuple(images.shape)}")
         mean = self.pixel_mean.to(images.device)
         std = self.pixel_std.to(images.device)
-        return (images.to(mean.dtype) / 255 - mean) / std  # the model's dtype: float32, or float64 in tests
+        x = images.to(mean.dtype)  # the model's dtype: float32, or float64 in tests
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              antialias=x.shape[-1] > self.image_size, align_corners=False)
+        return (x / 255 - mean) / std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

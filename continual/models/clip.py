@@ -303,20 +303,20 @@ def zero_shot_head(backbone: Backbone, class_names: list[str], *,
 
     Each class: embed every template, L2-normalise, average, renormalise (open_clip's
     build_zero_shot_classifier), then scale by exp(logit_scale) so the logits match CLIP's own
-    (as wise-ft's ClassificationHead does). Templates are "{}"-format strings or callables.
+    (as wise-ft's ClassificationHead does). Templates are "{}"-format strings or callables. The names are
+    used as given: continual/datasets/prompts.py makes a dataset's readable, and has its templates.
     """
     import open_clip
 
     if not isinstance(backbone, OpenClipVisual):
         raise ModelError("head_init", f"zero-shot heads need an open_clip backbone (a text tower), not {backbone.family!r}")
-    # open_clip's generic 7-prompt ensemble (from CLIP's ImageNet notebook); pass dataset-specific ones if known.
+    # open_clip's generic 7-prompt ensemble (from CLIP's ImageNet notebook); the runner passes a dataset's own.
     templates = list(templates) if templates is not None else list(open_clip.SIMPLE_IMAGENET_TEMPLATES)
     device = next(backbone.parameters()).device
     text = backbone._text
     text.model.to(device)  # stays there: the next task's head needs it too, and it is small next to activations
-    # Folder-named classes (RESISC45 "bare_land", EuroSAT) read better to the text tower with spaces.
-    names = [name.replace("_", " ") for name in class_names]
-    weights = open_clip.build_zero_shot_classifier(text.model, text.tokenizer, names, templates, device=device)
+    weights = open_clip.build_zero_shot_classifier(text.model, text.tokenizer, list(class_names), templates,
+                                                   device=device)
     head = Head(backbone.feature_dim, len(class_names), normalize=True).to(device)
     with torch.no_grad():
         head.linear.weight.copy_(weights.T * text.model.logit_scale.exp())

@@ -1,0 +1,435 @@
+"""Decoded images kept on disk, so that a dataset's files are decoded and resized once, not at every run.
+
+One store per (dataset, split, stored size, source), in `<data_root>/.continual-store/<name>/`:
+
+    images.u8      uint8 (N, 3, S, S), row i = image i of the split; a sparse file, filled as rows are needed
+    filled.npy     bool (N,): which rows are decoded (replaced atomically after their pixels are on disk)
+    manifest.json  what the rows are: dataset, split, size, resize rule, the source's identity, versions
+    .lock          flock(2) held while rows are written
+
+The folder's name ends in a digest of everything the pixels depend on: the source's files (each one's
+path, size and modification time), the labels, the resize rule, the stored size and the versions of the
+libraries that decode them. A changed file, another torchvision or another resize therefore opens
+another store: one is never silently reused for images it does not hold.
+
+Only the rows a run selects are decoded (a task of 100 images per class decodes those, not the whole
+dataset), in parallel worker processes; `continual data prepare` fills them ahead of time. Readers need
+no lock: a row is read only once `filled.npy` says so, and a filled row never changes. Writers take
+the lock, so two runs of a sweep never decode the same rows twice or write one row at the same time.
+Rows are read with pread, not mmap: the page cache serves them without counting in the process's
+memory. No torch at import: `continual data list` reads manifests only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from continual.datasets.catalog import DataError
+
+FORMAT = 1
+FOLDER = ".continual-store"  # under data_root
+# How `source.resize_crop` resizes: its rule is part of every stored pixel, so it is part of the key.
+RESIZE_RULE = "shorter side to S, antialiased bilinear (torch), round to uint8, centre crop; gray -> 3 channels"
+CHECKPOINT_ROWS = 8192  # rows decoded between two updates of filled.npy: an interrupted build keeps them
+READERS = min(4, os.cpu_count() or 1)  # threads reading one batch's rows
+PROGRESS_FROM = 2000  # rows to decode before a progress bar is worth showing
+
+
+def store_root(data_root: Path) -> Path:
+    return Path(data_root) / FOLDER
+
+
+def source_identity(folder: Path) -> str:
+    """A digest of every file under `folder` (relative path, size, modification time): what a store's
+    pixels were decoded from. os.scandir, not rglob: 100k files take about a second."""
+    digest = hashlib.sha256()
+    entries = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                for entry in it:
+                    if entry.name.startswith(".") and entry.name != ".":  # our own store, .DS_Store, ...
+                        continue
+                    if entry.is_dir(follow_symlinks=True):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=True):
+                        st = entry.stat(follow_symlinks=True)
+                        entries.append(f"{os.path.relpath(entry.path, folder)}\0{st.st_size}\0{st.st_mtime_ns}")
+        except FileNotFoundError:
+            continue
+    for line in sorted(entries):
+        digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    return f"{len(entries)} files, sha256 {digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Key:
+    """Everything a store's pixels depend on. Its digest names the store's folder."""
+
+    dataset: str
+    split: str
+    size: int
+    source: str  # source_identity(...) of the dataset's files, or another description of where pixels come from
+    labels: str  # sha256 of the split's labels (which images, in which order)
+    versions: dict
+
+    def manifest(self, n: int) -> dict:
+        return {"format": FORMAT, "dataset": self.dataset, "split": self.split, "size": self.size, "images": n,
+                "channels": 3, "resize": RESIZE_RULE, "source": self.source, "labels": self.labels,
+                "versions": self.versions}
+
+    @property
+    def folder_name(self) -> str:
+        blob = json.dumps(self.manifest(0) | {"images": None}, sort_keys=True).encode()
+        return f"{self.dataset}-{self.split}-{self.size}px-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def key_for(dataset: str, split: str, size: int, *, source: str, labels: np.ndarray) -> Key:
+    # Versions from package metadata: importing torchvision to read its version took 3 s of a warm start.
+    versions = {"continual-store": FORMAT, **{name: _version(name) for name in ("pillow", "torch", "torchvision")}}
+    return Key(dataset, split, size, source, hashlib.sha256(np.ascontiguousarray(labels, np.int64)).hexdigest(),
+               versions)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package).split("+")[0]
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+class Store:
+    """An open store: read rows, fill missing ones (`ensure`)."""
+
+    def __init__(self, folder: Path, key: Key, n: int):
+        self.folder, self.key, self.n = folder, key, n
+        self.row_bytes = 3 * key.size * key.size
+        self._fd: int | None = None
+        self._filled: np.ndarray | None = None
+        self._readers: ThreadPoolExecutor | None = None
+
+    @property
+    def images_path(self) -> Path:
+        return self.folder / "images.u8"
+
+    @property
+    def filled_path(self) -> Path:
+        return self.folder / "filled.npy"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / "manifest.json"
+
+    @classmethod
+    def open(cls, data_root: Path, key: Key, n: int) -> Store:
+        """The store for `key`, created if absent and recreated if what is on disk is not it (another
+        format, a truncated images file, an unreadable manifest)."""
+        folder = store_root(data_root) / key.folder_name
+        store = cls(folder, key, n)
+        if not store._intact():
+            with store._locked():
+                if not store._intact():
+                    store._create()
+        return store
+
+    # ---- on disk
+
+    def _intact(self) -> bool:
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+            filled = np.load(self.filled_path)
+            size = self.images_path.stat().st_size
+        except (OSError, ValueError):
+            return False
+        return (manifest == self.key.manifest(self.n) and filled.shape == (self.n,) and filled.dtype == bool
+                and size == self.n * self.row_bytes)
+
+    def _create(self) -> None:
+        """Empty files for the store (under the lock). Whatever was there is removed first: a store that
+        is not intact is rebuilt, never patched. The manifest comes last, so its presence says the rest
+        is there."""
+        for path in (self.manifest_path, self.filled_path, self.images_path):
+            path.unlink(missing_ok=True)
+        try:
+            with open(self.images_path, "wb") as f:
+                f.truncate(self.n * self.row_bytes)  # sparse: disk is used as rows are written
+            _atomic_save(self.filled_path, np.zeros(self.n, dtype=bool))
+            _atomic_write(self.manifest_path, json.dumps(self.key.manifest(self.n), indent=1) + "\n")
+        except OSError as err:
+            raise self._write_error(err) from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise self._write_error(err) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another run filling this store: wait for it
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _write_error(self, err: OSError) -> DataError:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(self.folder if self.folder.exists() else self.folder.parent).free
+            return DataError("dataset", f"{self.key.dataset}: the disk is full while storing decoded images in "
+                                        f"{self.folder} ({free / 2**30:.1f} GiB free); free some space or set "
+                                        "data_root elsewhere, then run again (stored rows are kept)")
+        return DataError("dataset", f"{self.key.dataset}: cannot write the image store {self.folder}: "
+                                    f"{err.strerror or err}; data_root must be writable")
+
+    def filled(self) -> np.ndarray:
+        if self._filled is None or not self._filled.all():
+            self._filled = np.load(self.filled_path)
+        return self._filled
+
+    # ---- reading
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 (k, 3, S, S) for filled `rows`, in their order: one pread per run of consecutive rows, each
+        straight into its place in the output (no copy to reorder), spread over READERS threads (pread
+        releases the GIL; the copies from the page cache then run on several cores)."""
+        s = self.key.size
+        out = np.empty((len(rows), 3, s, s), dtype=np.uint8)
+        if not len(rows):
+            return out
+        if self._fd is None:
+            self._fd = os.open(self.images_path, os.O_RDONLY)
+        flat = out.reshape(len(rows), -1)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        runs = [(a, min(a + 16, stop))  # runs of at most 16 rows, so that threads share a long one too
+                for start, stop in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist())
+                for a in range(start, stop, 16)]
+
+        def read_runs(part: list[tuple[int, int]]) -> None:
+            for start, stop in part:
+                view = memoryview(flat[start:stop]).cast("B")
+                if os.preadv(self._fd, [view], int(rows[start]) * self.row_bytes) != len(view):
+                    raise DataError("dataset", f"{self.key.dataset}: the image store {self.images_path} is "
+                                               "truncated (read past its end); delete its folder and run again")
+
+        threads = min(READERS, len(runs) // 4)
+        if threads < 2:
+            read_runs(runs)
+        else:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="store-read")
+            list(self._readers.map(read_runs, [runs[i::threads] for i in range(threads)]))
+        return out
+
+    def close(self, _close=os.close) -> None:  # _close: still there when __del__ runs at interpreter exit
+        if self._readers is not None:
+            self._readers.shutdown(wait=False)
+            self._readers = None
+        if self._fd is not None:
+            _close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        self.close()
+
+    # ---- filling
+
+    def ensure(self, rows: np.ndarray, decode: Callable[[int, int], object], *, workers: int | None = None) -> int:
+        """Decode and write the rows among `rows` not stored yet; returns how many were decoded."""
+        if self.filled()[rows].all():
+            return 0
+        with self._locked():
+            self._filled = None
+            if not self._intact():  # deleted or damaged since it was opened
+                self._create()
+            filled = self.filled().copy()
+            missing = np.unique(rows[~filled[rows]])
+            if len(missing):
+                self._fill(missing, decode, filled, workers=workers)
+            return len(missing)
+
+    def _fill(self, missing: np.ndarray, decode, filled: np.ndarray, *, workers: int | None) -> None:
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        workers = default_workers() if workers is None else workers
+        if len(missing) < 256:
+            workers = 0  # starting processes costs more than a few hundred images
+        writer = _DecodeAndWrite(decode, missing, size=self.key.size, path=self.images_path, row_bytes=self.row_bytes)
+        loader = DataLoader(writer, batch_size=32, num_workers=workers, collate_fn=_as_list,
+                            multiprocessing_context="fork" if workers else None, prefetch_factor=4 if workers else None)
+        bar = tqdm(total=len(missing), desc=f"storing {self.key.dataset} {self.key.split} at {self.key.size} px",
+                   unit="img", disable=len(missing) < PROGRESS_FROM or not sys.stderr.isatty(), leave=False,
+                   file=sys.stderr)
+        fd = os.open(self.images_path, os.O_WRONLY)
+        done: list[int] = []
+        try:
+            for batch in loader:
+                for row, problem in batch:
+                    if isinstance(problem, OSError):
+                        raise problem
+                    if problem is not None:
+                        self._mark(fd, filled, done)  # what was decoded stays decoded
+                        raise DataError(*problem)
+                    done.append(row)
+                bar.update(len(batch))
+                if len(done) >= CHECKPOINT_ROWS:
+                    self._mark(fd, filled, done)
+            self._mark(fd, filled, done)
+        except OSError as err:
+            raise self._write_error(err) from None
+        finally:
+            bar.close()
+            os.close(fd)
+            writer.close()
+            self._filled = None
+
+    def _mark(self, fd: int, filled: np.ndarray, done: list[int]) -> None:
+        """Rows in `done` are on disk: sync them, then say so in filled.npy."""
+        if not done:
+            return
+        os.fdatasync(fd)
+        filled[np.asarray(done)] = True
+        _atomic_save(self.filled_path, filled)
+        done.clear()
+
+
+def default_workers() -> int:
+    """Decoding processes: the cores this process may use, at most 16."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cores = os.cpu_count() or 1
+    return min(cores, 16) if sys.platform.startswith("linux") else 0  # fork is Linux's safe default
+
+
+class _DecodeAndWrite:
+    """A torch Dataset over the missing rows whose items decode a row and write it into the store, in
+    the worker process: only row numbers cross back to the parent (150 KB of pixels a row through a pipe,
+    then a write by one process, held 16 workers to 4.4x one). Problems are returned, not raised: a
+    worker's exception reaches the parent as a RuntimeError with a traceback, not the message that names
+    the file (a DataError) or the errno that says the disk is full (an OSError)."""
+
+    def __init__(self, decode, rows: np.ndarray, *, size: int, path: Path, row_bytes: int):
+        self.decode, self.rows, self.size, self.path, self.row_bytes = decode, rows, size, path, row_bytes
+        self.fd: int | None = None
+        self.pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = int(self.rows[i])
+        try:
+            pixels = np.ascontiguousarray(np.asarray(self.decode(row, self.size)), dtype=np.uint8)
+            if self.pid != os.getpid():  # opened once per process (a forked worker gets its own)
+                self.fd, self.pid = os.open(self.path, os.O_WRONLY), os.getpid()
+            os.pwrite(self.fd, pixels.tobytes(), row * self.row_bytes)
+            return row, None
+        except DataError as err:
+            return row, (err.key, err.message)
+        except OSError as err:
+            return row, OSError(err.errno, err.strerror)
+
+    def close(self) -> None:
+        if self.fd is not None and self.pid == os.getpid():
+            os.close(self.fd)
+        self.fd = None
+
+
+def _as_list(batch):
+    return batch
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---- what is stored (`continual data list`) -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stored:
+    folder: Path
+    dataset: str
+    split: str
+    size: int
+    images: int
+    filled: int
+    disk_bytes: int  # blocks actually used (the images file is sparse)
+    modified: float
+
+
+def list_stores(data_root: Path) -> list[Stored]:
+    """Every store under data_root, from manifests and file sizes only (no torch)."""
+    found = []
+    root = store_root(data_root)
+    for manifest_path in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
+        folder = manifest_path.parent
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            filled = int(np.load(folder / "filled.npy").sum())
+            used = sum(p.stat().st_blocks * 512 for p in folder.iterdir() if p.is_file())
+            modified = max(p.stat().st_mtime for p in folder.iterdir() if p.is_file())
+        except (OSError, ValueError, KeyError):
+            continue
+        found.append(Stored(folder, manifest.get("dataset", "?"), manifest.get("split", "?"), manifest.get("size", 0),
+                            manifest.get("images", 0), filled, used, modified))
+    return found
+
+
+def describe(stores: list[Stored], data_root: Path) -> str:
+    if not stores:
+        return f"no stored images under {store_root(data_root)}"
+    lines = [f"{'dataset':<16} {'split':<6} {'size':>6} {'images stored':>19} {'on disk':>10}  last written      folder"]
+    for s in stores:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.modified))
+        lines.append(f"{s.dataset:<16} {s.split:<6} {s.size:>4}px {s.filled:>9,} of {s.images:<7,} "
+                     f"{_size(s.disk_bytes):>10}  {when}  {s.folder.name}")
+    total = sum(s.disk_bytes for s in stores)
+    lines.append(f"{len(stores)} store(s), {_size(total)} under {store_root(data_root)}")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
