@@ -62,3 +62,41 @@ def test_validate_refuses_a_missing_model(tmp_path, capsys, arch, words):
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: model.arch: " in err and words in err
+
+
+def hub_cache(cache, repo: str, files: dict) -> None:
+    """The Hugging Face hub cache's layout for one model repo: refs/main names a snapshot holding the files."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, source in files.items():
+        shutil.copy(source, snapshot / name) if not isinstance(source, str) else (snapshot / name).write_text(source)
+
+
+def test_an_hf_hub_model_from_the_local_cache_without_network(tmp_path, tiny_clip, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    _, checkpoint = tiny_clip
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(clip, "_reachable", lambda url: False)  # no network: the cache must do
+    arch = "hf-hub:someone/tiny-clip"
+    with pytest.raises(ModelError, match=r"hf-hub:someone/tiny-clip is not in the local hub cache .* cannot be "
+                                         r"reached from this machine: download it where there is network"):
+        clip.build(arch=arch, pretrained=None, image_size=None)
+    hub_cache(tmp_path / "hub", "someone/tiny-clip", {
+        "open_clip_config.json": json.dumps({"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": {}}),
+        "open_clip_pytorch_model.bin": checkpoint})
+    path = sequence(tmp_path, arch=arch)
+    assert main(["validate", str(path)]) == 0
+    backbone = build_backbone(load_sequence(path).model)
+    state = torch.load(checkpoint, weights_only=True)
+    assert torch.equal(backbone.visual.conv1.weight, state["visual.conv1.weight"])
+    assert zero_shot_head(backbone, ["zero", "one"]).linear.weight.shape == (2, 16)
+    capsys.readouterr()
+    assert main(["validate", str(sequence(tmp_path, arch=arch, pretrained="openai"))]) == 2
+    assert "model.pretrained: hf-hub:someone/tiny-clip holds its own weights" in capsys.readouterr().err
+    assert main(["validate", str(sequence(tmp_path, arch="hf-hub:no-repo-named"))]) == 2
+    assert "expected hf-hub:<org>/<repo>" in capsys.readouterr().err

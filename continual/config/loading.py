@@ -449,7 +449,13 @@ def _probes_trained_on(specs: dict[str, list[tuple[int, DataSpec]]], chosen: dic
 def _model_problems(model: ModelConfig) -> list[tuple[str, str]]:
     """What models.build_backbone would refuse, found by names only (no torch, no open_clip import)."""
     problems = []
-    if model.family == "open_clip" and (model.arch.startswith(LOCAL_DIR) or model.arch.lower().endswith(".json")):
+    if model.family == "open_clip" and model.arch.startswith(HF_HUB):
+        if not HF_REPO.fullmatch(model.arch[len(HF_HUB):]):
+            problems.append(("arch", f"{model.arch}: expected hf-hub:<org>/<repo>, e.g. "
+                                     "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"))
+        if model.pretrained is not None:  # as models/clip.py says it
+            problems.append(("pretrained", f"{model.arch} holds its own weights; leave pretrained unset"))
+    elif model.family == "open_clip" and (model.arch.startswith(LOCAL_DIR) or model.arch.lower().endswith(".json")):
         problems += _local_arch_problems(model.arch)
         if model.arch.startswith(LOCAL_DIR) and model.pretrained is not None:  # as models/clip.py says it
             problems.append(("pretrained", f"{model.arch} holds its own weights; leave pretrained unset"))
@@ -469,6 +475,8 @@ def _model_problems(model: ModelConfig) -> list[tuple[str, str]]:
 
 
 LOCAL_DIR = "local-dir:"  # as models/clip.py reads it: open_clip's own form of a saved model's folder
+HF_HUB = "hf-hub:"  # open_clip's form for a model repo on the Hugging Face hub
+HF_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # <org>/<repo>, as the hub names them
 
 
 def _local_arch_problems(arch: str) -> list[tuple[str, str]]:

@@ -176,6 +176,7 @@ def _check_download_possible(arch: str, tag: str, tag_cfg: dict) -> None:
 
 
 LOCAL_DIR = "local-dir:"  # open_clip's own form: a folder with open_clip_config.json and the weights
+HF_HUB = "hf-hub:"  # open_clip's form for a model repo on the Hugging Face hub: hf-hub:<org>/<repo>
 
 
 def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -> Backbone:
@@ -186,6 +187,8 @@ def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -
 
     if arch is not None and arch.startswith(LOCAL_DIR):
         return _build_local_dir(open_clip, arch, pretrained=pretrained, image_size=image_size)
+    if arch is not None and arch.startswith(HF_HUB):
+        return _build_hf_hub(open_clip, arch, pretrained=pretrained, image_size=image_size)
     if arch is not None and arch.lower().endswith(".json"):
         arch = _register_config(open_clip, arch)
     known = open_clip.list_models()
@@ -295,6 +298,36 @@ def _build_local_dir(open_clip, arch: str, *, pretrained: str | None, image_size
         raise ModelError("arch", f"cannot load {arch}: {one_line(e)}") from e
     check_values(clip.state_dict(), clip, what=f"open_clip {arch}", path=str(folder))
     return _visual(clip, arch=f"{LOCAL_DIR}{folder}", embed_dim=cfg["embed_dim"])
+
+
+def _build_hf_hub(open_clip, arch: str, *, pretrained: str | None, image_size: int | None) -> Backbone:
+    """`hf-hub:<org>/<repo>`: the repo's open_clip_config.json and weights, from the local hub cache when
+    they are there (as a local-dir: no request, so no minute of retries without network), else downloaded
+    by open_clip's own hub code when the hub can be reached, else a ModelError saying how to bring them."""
+    from huggingface_hub import constants, snapshot_download
+
+    repo = arch[len(HF_HUB):]
+    if pretrained is not None:  # open_clip ignores it: a run would use other weights than asked
+        raise ModelError("pretrained", f"{arch} holds its own weights; leave pretrained unset")
+    try:
+        folder = snapshot_download(repo, local_files_only=True,
+                                   allow_patterns=["open_clip_config.json", "*.safetensors", "*.bin"])
+    except Exception:  # not cached (huggingface_hub raises LocalEntryNotFoundError, or a ValueError on a bad id)
+        folder = None
+    if folder is not None and (Path(folder) / "open_clip_config.json").is_file():
+        return _build_local_dir(open_clip, f"{LOCAL_DIR}{folder}", pretrained=None, image_size=image_size)
+    why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
+           else None if _reachable(constants.ENDPOINT) else f"{constants.ENDPOINT} cannot be reached from this machine")
+    if why is not None:
+        raise ModelError("arch", f"{arch} is not in the local hub cache ({constants.HF_HUB_CACHE}) and {why}: "
+                                 f"download it where there is network (huggingface-cli download {repo}) and copy "
+                                 "the cache here, or give its folder as arch: local-dir:<folder>")
+    try:
+        clip = open_clip.create_model(arch, force_image_size=image_size, pretrained_text=False, weights_only=True)
+    except Exception as e:
+        raise ModelError("arch", f"cannot load {arch} from the hub: {one_line(e)}") from e
+    check_values(clip.state_dict(), clip, what=f"open_clip {arch}", path=arch)
+    return _visual(clip, arch=arch, embed_dim=open_clip.get_model_config(arch)["embed_dim"])
 
 
 def zero_shot_head(backbone: Backbone, class_names: list[str], *,
