@@ -1,11 +1,14 @@
 """Datasets for tasks and probes.
 
     catalog           what datasets there are (names, class lists, where files live); no torch
-    source            Pool / Source: labelled images a source module can decode on demand
+    prompts           CLIP class names and prompt templates per dataset (zeroshot.json, from clip-benchmark)
+    source            Pool / Source: labelled images a source module can decode; Images, a selection read by row
     embedded          MNIST, Fashion-MNIST, Animal-MNIST, digits: files shipped by installed packages
     torchvision_sets  torchvision's datasets under data_root
-    folders           the user's image folders, and RESISC45
-    tasks             a task or probe spec -> TaskData (selection, resizing, caching)
+    folders           the user's image folders, RESISC45, ImageNet and ImageNet-R
+    listed            datasets read from their own listings: Tiny-ImageNet, CUB-200
+    store             decoded images on disk, decoded once per (dataset, split, size, source files)
+    tasks             a task or probe spec -> TaskData (selection, reading through memory or the store)
 
 Importing this package loads the catalog only, so the schema and `continual validate` stay light.
 """
