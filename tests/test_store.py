@@ -63,7 +63,7 @@ def test_round_trip_equals_decoding_each_file(tmp_path):
     from continual.datasets.folders import folder_source
 
     pool = folder_source(tmp_path / "f", key="path").train
-    expected = torch.stack([pool.decode(i, 8) for i in range(16)])
+    expected = torch.from_numpy(np.stack([pool.decode(i, 8) for i in range(16)]))
     assert torch.equal(images[:], expected)
     assert {(s.split, s.size, s.images, s.filled) for s in stores(tmp_path / "data")} == {("train", 8, 16, 16),
                                                                                         ("test", 8, 4, 4)}
@@ -240,3 +240,16 @@ def test_data_prepare_then_list_then_a_run_decodes_nothing(tmp_path, capsys, mon
     tasks.clear_cache()
     monkeypatch.setattr(store.Store, "_fill", lambda *a, **k: pytest.fail("decoded again"))
     assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+
+
+def test_the_stores_resize_agrees_with_the_tensor_rule():
+    """Files are resized by PIL (twice as fast); arrays and the rule's reference by torch: within a grey level."""
+    from continual.datasets.source import pil_resize_crop
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (12, 10, 3)), np.ones((5, 5, 1))).astype(np.uint8)  # 60 x 50, blocks
+    for size in (20, 37, 90):  # shrink, shrink to an odd size, enlarge
+        by_pil = torch.from_numpy(pil_resize_crop(Image.fromarray(smooth), size)).int()
+        by_torch = resize_crop(torch.from_numpy(smooth).permute(2, 0, 1)[None], size)[0].int()
+        assert by_pil.shape == by_torch.shape == (3, size, size)
+        assert (by_pil - by_torch).abs().max() <= 2, size  # 1 measured: fixed-point PIL against float torch

@@ -44,8 +44,8 @@ from continual.datasets.catalog import DataError
 
 FORMAT = 1
 FOLDER = ".continual-store"  # under data_root
-# How `source.resize_crop` resizes: its rule is part of every stored pixel, so it is part of the key.
-RESIZE_RULE = "shorter side to S, antialiased bilinear (torch), round to uint8, centre crop; gray -> 3 channels"
+# How `source.pil_resize_crop` resizes: its rule is part of every stored pixel, so it is part of the key.
+RESIZE_RULE = "shorter side to S, PIL bilinear (antialiased when shrinking), centre crop, RGB"
 CHECKPOINT_ROWS = 8192  # rows decoded between two updates of filled.npy: an interrupted build keeps them
 READERS = min(4, os.cpu_count() or 1)  # threads reading one batch's rows
 PROGRESS_FROM = 2000  # rows to decode before a progress bar is worth showing
@@ -279,22 +279,34 @@ class Store:
                    file=sys.stderr)
         fd = os.open(self.images_path, os.O_WRONLY)
         done: list[int] = []
+        # Syncing 8,192 rows (1.2 GB at 224 px) takes seconds: a thread does it (then marks them), so that
+        # the workers go on decoding meanwhile. Measured on this project's 2-core machine: 1.06x one thread
+        # when the sync stopped the build, 2.0x onto tmpfs (no sync cost).
+        flusher = ThreadPoolExecutor(1, thread_name_prefix="store-sync")
+        pending = None
         try:
             for batch in loader:
                 for row, problem in batch:
                     if isinstance(problem, OSError):
                         raise problem
-                    if problem is not None:
-                        self._mark(fd, filled, done)  # what was decoded stays decoded
+                    if problem is not None:  # what was decoded stays decoded
+                        if pending is not None:
+                            pending.result()
+                        self._mark(fd, filled, done)
                         raise DataError(*problem)
                     done.append(row)
                 bar.update(len(batch))
                 if len(done) >= CHECKPOINT_ROWS:
-                    self._mark(fd, filled, done)
+                    if pending is not None:
+                        pending.result()  # one sync at a time; its errors surface here
+                    pending, done = flusher.submit(self._mark, fd, filled, done), []
+            if pending is not None:
+                pending.result()
             self._mark(fd, filled, done)
         except OSError as err:
             raise self._write_error(err) from None
         finally:
+            flusher.shutdown(wait=True)  # before the file is closed under it
             bar.close()
             os.close(fd)
             writer.close()
@@ -307,7 +319,6 @@ class Store:
         os.fdatasync(fd)
         filled[np.asarray(done)] = True
         _atomic_save(self.filled_path, filled)
-        done.clear()
 
 
 def default_workers() -> int:
