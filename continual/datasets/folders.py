@@ -3,6 +3,7 @@ and RESISC45, ImageNet-R and ImageNet as unpacked under data_root (none of them 
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from continual.datasets.catalog import (DataError, class_folders, folder_classes, has_class_folders, image_files,
+from continual.datasets.catalog import (FOLDER_EXTENSIONS, DataError, class_folders, folder_classes, has_class_folders,
                                         imagenet_r_dir, resisc45_dir)
 from continual.datasets.source import Pool, Source, pil_pool, split_fixed
 
@@ -55,7 +56,22 @@ def read_image(path: Path, *, key: str) -> Image.Image:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(image_files(folder))
+    """catalog.image_files, sorted: the same files (by extension, hidden ones skipped, links followed),
+    listed with os.scandir (a file's type comes with its name: no stat each), sorted on strings:
+    pathlib's rglob, relative_to and Path comparisons took 9 of the 16 s a warm start spent on 100k images."""
+    found, stack = [], [str(folder)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    stack.append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in FOLDER_EXTENSIONS and entry.is_file():
+                    found.append(entry.path)
+    # In pathlib's order (by path component), as before: a store's rows follow this order, and its key
+    # (store.FORMAT) must change with it.
+    return [Path(f) for f in sorted(found, key=lambda f: f.split(os.sep))]
 
 
 def _folder_pool(folder: Path, class_names: list[str], *, key: str) -> Pool:

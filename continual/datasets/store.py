@@ -60,7 +60,8 @@ def source_identity(folder: Path) -> str:
     pixels were decoded from. os.scandir, not rglob: 100k files take about a second."""
     digest = hashlib.sha256()
     entries = []
-    stack = [folder]
+    stack = [str(folder)]
+    prefix = len(os.path.join(str(folder), ""))
     while stack:
         current = stack.pop()
         try:
@@ -69,10 +70,10 @@ def source_identity(folder: Path) -> str:
                     if entry.name.startswith(".") and entry.name != ".":  # our own store, .DS_Store, ...
                         continue
                     if entry.is_dir(follow_symlinks=True):
-                        stack.append(Path(entry.path))
+                        stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=True):
                         st = entry.stat(follow_symlinks=True)
-                        entries.append(f"{os.path.relpath(entry.path, folder)}\0{st.st_size}\0{st.st_mtime_ns}")
+                        entries.append(f"{entry.path[prefix:]}\0{st.st_size}\0{st.st_mtime_ns}")
         except FileNotFoundError:
             continue
     for line in sorted(entries):
