@@ -253,3 +253,19 @@ def test_the_stores_resize_agrees_with_the_tensor_rule():
         by_torch = resize_crop(torch.from_numpy(smooth).permute(2, 0, 1)[None], size)[0].int()
         assert by_pil.shape == by_torch.shape == (3, size, size)
         assert (by_pil - by_torch).abs().max() <= 2, size  # 1 measured: fixed-point PIL against float torch
+
+
+def test_replay_mixes_tasks_kept_at_different_sizes(tmp_path):
+    """Replay stacks a past task's images with the current task's: digits kept at 8 px in memory and a
+    folder stored at the model's 32 px must make one batch."""
+    import continual
+
+    write_folder(tmp_path / "f", per_class=10)
+    doc = {"name": "mixed", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
+           "tasks": [{"name": "digits", "dataset": "digits", "classes": [0, 1], "train_per_class": 8},
+                     {"name": "mine", "dataset": "imagefolder", "path": str(tmp_path / "f")}],
+           "training": {"batch_size": 8, "warmup_steps": 1}, "methods": [{"replay": {"memory_size": 8}}],
+           "data_root": str(tmp_path / "data"), "download": False}
+    folder = continual.run(doc, out=tmp_path / "out", progress=False)
+    matrix = continual.load_run(folder)["replay"]
+    assert list(matrix.index) == [0, 1, 2] and matrix.notna().all().all()

@@ -25,6 +25,7 @@ import warnings
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
@@ -125,10 +126,37 @@ def _tensors(dataset) -> dict[str, torch.Tensor]:
             "task_labels": torch.tensor([int(t) for _, _, t in items])}
 
 
-def _experience(task: TaskData, label: int):
-    """One Avalanche experience over our uint8 tensors, with task label `label` on every sample."""
+class _AtSize:
+    """A task's images as Avalanche reads them, item by item, each resized to `size` (bilinear, antialiased
+    when shrinking, rounded to uint8) where it is kept at another size. A replay batch stacks images of
+    several tasks, and those can be kept at different sizes (MNIST's 28 px in memory, a folder's store
+    at the model's 224 px): without this, a batch could not be stacked."""
+
+    def __init__(self, images, size: int):
+        self.images, self.image_size = images, size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def size(self, dim: int | None = None):
+        shape = torch.Size((len(self.images), 3, self.image_size, self.image_size))
+        return shape if dim is None else shape[dim]
+
+    def __getitem__(self, i) -> torch.Tensor:
+        x = self.images[i]
+        if x.shape[-1] == self.image_size:
+            return x
+        x = F.interpolate(x[None].float(), size=(self.image_size, self.image_size), mode="bilinear",
+                          antialias=x.shape[-1] > self.image_size, align_corners=False)
+        return x.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+def _experience(task: TaskData, label: int, *, size: int | None = None):
+    """One Avalanche experience over our uint8 tensors, with task label `label` on every sample; images at
+    `size` when given (methods whose batches mix tasks), else as kept (the backbone resizes each batch)."""
     targets = task.train.labels
-    dataset = _dataset(task.train.images, targets, torch.full_like(targets, label))
+    images = task.train.images if size is None else _AtSize(task.train.images, size)
+    dataset = _dataset(images, targets, torch.full_like(targets, label))
     return with_task_labels(benchmark_from_datasets(train=[dataset])).train_stream[0]
 
 
@@ -215,6 +243,7 @@ class _AvalancheMethod:
     clock, the plugin's memory), as tensors and plain values, so a run can resume between tasks."""
 
     penalty = ""  # the loss term the plugin adds, as logged
+    mixes_tasks = False  # whether a batch holds images of several tasks (a replay buffer's)
 
     def __init__(self, options, *, pretrained=None):
         self.options = options
@@ -230,7 +259,8 @@ class _AvalancheMethod:
         strategy.heads.task_names.append(task.name)
         strategy.label = f"{self.options.name} {step}:{task.name}"
         start = time.perf_counter()
-        strategy.train(_experience(task, label=step - 1), eval_streams=[])
+        size = model.backbone.image_size if self.mixes_tasks else None
+        strategy.train(_experience(task, label=step - 1, size=size), eval_streams=[])
         strategy.bar.close()
         strategy.heads._last = None
         losses = epoch_means(strategy.sums, steps=strategy.epoch_iterations, task=task.name)
@@ -334,6 +364,7 @@ class _ReplayPlugin(ReplayPlugin):
 class Replay(_AvalancheMethod):
     """Avalanche's ReplayPlugin: an experience-balanced buffer of past images mixed into each batch."""
 
+    mixes_tasks = True
 
     def plugins(self) -> list[SupervisedPlugin]:
         self.replay = _ReplayPlugin(mem_size=self.options.memory_size)
