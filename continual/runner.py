@@ -58,8 +58,8 @@ def resolve_device(name: str, *, source: str = "<sequence>") -> torch.device:
 def load_inputs(seq: Sequence, *, source: str, device: torch.device) -> Loaded:
     """Model and data, or a ConfigError naming the key at fault."""
     try:
-        backbone = models.build_backbone(seq.model).to(device)
-    except models.ModelError as err:
+        backbone = models.build_backbone(seq.model)  # to the device after the data: decoding workers are
+    except models.ModelError as err:                  # forked, and a fork is safest before CUDA starts
         raise ConfigError(source, [(f"model.{err.key}", err.message)]) from None
     loaded = {}
     for group in ("tasks", "probes"):
@@ -71,7 +71,7 @@ def load_inputs(seq: Sequence, *, source: str, device: torch.device) -> Loaded:
             except DataError as err:
                 key = f"{group}[{i}].{err.key}" if err.key else f"{group}[{i}]"
                 raise ConfigError(source, [(key, err.message)]) from None
-    return Loaded(backbone=backbone, tasks=loaded["tasks"], probes=loaded["probes"])
+    return Loaded(backbone=backbone.to(device), tasks=loaded["tasks"], probes=loaded["probes"])
 
 
 def prepare_data(seq: Sequence, *, source: str) -> None:

@@ -94,6 +94,8 @@ class Trainer:
         kernels are queued without waiting, so reading overlaps them instead of adding to them."""
         size = self.training.batch_size
         rows = [index[b * size : (b + 1) * size] for b in range(steps)]
+        if not rows:
+            return
         if images.device.type != "cpu" or self.device.type != "cuda":
             yield from (self.batch_to_device(images[r]) for r in rows)
             return

@@ -269,3 +269,32 @@ def test_replay_mixes_tasks_kept_at_different_sizes(tmp_path):
     folder = continual.run(doc, out=tmp_path / "out", progress=False)
     matrix = continual.load_run(folder)["replay"]
     assert list(matrix.index) == [0, 1, 2] and matrix.notna().all().all()
+
+
+def test_a_run_keeps_reading_what_it_stored_when_the_store_is_deleted(tmp_path):
+    write_folder(tmp_path / "f")
+    task = load(tmp_path / "f", tmp_path / "data")
+    pixels = task.train.images[:]
+    import shutil
+
+    shutil.rmtree(tmp_path / "data")  # a user reclaiming space, or another run rebuilding it, mid-run
+    assert torch.equal(task.train.images[:], pixels)  # the open file keeps its rows
+
+
+def test_images_index_by_row_then_channel_and_with_empty_or_scalar_keys():
+    array = np.arange(3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 2, 2, 3)  # RGB
+    images = array_images(Pool(np.zeros(3, np.int64), array=array), np.arange(3))
+    full = torch.from_numpy(array).permute(0, 3, 1, 2)
+    assert torch.equal(images[1, 2], full[1, 2]) and torch.equal(images[np.int64(2)], full[2])
+    assert torch.equal(images[torch.tensor(1)], full[1]) and images[[]].shape == (0, 3, 2, 2)
+    assert torch.equal(images[torch.tensor([True, False, True])], full[[0, 2]])
+
+
+def test_a_subset_with_the_same_labels_opens_another_store(tmp_path):
+    """Two fixed splits with the same counts per class have the same labels: the key must tell them apart."""
+    from continual.datasets.source import pil_pool
+
+    pool = pil_pool(np.repeat([0, 1], 10), lambda i: Image.new("RGB", (4, 4), (i, 0, 0)))
+    a, b = pool.subset(np.array([0, 1, 10, 11])), pool.subset(np.array([2, 3, 12, 13]))
+    keys = [store.key_for("x", "train", 4, source="s", labels=p.labels, order=p.order) for p in (a, b)]
+    assert np.array_equal(a.labels, b.labels) and keys[0].folder_name != keys[1].folder_name

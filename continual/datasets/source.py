@@ -29,12 +29,16 @@ class Pool:
     native: int | None = None  # decoded images are all native x native (CIFAR, SVHN: 32): stored at that size
     array: np.ndarray | None = None  # uint8 (M, H, W) or (M, H, W, 3), in memory
     index: np.ndarray | None = None  # rows of `array` (None: all, in order)
+    # Which of the source's images, in which order, when a pool is a subset (a fixed 80/20 split): part of
+    # a store's key, since the labels alone cannot tell two subsets with the same counts per class apart.
+    order: str = ""
 
     def subset(self, idx: np.ndarray) -> Pool:
         if self.array is not None:
             rows = idx if self.index is None else self.index[idx]
             return Pool(self.labels[idx], array=self.array, index=rows)
-        return Pool(self.labels[idx], lambda i, size: self.decode(int(idx[i]), size), native=self.native)
+        order = hashlib.sha256(self.order.encode() + np.ascontiguousarray(idx, dtype=np.int64).tobytes()).hexdigest()
+        return Pool(self.labels[idx], lambda i, size: self.decode(int(idx[i]), size), native=self.native, order=order)
 
 
 @dataclass(frozen=True)
@@ -140,14 +144,18 @@ class Images:
 
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, tuple):  # images[rows, channels, ...]: the rows are read, the rest is a tensor's
-            return self[key[0]][(slice(None), *key[1:])]
-        if isinstance(key, (int, np.integer)):
-            return self[np.array([key])][0]
-        if isinstance(key, slice):
-            return self._take(self.rows[key])
+            rows = self[key[0]]
+            return rows[key[1:]] if rows.ndim == 3 else rows[(slice(None), *key[1:])]
         if isinstance(key, torch.Tensor):
             key = key.cpu().numpy()
-        return self._take(self.rows[np.asarray(key)])
+        if isinstance(key, slice):
+            return self._take(self.rows[key])
+        key = np.asarray(key)
+        if key.dtype != bool:
+            key = key.astype(np.int64)
+        if key.ndim == 0:  # one image: (3, S, S)
+            return self._take(self.rows[key][None])[0]
+        return self._take(self.rows[key])
 
     def _take(self, rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.read(rows))

@@ -32,6 +32,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ FORMAT = 1
 FOLDER = ".continual-store"  # under data_root
 # How `source.pil_resize_crop` resizes: its rule is part of every stored pixel, so it is part of the key.
 RESIZE_RULE = "shorter side to S, PIL bilinear (antialiased when shrinking), centre crop, RGB"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 CHECKPOINT_ROWS = 8192  # rows decoded between two updates of filled.npy: an interrupted build keeps them
 READERS = min(4, os.cpu_count() or 1)  # threads reading one batch's rows
 PROGRESS_FROM = 2000  # rows to decode before a progress bar is worth showing
@@ -89,7 +92,7 @@ class Key:
     split: str
     size: int
     source: str  # source_identity(...) of the dataset's files, or another description of where pixels come from
-    labels: str  # sha256 of the split's labels (which images, in which order)
+    labels: str  # sha256 of the split's labels and of which source images they are (a subset's order)
     versions: dict
 
     def manifest(self, n: int) -> dict:
@@ -103,11 +106,11 @@ class Key:
         return f"{self.dataset}-{self.split}-{self.size}px-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
-def key_for(dataset: str, split: str, size: int, *, source: str, labels: np.ndarray) -> Key:
+def key_for(dataset: str, split: str, size: int, *, source: str, labels: np.ndarray, order: str = "") -> Key:
     # Versions from package metadata: importing torchvision to read its version took 3 s of a warm start.
     versions = {"continual-store": FORMAT, **{name: _version(name) for name in ("pillow", "torch", "torchvision")}}
-    return Key(dataset, split, size, source, hashlib.sha256(np.ascontiguousarray(labels, np.int64)).hexdigest(),
-               versions)
+    labels_digest = hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes() + order.encode()).hexdigest()
+    return Key(dataset, split, size, source, labels_digest, versions)
 
 
 def _version(package: str) -> str:
@@ -126,6 +129,7 @@ class Store:
         self._fd: int | None = None
         self._filled: np.ndarray | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._opening = threading.Lock()  # the read-ahead thread and the main one may both read first
 
     @property
     def images_path(self) -> Path:
@@ -158,8 +162,11 @@ class Store:
             manifest = json.loads(self.manifest_path.read_text())
             filled = np.load(self.filled_path)
             size = self.images_path.stat().st_size
-        except (OSError, ValueError):
+        except (FileNotFoundError, ValueError, EOFError):  # absent, or not what we write: rebuild
             return False
+        except OSError as err:  # unreadable (another user's 0600 file, EIO, ESTALE): never rebuild over it
+            raise DataError("dataset", f"{self.key.dataset}: cannot read the image store {self.folder}: "
+                                       f"{err.strerror or err}") from None
         return (manifest == self.key.manifest(self.n) and filled.shape == (self.n,) and filled.dtype == bool
                 and size == self.n * self.row_bytes)
 
@@ -185,7 +192,17 @@ class Store:
         except OSError as err:
             raise self._write_error(err) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # another run filling this store: wait for it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another run is filling this store: say so, then wait for it
+                print(f"waiting for another run storing images in {self.folder}", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:  # ENOLCK (NFS mounted nolock), ENOSYS (Lustre without flock)
+            os.close(fd)
+            raise DataError("dataset", f"{self.key.dataset}: cannot lock the image store {self.folder} "
+                                       f"({err.strerror or err}); put data_root on a file system with flock, or "
+                                       "run `continual data prepare` once before starting runs in parallel") from None
+        try:
             yield
         finally:
             os.close(fd)  # releases the lock
@@ -201,7 +218,10 @@ class Store:
 
     def filled(self) -> np.ndarray:
         if self._filled is None or not self._filled.all():
-            self._filled = np.load(self.filled_path)
+            try:
+                self._filled = np.load(self.filled_path)
+            except (FileNotFoundError, ValueError, EOFError):  # being recreated: nothing counts as filled
+                return np.zeros(self.n, dtype=bool)
         return self._filled
 
     # ---- reading
@@ -215,7 +235,7 @@ class Store:
         if not len(rows):
             return out
         if self._fd is None:
-            self._fd = os.open(self.images_path, os.O_RDONLY)
+            raise RuntimeError("Store.read before ensure: rows are read once ensure has stored them")
         flat = out.reshape(len(rows), -1)
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         runs = [(a, min(a + 16, stop))  # runs of at most 16 rows, so that threads share a long one too
@@ -233,8 +253,9 @@ class Store:
         if threads < 2:
             read_runs(runs)
         else:
-            if self._readers is None:
-                self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="store-read")
+            with self._opening:
+                if self._readers is None:
+                    self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="store-read")
             list(self._readers.map(read_runs, [runs[i::threads] for i in range(threads)]))
         return out
 
@@ -252,7 +273,16 @@ class Store:
     # ---- filling
 
     def ensure(self, rows: np.ndarray, decode: Callable[[int, int], object], *, workers: int | None = None) -> int:
-        """Decode and write the rows among `rows` not stored yet; returns how many were decoded."""
+        """Decode and write the rows among `rows` not stored yet; returns how many were decoded. Then the
+        images file stays open for reading: the rows this run reads are those it saw filled, even if the
+        store's folder is deleted or rebuilt by another run meanwhile (the open file keeps its data)."""
+        decoded = self._ensure(rows, decode, workers=workers)
+        with self._opening:
+            if self._fd is None:
+                self._fd = os.open(self.images_path, os.O_RDONLY)
+        return decoded
+
+    def _ensure(self, rows: np.ndarray, decode, *, workers: int | None) -> int:
         if self.filled()[rows].all():
             return 0
         with self._locked():
@@ -272,7 +302,8 @@ class Store:
         workers = default_workers() if workers is None else workers
         if len(missing) < 256:
             workers = 0  # starting processes costs more than a few hundred images
-        writer = _DecodeAndWrite(decode, missing, size=self.key.size, path=self.images_path, row_bytes=self.row_bytes)
+        writer = _DecodeAndWrite(decode, missing, size=self.key.size, path=self.images_path, row_bytes=self.row_bytes,
+                                 dataset=self.key.dataset, split=self.key.split)
         loader = DataLoader(writer, batch_size=32, num_workers=workers, collate_fn=_as_list,
                             multiprocessing_context="fork" if workers else None, prefetch_factor=4 if workers else None)
         bar = tqdm(total=len(missing), desc=f"storing {self.key.dataset} {self.key.split} at {self.key.size} px",
@@ -305,6 +336,9 @@ class Store:
                 pending.result()
             self._mark(fd, filled, done)
         except OSError as err:
+            flusher.shutdown(wait=True)
+            with contextlib.suppress(OSError):  # keep what is on disk, if the disk lets us say so
+                self._mark(fd, filled, done)
             raise self._write_error(err) from None
         finally:
             flusher.shutdown(wait=True)  # before the file is closed under it
@@ -338,8 +372,9 @@ class _DecodeAndWrite:
     worker's exception reaches the parent as a RuntimeError with a traceback, not the message that names
     the file (a DataError) or the errno that says the disk is full (an OSError)."""
 
-    def __init__(self, decode, rows: np.ndarray, *, size: int, path: Path, row_bytes: int):
+    def __init__(self, decode, rows: np.ndarray, *, size: int, path: Path, row_bytes: int, dataset: str, split: str):
         self.decode, self.rows, self.size, self.path, self.row_bytes = decode, rows, size, path, row_bytes
+        self.dataset, self.split = dataset, split
         self.fd: int | None = None
         self.pid: int | None = None
 
@@ -350,12 +385,18 @@ class _DecodeAndWrite:
         row = int(self.rows[i])
         try:
             pixels = np.ascontiguousarray(np.asarray(self.decode(row, self.size)), dtype=np.uint8)
-            if self.pid != os.getpid():  # opened once per process (a forked worker gets its own)
-                self.fd, self.pid = os.open(self.path, os.O_WRONLY), os.getpid()
-            os.pwrite(self.fd, pixels.tobytes(), row * self.row_bytes)
-            return row, None
         except DataError as err:
             return row, (err.key, err.message)
+        except Exception as err:  # a torchvision dataset's own reader: PIL's errors, a missing file, ...
+            return row, ("dataset", f"{self.dataset}: cannot decode image {row} of its {self.split} split: "
+                                    f"{' '.join(str(err).split()) or type(err).__name__}")
+        try:
+            if self.pid != os.getpid():  # opened once per process (a forked worker gets its own)
+                self.fd, self.pid = os.open(self.path, os.O_WRONLY), os.getpid()
+            data = pixels.tobytes()
+            if os.pwrite(self.fd, data, row * self.row_bytes) != len(data):  # a short write: the disk filled
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return row, None
         except OSError as err:
             return row, OSError(err.errno, err.strerror)
 
@@ -371,6 +412,7 @@ def _as_list(batch):
 
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # as open() makes files: mkstemp's 0600 would hide a shared store from a team
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -384,6 +426,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # as open() makes files: mkstemp's 0600 would hide a shared store from a team
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array)

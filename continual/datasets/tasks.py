@@ -52,6 +52,7 @@ def clear_cache() -> None:
     _TASKS.clear()
     _DECODED.clear()
     _IDENTITY.clear()
+    _STORES.clear()  # each closes its file when the last split reading it goes
 
 
 def dataset_class_names(dataset: str, *, path: Path | None, data_root: Path) -> list[str]:
@@ -65,6 +66,7 @@ def dataset_class_names(dataset: str, *, path: Path | None, data_root: Path) -> 
 _TASKS: dict[tuple, TaskData] = {}  # (name, data key) -> task, so a rerun of a spec is the same object
 _DECODED: dict[tuple, tuple[list[str], Split, Split]] = {}  # data key -> splits, shared across names
 _IDENTITY: dict[Path, str] = {}  # a dataset's folder -> store.source_identity, once per process
+_STORES: dict[Path, store.Store] = {}  # a store's folder -> the open store
 
 
 def load_task(spec, *, image_size: int, data_root: Path, seed: int, download: bool = False) -> TaskData:
@@ -139,7 +141,11 @@ def _images(pool: Pool, rows: np.ndarray, *, image_size: int, where: _Where, spl
     size = min(pool.native, image_size) if pool.native else image_size
     if where.files not in _IDENTITY:
         _IDENTITY[where.files] = store.source_identity(where.files)
-    key = store.key_for(where.dataset, split, size, source=_IDENTITY[where.files], labels=pool.labels)
-    opened = store.Store.open(where.data_root, key, len(pool.labels))
+    key = store.key_for(where.dataset, split, size, source=_IDENTITY[where.files], labels=pool.labels,
+                        order=pool.order)
+    folder = store.store_root(where.data_root) / key.folder_name
+    if folder not in _STORES:  # one open store (one file descriptor, one reader pool) per folder
+        _STORES[folder] = store.Store.open(where.data_root, key, len(pool.labels))
+    opened = _STORES[folder]
     opened.ensure(rows, pool.decode)
     return Images(opened.read, rows, size, lambda: key.folder_name, home=str(opened.folder))
