@@ -42,6 +42,22 @@ class LDIFSOptions(Options):
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
 
 
+class L2SPOptions(Options):
+    name: Literal["l2sp"] = "l2sp"
+    # Li et al. 2018 search α in {0.001, 0.01, 0.1, 1} and report 0.1 for most targets (their table 2);
+    # the sum runs over every backbone weight, so a larger model pulls harder at the same λ.
+    lambda_: float = Field(default=0.1, alias="lambda", ge=0)
+
+
+class WiseFTOptions(Options):
+    name: Literal["wise_ft"] = "wise_ft"
+    # 0.5: the paper's headline mixing weight (Wortsman et al. 2022, fig. 1), and ZSCL's WiSE-FT row.
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    # pretrained: interpolate towards the model as loaded (ZSCL's MTIL baseline); previous: towards the
+    # model before this task (a moving average of the sequence).
+    anchor: Literal["pretrained", "previous"] = "pretrained"
+
+
 class NaiveOptions(Options):
     name: Literal["naive"] = "naive"
 

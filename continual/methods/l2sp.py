@@ -1,0 +1,35 @@
+"""L2-SP: cross-entropy + λ/2 · squared L2 distance of the backbone's weights to the pre-trained ones.
+
+Xuhong Li, Yves Grandvalet, Franck Davoine, "Explicit Inductive Bias for Transfer Learning with
+Convolutional Networks", ICML 2018 (arXiv 1802.01483), eq. 2: Ω(w) = α/2 ‖w_S − w_S⁰‖² on the weights
+shared with the pre-trained network. Their β/2 ‖w_new‖² on the new layers is what AdamW's weight decay
+already does to our heads. LDIFS's closest contrast: it holds the weights near the pre-trained ones where
+LDIFS holds the features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from continual.datasets.tasks import TaskData
+from continual.methods.options import L2SPOptions
+from continual.models import Backbone, TaskModel
+from continual.train import Batch, FitStats, Trainer
+
+
+class L2SP:
+    def __init__(self, options: L2SPOptions, *, pretrained: Backbone):
+        self.options = options
+        # The starting point, frozen: name -> tensor (moved to the training device on the first task).
+        self.start = {name: p.detach().clone() for name, p in pretrained.named_parameters()}
+
+    def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
+        self.pairs = [(p, self.start[name].to(p.device)) for name, p in model.backbone.named_parameters()
+                      if p.requires_grad]
+        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"l2sp {step}:{task.name}")
+
+    def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
+        distance = sum((p.float() - p0.float()).pow(2).sum() for p, p0 in self.pairs)
+        return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y),
+                "l2sp": self.options.lambda_ / 2 * distance}

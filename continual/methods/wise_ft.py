@@ -1,0 +1,47 @@
+"""WiSE-FT in a sequence: fine-tune on the task, then interpolate the backbone's weights with an anchor's.
+
+Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022 (arXiv 2109.01903), eq. 1:
+θ_α = (1 − α)·θ_zero-shot + α·θ_fine-tuned. Here after every task, with the anchor the pre-trained
+backbone (`anchor: pretrained`, as ZSCL's MTIL table runs it) or the backbone before this task
+(`anchor: previous`): α = 0 gives back the anchor, α = 1 plain fine-tuning. Only the backbone is
+interpolated: each task keeps the head it trained (the paper's zero-shot head and ours start equal for
+`head_init: zero_shot`, and a linear-probe head has no zero-shot counterpart). Floating buffers
+(BatchNorm statistics) are interpolated like the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from continual.datasets.tasks import TaskData
+from continual.methods.options import WiseFTOptions
+from continual.models import Backbone, TaskModel
+from continual.train import Batch, FitStats, Trainer
+
+
+class WiseFT:
+    def __init__(self, options: WiseFTOptions, *, pretrained: Backbone):
+        self.options = options
+        self.pretrained = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
+
+    def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
+        anchor = (self.pretrained if self.options.anchor == "pretrained"
+                  else copy.deepcopy(model.backbone.state_dict()))
+        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"wise_ft {step}:{task.name}")
+        interpolate(model.backbone, anchor, alpha=self.options.alpha)
+        stats.extra["wise_ft_alpha"] = self.options.alpha
+        return stats
+
+    def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y)}
+
+
+@torch.no_grad()
+def interpolate(backbone: Backbone, anchor: dict[str, torch.Tensor], *, alpha: float) -> None:
+    """backbone ← (1 − α)·anchor + α·backbone, for every floating tensor of its state (in place)."""
+    for name, value in backbone.state_dict().items():
+        if value.is_floating_point():
+            value.copy_(torch.lerp(anchor[name].to(value.device, value.dtype), value, alpha))

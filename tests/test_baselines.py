@@ -1,0 +1,87 @@
+"""The published fine-tuning baselines (issue #13): what defines each, and a run of each through the CLI."""
+import copy
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from continual import methods
+from continual.cli import main
+from continual.config import TrainingConfig
+from continual.datasets.tasks import load_task
+from continual.methods.options import FinetuneOptions, L2SPOptions, WiseFTOptions
+from continual.models import Head, TaskModel, build_backbone
+from continual.train import Trainer
+
+
+@pytest.fixture(scope="module")
+def setting():
+    backbone = build_backbone(SimpleNamespace(family="efficientnet_lite0", arch=None, pretrained=None, image_size=32,
+                                              head_init="linear_probe"))
+    spec = SimpleNamespace(name="t", dataset="digits", classes=[0, 1, 2], train_per_class=16, test_per_class=4,
+                           path=None, templates=None)
+    task = load_task(spec, image_size=32, data_root=Path("/nonexistent"), seed=0)
+    torch.manual_seed(0)
+    head = Head(backbone.feature_dim, 3, normalize=False)
+    trainer = Trainer(TrainingConfig(batch_size=16, warmup_steps=1, lr=1e-3), device=torch.device("cpu"),
+                      progress=False)
+    return backbone, head, task, trainer
+
+
+def train(options, setting):
+    """The backbone after one task of the method `options` names, and its FitStats."""
+    backbone, head, task, trainer = setting
+    model = TaskModel(copy.deepcopy(backbone), {"t": copy.deepcopy(head)}, freeze_batchnorm=True)
+    torch.manual_seed(1)
+    stats = methods.build(options, pretrained=backbone).fit_task(model, task, step=1, trainer=trainer)
+    return model.backbone, stats
+
+
+def distance(a, b) -> float:
+    return sum(float((p.detach() - q.detach()).pow(2).sum()) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_l2sp_is_zero_at_the_start_and_pulls_the_weights_back(setting):
+    pretrained = setting[0]
+    finetuned, _ = train(FinetuneOptions(), setting)
+    held, stats = train(L2SPOptions(lambda_=1e4), setting)
+    assert stats.first_losses["l2sp"] == 0.0  # the weights are the pre-trained ones before the first update
+    assert stats.losses["l2sp"] > 0
+    assert distance(held, pretrained) < 0.5 * distance(finetuned, pretrained)
+    same, _ = train(L2SPOptions(lambda_=0.0), setting)  # λ = 0 is fine-tuning, update for update
+    assert distance(same, finetuned) == 0.0
+
+
+def test_wise_ft_alpha_0_is_the_anchor_1_is_finetuning_and_between_is_the_line(setting):
+    pretrained = setting[0]
+    finetuned, _ = train(FinetuneOptions(), setting)
+    zero, _ = train(WiseFTOptions(alpha=0.0), setting)
+    one, stats = train(WiseFTOptions(alpha=1.0), setting)
+    half, _ = train(WiseFTOptions(alpha=0.5), setting)
+    assert all(torch.equal(a, b) for a, b in zip(zero.state_dict().values(), pretrained.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), finetuned.state_dict().values()))
+    for h, p, f in zip(half.parameters(), pretrained.parameters(), finetuned.parameters()):
+        assert torch.allclose(h, (p + f) / 2, atol=1e-6)
+    assert stats.extra["wise_ft_alpha"] == 1.0
+
+
+def test_both_run_through_the_cli_and_options_are_checked(tmp_path, capsys):
+    doc = {"name": "base", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
+           "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
+                     {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
+           "training": {"batch_size": 8, "warmup_steps": 1},
+           "methods": [{"l2sp": {"lambda": 0.1}}, {"wise_ft": {"alpha": 0.5, "anchor": "previous"}}],
+           "download": False}
+    seq = tmp_path / "seq.yaml"
+    seq.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    for name in ("l2sp", "wise_ft"):
+        metrics = json.loads((tmp_path / "out" / "base" / name / "metrics.json").read_text())
+        assert len(metrics["timings"]) == 3
+    doc["methods"] = [{"wise_ft": {"alpha": 1.5}}]
+    seq.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(seq)]) == 2
+    assert "methods[0].wise_ft.alpha" in capsys.readouterr().err
