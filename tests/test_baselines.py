@@ -85,3 +85,18 @@ def test_both_run_through_the_cli_and_options_are_checked(tmp_path, capsys):
     seq.write_text(yaml.safe_dump(doc))
     assert main(["validate", str(seq)]) == 2
     assert "methods[0].wise_ft.alpha" in capsys.readouterr().err
+
+
+def test_frozen_forgets_nothing_and_trains_nothing(tmp_path):
+    import continual
+
+    doc = {"name": "ref", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
+           "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
+                     {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
+           "probes": [{"name": "p", "dataset": "digits", "classes": [5, 6], "train_per_class": 8, "test_per_class": 4}],
+           "training": {"batch_size": 8, "warmup_steps": 1}, "methods": ["frozen"], "download": False}
+    folder = continual.run(doc, out=tmp_path, progress=False)
+    matrix = continual.load_run(folder)["frozen"]
+    assert (matrix == matrix.iloc[0]).all().all()  # every step scores what the pre-trained model did
+    metrics = json.loads((folder / "frozen" / "metrics.json").read_text())
+    assert metrics["final"]["bwt"] == 0 and [t["train_steps"] for t in metrics["timings"][1:]] == [0, 0]

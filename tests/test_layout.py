@@ -55,7 +55,7 @@ LAYERS = [
     ("entry", ["continual", "continual.__main__", "continual.cli"]),
     ("runner", ["continual.runner"]),
     ("training", ["continual.methods.finetune", "continual.methods.ldifs", "continual.methods.avalanche",
-                  "continual.methods.l2sp", "continual.methods.wise_ft",
+                  "continual.methods.l2sp", "continual.methods.wise_ft", "continual.methods.frozen",
                   "continual.train", "continual.evaluate", "continual.checkpoints"]),
     ("models and data", ["continual.models", "continual.datasets.tasks", "continual.datasets.source",
                          "continual.datasets.embedded", "continual.datasets.torchvision_sets",

@@ -17,8 +17,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from continual.datasets import DATASETS
 from continual.datasets.prompts import template_problem
 from continual.methods import METHODS
-from continual.methods.options import (EWCOptions, FinetuneOptions, L2SPOptions, LDIFSOptions, LwFOptions, NaiveOptions,
-                                       Options, ReplayOptions, WiseFTOptions)
+from continual.methods.options import (EWCOptions, FinetuneOptions, FrozenOptions, L2SPOptions, LDIFSOptions,
+                                       LwFOptions, NaiveOptions, Options, ReplayOptions, WiseFTOptions)
 
 
 class Strict(BaseModel):
@@ -247,8 +247,8 @@ def shown(value: Any, *, kind: bool = False) -> str:
 
 # One of the methods' option classes, chosen by the YAML key (kept in sync with methods.METHODS by a test).
 MethodOptions = Annotated[
-    Union[FinetuneOptions, LDIFSOptions, L2SPOptions, WiseFTOptions, NaiveOptions, EWCOptions, LwFOptions,
-          ReplayOptions],
+    Union[FinetuneOptions, LDIFSOptions, L2SPOptions, WiseFTOptions, FrozenOptions, NaiveOptions, EWCOptions,
+          LwFOptions, ReplayOptions],
     Field(discriminator="name"), BeforeValidator(_method_item)]
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from continual.methods.options import (EWCOptions, FinetuneOptions, L2SPOptions, LDIFSOptions, LwFOptions, NaiveOptions,
-                                       Options, ReplayOptions, WiseFTOptions)
+from continual.methods.options import (EWCOptions, FinetuneOptions, FrozenOptions, L2SPOptions, LDIFSOptions,
+                                       LwFOptions, NaiveOptions, Options, ReplayOptions, WiseFTOptions)
 
 # What a method may need of the model (checked up front by the runner, named in `continual list`):
 #   taps  intermediate features of the backbone (a feature-space penalty: LDIFS)
@@ -40,6 +40,8 @@ METHODS: dict[str, MethodInfo] = {
     "ldifs": MethodInfo(LDIFSOptions, "continual.methods.ldifs:LDIFS",
                         "cross-entropy + λ · distance of intermediate features to the frozen pre-trained model",
                         needs=("taps",)),
+    "frozen": MethodInfo(FrozenOptions, "continual.methods.frozen:Frozen",
+                         "no training: the pre-trained backbone and each task's starting head (the reference row)"),
     "l2sp": MethodInfo(L2SPOptions, "continual.methods.l2sp:L2SP",
                        "cross-entropy + λ/2 · squared distance of the backbone's weights to the pre-trained ones"),
     "wise_ft": MethodInfo(WiseFTOptions, "continual.methods.wise_ft:WiseFT",

@@ -42,6 +42,10 @@ class LDIFSOptions(Options):
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
 
 
+class FrozenOptions(Options):
+    name: Literal["frozen"] = "frozen"
+
+
 class L2SPOptions(Options):
     name: Literal["l2sp"] = "l2sp"
     # Li et al. 2018 search α in {0.001, 0.01, 0.1, 1} and report 0.1 for most targets (their table 2);
