@@ -27,6 +27,7 @@ import errno
 import fcntl
 import hashlib
 import importlib.metadata
+import io
 import json
 import os
 import shutil
@@ -180,7 +181,7 @@ class Store:
             with open(self.images_path, "wb") as f:
                 f.truncate(self.n * self.row_bytes)  # sparse: disk is used as rows are written
             _atomic_save(self.filled_path, np.zeros(self.n, dtype=bool))
-            _atomic_write(self.manifest_path, json.dumps(self.key.manifest(self.n), indent=1) + "\n")
+            _atomic_write(self.manifest_path, (json.dumps(self.key.manifest(self.n), indent=1) + "\n").encode())
         except OSError as err:
             raise self._write_error(err) from None
 
@@ -410,12 +411,14 @@ def _as_list(batch):
     return batch
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, sync, then rename: readers never see half a file. (Not
+    run_folder.atomic_write: that one speaks of runs and --resume, and importing it imports pandas.)"""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)  # as open() makes files: mkstemp's 0600 would hide a shared store from a team
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -425,17 +428,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # as open() makes files: mkstemp's 0600 would hide a shared store from a team
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    _atomic_write(path, buffer.getvalue())
 
 
 # ---- what is stored (`continual data list`) -----------------------------------------------------------

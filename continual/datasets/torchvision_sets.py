@@ -4,9 +4,6 @@ argument, and which file shows they are there), downloaded by torchvision when t
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,6 +11,7 @@ import numpy as np
 
 from continual.datasets.catalog import DATASETS, TORCHVISION, DataError
 from continual.datasets.source import Pool, Source, array_pool, pil_pool, split_fixed
+from continual.network import reachable as _reachable  # tests stand in for the network here
 
 
 # Datasets torchvision can no longer download: what to fetch by hand and where torchvision looks for it.
@@ -109,29 +107,6 @@ def load(dataset: str, *, path: Path | None, data_root: Path, download: bool) ->
     names = (DATASETS[dataset].class_names or getattr(train, "classes", None) or getattr(train, "categories", None)
              or [str(c) for c in range(train_pool.labels.max() + 1)])
     return Source(list(names), train_pool, test_pool)
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the url's host (or to the proxy that would carry the request) opens
-    within `timeout` seconds; in a thread, so that a DNS lookup that hangs is bounded by it too.
-    (The same check as models.clip's for open_clip weights; data does not import models.)"""
-    target = urlparse(url)
-    proxy = urllib.request.getproxies().get(target.scheme)
-    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
-        target = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    port = target.port or (443 if target.scheme == "https" else 80)
-    opened = []
-
-    def connect():
-        try:
-            socket.create_connection((target.hostname, port), timeout=timeout).close()
-            opened.append(True)
-        except (OSError, UnicodeError):
-            pass
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(opened)
 
 
 def _failing_checksums(cls, root: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from continual.models.backbone import OPEN_CLIP, Backbone, Head, ModelError
 from continual.models.weights import as_state_dict, check_state_fits, check_values, one_line, read_checkpoint
+from continual.network import reachable as _reachable  # tests stand in for the network here
 
 
 class _SharedFrozen:
@@ -119,33 +120,6 @@ def _cached_tag_file(tag_cfg: dict) -> str | None:
         if isinstance(cached, str):  # else None (not cached) or a marker that the hub has no such file
             return cached
     return None
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the url's host (or to the proxy that would carry the request) opens
-    within `timeout` seconds; in a thread, so that a DNS lookup that hangs is bounded by it too."""
-    import socket
-    import threading
-    import urllib.request
-    from urllib.parse import urlparse
-
-    target = urlparse(url)
-    proxy = urllib.request.getproxies().get(target.scheme)
-    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
-        target = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    port = target.port or (443 if target.scheme == "https" else 80)
-    opened = []
-
-    def connect():
-        try:
-            socket.create_connection((target.hostname, port), timeout=timeout).close()
-            opened.append(True)
-        except (OSError, UnicodeError):
-            pass
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(opened)
 
 
 def _check_download_possible(arch: str, tag: str, tag_cfg: dict) -> None:
