@@ -196,7 +196,7 @@ def _validate(files: list[Path]) -> int:
             continue
         plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
         print(f"{path}: ok ({plural(len(seq.tasks), 'task')}, {plural(len(seq.probes), 'probe')}, "
-              f"methods: {', '.join(o.name for o in seq.methods)})")
+              f"methods: {', '.join(o.key for o in seq.methods)})")
     return status
 
 

@@ -67,11 +67,17 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: i
 
 
 @torch.no_grad()
-def accuracy(head: Head, features: torch.Tensor, labels: torch.Tensor) -> float:
-    was_training = head.training
-    head.eval()
-    correct = int((head(features).argmax(1) == labels.to(features.device)).sum())
-    head.train(was_training)
+def accuracy(head: Head | list[Head], features: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of `labels` predicted by `head`; by a list of heads, among all their classes at once
+    (their logits side by side, as one grown head: class-incremental, `labels` offset to match)."""
+    heads = head if isinstance(head, list) else [head]
+    modes = [h.training for h in heads]
+    for h in heads:
+        h.eval()
+    logits = torch.cat([h(features) for h in heads], dim=1)
+    correct = int((logits.argmax(1) == labels.to(features.device)).sum())
+    for h, mode in zip(heads, modes):
+        h.train(mode)
     return correct / len(labels)  # an exact fraction, not a float32 mean
 
 
@@ -83,27 +89,38 @@ class Evaluation:
 
 def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *, learned: int, head_init: str,
              zero_shot_probes: dict[str, Head] | None, batch_size: int, device: torch.device,
-             bf16: bool = False) -> Evaluation:
+             bf16: bool = False, class_incremental: bool = False) -> Evaluation:
     """One row of the accuracy matrix after `learned` tasks have been trained.
 
     A learned task is scored with its own head. A task not yet learned is scored with the head it would
     start with now (its linear probe on the current features, or its zero-shot / random head), which
     makes row 0 and the upper triangle measure transfer. Probes are never trained on: a linear probe is
     fit on the current frozen features of the probe's train split and scored on its test split.
+
+    `class_incremental`: task j's test images are predicted among the classes of every task seen so far
+    (tasks 1..learned), by the heads of those tasks side by side (the grown head); a task not yet learned,
+    among the classes of tasks 1..j, its own head being the one it would start with now.
     """
     encoder = model.backbone.for_inference()  # e.g. BatchNorm folded into convolutions, once per evaluation
     features = lambda split: extract_features(encoder, split, batch_size=batch_size, device=device, bf16=bf16)  # noqa: E731
     normalize = model.backbone.normalize_features
     row: dict[str, float] = {}
     future: dict[str, Head] = {}
+    heads: list[Head] = []
     for j, task in enumerate(tasks):
         if j >= learned and head_init == "linear_probe":
             future[task.name] = fit_linear_head(features(task.train), task.train.labels, len(task.class_names),
                                                 normalize=normalize)
-            head = future[task.name]
+            heads.append(future[task.name])
         else:
-            head = model.heads[task.name]
-        row[task.name] = accuracy(head, features(task.test), task.test.labels)
+            heads.append(model.heads[task.name])
+        if not class_incremental:
+            row[task.name] = accuracy(heads[j], features(task.test), task.test.labels)
+    offset = 0
+    for j, task in enumerate(tasks if class_incremental else []):
+        seen = heads[: max(learned, j + 1)]
+        row[task.name] = accuracy(seen, features(task.test), task.test.labels + offset)
+        offset += len(task.class_names)
     for probe in probes:
         test = features(probe.test)
         head = fit_linear_head(features(probe.train), probe.train.labels, len(probe.class_names), normalize=normalize)

@@ -167,6 +167,15 @@ def zscl_last(R: np.ndarray) -> float:
     return float(R[-1].mean()) if is_complete(R) else np.nan
 
 
+def chance_accuracy(classes: list[int], *, class_incremental: bool = False) -> np.ndarray:
+    """(T + 1) × T: the accuracy of a uniform guess, laid out as R. Task j alone has classes[j] classes;
+    class-incremental, task j is predicted at step i among the classes of tasks 1..max(i, j) (as scored)."""
+    T = len(classes)
+    seen = np.cumsum(classes)
+    return np.array([[1 / (seen[max(i, j + 1) - 1] if class_incremental else classes[j]) for j in range(T)]
+                     for i in range(T + 1)])
+
+
 # name -> (function of R, higher is better); the order is the order of the report's tables.
 FINAL = {
     "final_average_accuracy": (final_average_accuracy, True),

@@ -46,9 +46,12 @@ def curves_png(matrix: pd.DataFrame, *, title: str, n_steps: int) -> bytes:
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]  # a second cue besides colour, for greyscale print
 
 
-def method_style(methods: list[str]) -> dict[str, dict]:
-    """method -> matplotlib line style (colour and marker), fixed by the method's position."""
-    return {m: {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)]} for i, m in enumerate(methods)}
+def method_style(methods: list[str], labels: dict[str, str] | None = None) -> dict[str, dict]:
+    """method -> matplotlib line style (colour and marker), fixed by the method's position, and its legend
+    entry (`labels`: e.g. `ldifs-100 (lambda 100)` for variants of one method; else the method's key)."""
+    labels = labels or {}
+    return {m: {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)], "label": labels.get(m, m)}
+            for i, m in enumerate(methods)}
 
 
 def _png(fig: Figure) -> bytes:
@@ -115,7 +118,7 @@ def _method_bands(ax, mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFrame
         if method not in mean or column not in mean[method]:
             continue
         m = mean[method][column] * 100
-        _band(ax, m.index, m.to_numpy(), _std(std, method, column, m.index), style[method], method)
+        _band(ax, m.index, m.to_numpy(), _std(std, method, column, m.index), style[method], style[method]["label"])
         plotted[method] = m
     return plotted
 
@@ -139,17 +142,21 @@ def _step_axis(ax, *, n_steps: int) -> None:
 
 
 def forgetting_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFrame], *, methods: list[str],
-                          tasks: list[str], n_steps: int) -> bytes:
+                          tasks: list[str], n_steps: int, labels: dict[str, str] | None = None,
+                          chance: pd.DataFrame | None = None) -> bytes:
     """One panel per task: its accuracy against the step, one line per method (shaded ± std over runs).
     The grey part of a panel is before the task is learned (transfer); the dotted line marks the step
     it is learned."""
-    style = method_style(methods)
+    style = method_style(methods, labels)
     fig, axes, ncols = _panels(len(tasks), max_cols=4, width=3.0, height=2.6, pad_w=0.4, pad_h=0.7)
     for k, task in enumerate(tasks):
         ax = axes[k]
         learned = k + 1
         ax.axvspan(-0.3, learned - 0.5, color="0.92", linewidth=0)
         ax.axvline(learned, color="0.3", linestyle=":", linewidth=1)
+        if chance is not None and task in chance:  # a uniform guess (class-incremental: falls as classes arrive)
+            ax.plot(chance.index, chance[task] * 100, color="0.55", linestyle=(0, (1, 2)), linewidth=1.2,
+                    drawstyle="steps-mid", label="chance")
         for method, m in _method_bands(ax, mean, std, methods=methods, column=task, style=style).items():
             if learned in m.index:
                 ax.plot(learned, m[learned], marker="*", markersize=13, color=style[method]["color"],
@@ -166,10 +173,10 @@ def forgetting_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataF
 
 
 def concept_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFrame], *, methods: list[str],
-                       probes: list[str], n_steps: int) -> bytes:
+                       probes: list[str], n_steps: int, labels: dict[str, str] | None = None) -> bytes:
     """One panel per probe column: accuracy minus the pre-trained model's (percentage points) against
     the step, one line per method. Below zero is concept forgetting."""
-    style = method_style(methods)
+    style = method_style(methods, labels)
     fig, axes, ncols = _panels(len(probes), max_cols=3, width=3.6, height=2.8, pad_w=1.6, pad_h=0.3)
     for k, probe in enumerate(probes):
         ax = axes[k]
@@ -186,11 +193,11 @@ def concept_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFram
     return _png(fig)
 
 
-def summary_png(points: pd.DataFrame, *, methods: list[str]) -> bytes:
+def summary_png(points: pd.DataFrame, *, methods: list[str], labels: dict[str, str] | None = None) -> bytes:
     """Final average accuracy against average forgetting, one labelled point per method (± std bars when
     there are several runs). `points`: index method; columns acc, acc_std, forgetting, forgetting_std
     (fractions). Methods with no value (incomplete) are left out and named under the axis."""
-    style = method_style(methods)
+    style = method_style(methods, labels)
     fig = Figure(figsize=(5.2, 4.0), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     shown, missing = [], []
@@ -205,7 +212,7 @@ def summary_png(points: pd.DataFrame, *, methods: list[str]) -> bytes:
         # Methods that end up close together (a few points apart) would print their names on top of each
         # other: move each further label a line above, then below, then two lines above, ...
         near = sum(abs(r["forgetting"] - row["forgetting"]) < 8 and abs(r["acc"] - row["acc"]) < 4 for r in shown)
-        ax.annotate(method, (row["forgetting"], row["acc"]), xytext=(6, (5, 16, -12, 27, -23)[near % 5]),
+        ax.annotate(style[method]["label"], (row["forgetting"], row["acc"]), xytext=(6, (5, 16, -12, 27, -23)[near % 5]),
                     textcoords="offset points", fontsize=9)
         shown.append(row)
     if shown:  # limits that hold every point with its error bars and label

@@ -42,6 +42,7 @@ import yaml
 
 from continual import metrics
 from continual.config import ConfigError
+from continual.methods.options import item_key
 
 CONFIG = "config.yaml"
 MATRIX_CSV, MATRIX_JSON, METRICS, CURVES = "accuracy_matrix.csv", "accuracy_matrix.json", "metrics.json", "curves.png"
@@ -297,8 +298,9 @@ class RunFolder:
         atomic_write(self.config, text)
 
     def write_step(self, method: str, *, rows: list[dict[str, float]], tasks: list[str], n_steps: int,
-                   timings: list[dict]) -> None:
-        """(Re)write the numbers of one method after a step; `rows` are the matrix rows so far."""
+                   timings: list[dict], classes: list[int] | None = None, setting: str = "task_incremental") -> None:
+        """(Re)write the numbers of one method after a step; `rows` are the matrix rows so far, `classes`
+        each task's number of classes (the report draws chance level from them)."""
         folder = self.method(method)
         make_folder(folder)
         matrix = pd.DataFrame(rows)
@@ -307,7 +309,10 @@ class RunFolder:
         atomic_write(folder / MATRIX_JSON, matrix.to_json(orient="records", indent=1))
         per_step = metrics.step_metrics(matrix[tasks].to_numpy())
         doc = {"method": method, "steps_done": len(rows) - 1, "steps_total": n_steps,
-               "complete": len(rows) - 1 == n_steps, "steps": per_step, "final": per_step[-1], "timings": timings}
+               "complete": len(rows) - 1 == n_steps, "steps": per_step, "final": per_step[-1], "timings": timings,
+               "setting": setting}
+        if classes is not None:
+            doc["classes"] = dict(zip(tasks, classes, strict=True))
         atomic_write(folder / METRICS, json.dumps(doc, indent=1, allow_nan=False))
 
     def record_failure(self, method: str, error: str) -> None:
@@ -361,17 +366,17 @@ class RunFolder:
             raise RunExists(f"{self.path} already holds a run of '{new['name']}' ({self.progress()}); "
                             "add --resume to continue it, --overwrite to discard it, or choose another --out")
         on_disk = _as_today(on_disk)
-        old_methods = {name: options for item in on_disk["methods"] for name, options in item.items()}
-        new_methods = {name: options for item in new["methods"] for name, options in item.items()}
+        old_methods = {item_key(item): item for item in on_disk["methods"]}  # by label, else by name
+        new_methods = {item_key(item): item for item in new["methods"]}
         differ = differences({**on_disk, "methods": None}, {**new, "methods": None})
         differ += [(f"methods.{name}{'.' + key if key else ''}", a, b) for name in old_methods.keys() & new_methods.keys()
-                   for key, a, b in differences(old_methods[name], new_methods[name])]
+                   for key, a, b in differences(_entry(old_methods[name]), _entry(new_methods[name]))]
         differ = [(key, f"was {a!r} in this run, is {b!r} now") for key, a, b in differ if key not in may_differ]
         if differ:
             raise ConfigError(str(self.config), differ + [("", "resume needs the sequence the run was started "
                                                                "with; use --overwrite to start again with this one")])
         merged = {**old_methods, **new_methods}  # the run's order, then methods new to it
-        return yaml.safe_dump({**new, "methods": [{name: options} for name, options in merged.items()]}, sort_keys=False)
+        return yaml.safe_dump({**new, "methods": list(merged.values())}, sort_keys=False)
 
     def _our_config(self, name: str) -> dict | None:
         """The config.yaml of our run of `name` here, None when there is none; a config.yaml that is not
@@ -433,6 +438,13 @@ class RunFolder:
 
     def lock(self) -> RunLock:
         return RunLock(self.path)
+
+
+def _entry(item: dict) -> dict:
+    """A method item of config.yaml, `{ldifs: {lambda: 10}}`, as the options compared on resume (the method's
+    name too, for an entry known by its label)."""
+    (name, options), = item.items()
+    return {"method": name, **(options or {})}
 
 
 def _as_today(doc: dict) -> dict:

@@ -39,6 +39,7 @@ class Loaded:
     backbone: Backbone
     tasks: list[TaskData]
     probes: list[TaskData]
+    references: list[TaskData]
 
 
 def resolve_device(name: str, *, source: str = "<sequence>") -> torch.device:
@@ -62,7 +63,7 @@ def load_inputs(seq: Sequence, *, source: str, device: torch.device) -> Loaded:
     except models.ModelError as err:                  # forked, and a fork is safest before CUDA starts
         raise ConfigError(source, [(f"model.{err.key}", err.message)]) from None
     loaded = {}
-    for group in ("tasks", "probes"):
+    for group in ("tasks", "probes", "references"):
         loaded[group] = []
         for i, spec in enumerate(getattr(seq, group)):
             try:
@@ -71,7 +72,8 @@ def load_inputs(seq: Sequence, *, source: str, device: torch.device) -> Loaded:
             except DataError as err:
                 key = f"{group}[{i}].{err.key}" if err.key else f"{group}[{i}]"
                 raise ConfigError(source, [(key, err.message)]) from None
-    return Loaded(backbone=backbone.to(device), tasks=loaded["tasks"], probes=loaded["probes"])
+    return Loaded(backbone=backbone.to(device), tasks=loaded["tasks"], probes=loaded["probes"],
+                  references=loaded["references"])
 
 
 def prepare_data(seq: Sequence, *, source: str) -> None:
@@ -79,7 +81,7 @@ def prepare_data(seq: Sequence, *, source: str) -> None:
     run's start), so that runs start without decoding: `continual data prepare`."""
     began = time.perf_counter()
     inputs = load_inputs(seq, source=source, device=torch.device("cpu"))  # the model only for its input size
-    for group, loaded in (("task", inputs.tasks), ("probe", inputs.probes)):
+    for group, loaded in (("task", inputs.tasks), ("probe", inputs.probes), ("reference", inputs.references)):
         for task in loaded:
             images = task.train.images
             where = "in memory (an array, nothing to decode)" if images.home == "memory" else f"in {Path(images.home).parent}"
@@ -90,15 +92,22 @@ def prepare_data(seq: Sequence, *, source: str) -> None:
 
 def check_needs(seq: Sequence, names: list[str], backbone: Backbone, *, source: str) -> None:
     """Refuse, before anything is written, a method whose needs this model cannot meet (methods.NEEDS)."""
-    listed = [o.name for o in seq.methods]
+    listed = [o.key for o in seq.methods]
     problems = []
     for name in names:
         key = f"methods[{listed.index(name)}]" if name in listed else "--methods"
-        for need in METHODS[name].needs:
+        options = seq.method(name)
+        method = options.name
+        unmet = []
+        for need in METHODS[method].needs:
             try:
                 MEETS[need](backbone)
             except models.ModelError as err:
-                problems.append((key, f"{name} needs {NEEDS[need]}: {err.message}"))
+                unmet.append((key, f"{method} needs {NEEDS[need]}: {err.message}"))
+        problems += unmet
+        check = getattr(methods.implementation(method), "problems", None)  # options that name parts of the model
+        if check is not None and not unmet:
+            problems += [(f"{key}.{method}.{option}", message) for option, message in check(options, backbone)]
     if problems:
         raise ConfigError(source, problems)
 
@@ -106,6 +115,7 @@ def check_needs(seq: Sequence, names: list[str], backbone: Backbone, *, source: 
 # How a backbone shows it meets each of methods.NEEDS: returns, or raises ModelError saying why not.
 MEETS: dict[str, Callable[[Backbone], object]] = {
     "taps": lambda backbone: backbone.tap_names,
+    "text": lambda backbone: models.text_tower(backbone),
 }
 
 
@@ -117,11 +127,12 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
     A folder that already holds a run is refused unless `resume` (continue each method from its newest
     checkpoint; the sequence must be the same) or `overwrite` (discard it and start again). `on_step`
     is called after every step's files are written."""
-    listed = [o.name for o in seq.methods]
+    listed = [o.key for o in seq.methods]  # labels, else names
     names = methods or listed
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in METHODS and n not in listed]
     if unknown:
-        raise ConfigError("--methods", [(n, f"unknown method (known: {', '.join(METHODS)})") for n in unknown])
+        raise ConfigError("--methods", [(n, f"unknown method: neither an entry of the sequence ({', '.join(listed)}) "
+                                            f"nor a known method ({', '.join(METHODS)})") for n in unknown])
     if resume and overwrite:
         raise ConfigError("--resume", [("", "--resume and --overwrite exclude each other")])
     run = RunFolder(Path(out) / seq.name)
@@ -142,7 +153,8 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
         complete = {name for name in names if resume and _complete(run, name, n_steps=len(inputs.tasks))}
         start = None
         if complete != set(names):
-            start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen") if resume else None
+            start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen",
+                                 class_incremental=seq.setting == "class_incremental") if resume else None
             if start is None:
                 start = Start.measure(seq, inputs, device=device)
                 start.save(run, inputs)
@@ -163,10 +175,12 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
 def plan(seq: Sequence, names: list[str], inputs: Loaded) -> str:
     """What the run will do, said before it starts: a setting that asks for years of training shows here."""
     t = seq.training
-    steps = [t.epochs * math.ceil(len(task.train.labels) / t.batch_size) for task in inputs.tasks]
+    trainer = Trainer(t, device=torch.device("cpu"))
+    steps = [trainer.total_steps(len(task.train.labels)) for task in inputs.tasks]
     per_task = ", ".join(f"{task.name} {n:,}" for task, n in zip(inputs.tasks, steps))
+    how = (f"{t.steps_per_task:,} steps" if t.steps_per_task is not None else f"{t.epochs} epoch{'s' * (t.epochs > 1)}")
     return (f"{seq.name}: {len(names)} method{'s' * (len(names) > 1)} x {len(steps)} tasks; {sum(steps):,} optimiser "
-            f"steps per method ({per_task}; {t.epochs} epoch{'s' * (t.epochs > 1)} of batch {t.batch_size})")
+            f"steps per method ({per_task}; {how} of batch {t.batch_size})")
 
 
 class MethodsFailed(Exception):
@@ -189,7 +203,8 @@ class Start:
     @classmethod
     def measure(cls, seq: Sequence, inputs: Loaded, *, device: torch.device) -> Start:
         began = time.perf_counter()
-        model = TaskModel(copy.deepcopy(inputs.backbone), freeze_batchnorm=seq.training.batchnorm == "frozen").to(device)
+        model = TaskModel(copy.deepcopy(inputs.backbone), freeze_batchnorm=seq.training.batchnorm == "frozen",
+                          class_incremental=seq.setting == "class_incremental").to(device)
         for task_name, head in _initial_heads(seq, model.backbone, inputs.tasks).items():
             model.heads[task_name] = head.to(device)
         zero_shot_probes = None
@@ -198,7 +213,8 @@ class Start:
                                 for p, spec in zip(inputs.probes, seq.probes, strict=True)}
         evaluation = evaluate(model, inputs.tasks, inputs.probes, learned=0, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
-                              device=device, bf16=use_bf16(seq.training, device))
+                              device=device, bf16=use_bf16(seq.training, device),
+                              class_incremental=model.class_incremental)
         return cls(model, evaluation, zero_shot_probes, time.perf_counter() - began)
 
     def save(self, run: RunFolder, inputs: Loaded) -> None:
@@ -212,13 +228,14 @@ class Start:
             "seconds": self.seconds})
 
     @classmethod
-    def resume(cls, run: RunFolder, inputs: Loaded, *, freeze_batchnorm: bool) -> Start | None:
+    def resume(cls, run: RunFolder, inputs: Loaded, *, freeze_batchnorm: bool, class_incremental: bool) -> Start | None:
         path = run.start_checkpoint
         if not path.exists():
             return None  # killed before step 0 was saved: measure it again
         state = checkpoints.load(path, expect={"step": 0, "backbone": checkpoints.fingerprint(inputs.backbone)})
         device = next(inputs.backbone.parameters()).device
-        model = TaskModel(copy.deepcopy(inputs.backbone), freeze_batchnorm=freeze_batchnorm)
+        model = TaskModel(copy.deepcopy(inputs.backbone), freeze_batchnorm=freeze_batchnorm,
+                          class_incremental=class_incremental)
         model.heads.update(checkpoints.build_heads(state["heads"], device=device))
         zero_shot = state["zero_shot_probes"]
         return cls(model, Evaluation(state["row"], checkpoints.build_heads(state["future_heads"], device=device)),
@@ -245,6 +262,15 @@ def _zero_shot_head(backbone: Backbone, data: TaskData, spec: DataSpec) -> Head:
                                  templates=spec.templates or prompts.templates(data.dataset))
 
 
+def _context(seq: Sequence, inputs: Loaded) -> methods.Context:
+    """The sequence's data, for the methods that see more than the task they train on."""
+    templates = {(group, spec.name): spec.templates or prompts.templates(data.dataset)
+                 for group in ("tasks", "probes", "references")
+                 for spec, data in zip(getattr(seq, group), getattr(inputs, group), strict=True)}
+    return methods.Context(tasks=inputs.tasks, probes=inputs.probes,
+                           references={r.name: r for r in inputs.references}, templates=templates)
+
+
 def seed_step(seed: int, step: int) -> None:
     """Seed torch (CPU and CUDA), numpy and random for one step. Per step, not once per method: a step's
     randomness (shuffling, dropout, replay sampling) then depends only on (seed, step), whichever methods
@@ -267,13 +293,14 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             on_step(name, len(tasks), len(tasks))
         return
     model = copy.deepcopy(start.model)
-    method = methods.build(seq.method(name), pretrained=inputs.backbone)
+    method = methods.build(seq.method(name), pretrained=inputs.backbone, context=_context(seq, inputs))
     scratch = run.cache(name)  # large recomputable files (LDIFS's anchor taps on disk), removed at the end
     trainer = Trainer(seq.training, device=device, progress=progress, scratch=scratch)
     task_names = [t.name for t in tasks]
 
     def write(rows, timings):
-        run.write_step(name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings)
+        run.write_step(name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings,
+                       classes=[len(t.class_names) for t in tasks], setting=seq.setting)
         if on_step is not None:
             on_step(name, len(rows) - 1, len(tasks))
 
@@ -294,9 +321,12 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             seed_step(seq.seed, step)
             stats = method.fit_task(model, task, step=step, trainer=trainer)
             began = time.perf_counter()
+            # A method that trains the text tower (FLYP) scores probes zero-shot with its own text heads.
+            zero_shot_probes = getattr(method, "zero_shot_probes", None) or start.zero_shot_probes
             result = evaluate(model, tasks, probes, learned=step, head_init=seq.model.head_init,
-                              zero_shot_probes=start.zero_shot_probes, batch_size=seq.training.eval_batch_size,
-                              device=device, bf16=use_bf16(seq.training, device))
+                              zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
+                              device=device, bf16=use_bf16(seq.training, device),
+                              class_incremental=model.class_incremental)
             rows.append(result.row)
             timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
                             "train_steps": stats.steps, "losses": stats.losses,
@@ -335,8 +365,10 @@ def learned_worse(*, before: float, after: float, n_test: int) -> bool:
 
 
 def _worse_message(method: str, task: str, rows: list[dict], stats, training) -> str:
-    first, last = stats.first_losses.get("ce"), stats.losses.get("ce")
-    loss = f"; its cross-entropy went from {first:.3g} on the first batch to {last:.3g} over the last epoch" \
+    term = "ce" if "ce" in stats.losses else next(iter(stats.losses), None)  # FLYP's is its contrastive loss
+    first, last = stats.first_losses.get(term), stats.losses.get(term)
+    what = "its cross-entropy" if term == "ce" else f"its loss term '{term}'"
+    loss = f"; {what} went from {first:.3g} on the first batch to {last:.3g} over the last epoch" \
         if first is not None and last is not None else ""
     return (f"{method}: task '{task}' scored {rows[-1][task]:.3f} right after training on it, below the "
             f"{rows[-2][task]:.3f} of the head it started from{loss}. Training made it worse: likely a learning "

@@ -20,7 +20,7 @@ from continual.models import TaskModel
 @dataclass
 class Batch:
     x: torch.Tensor  # preprocessed inputs, on the device
-    y: torch.Tensor  # labels, on the device
+    y: torch.Tensor  # labels, on the device, indexing `model(x, task)`: offset past earlier tasks when class-incremental
     index: torch.Tensor  # positions in the task's training split (CPU), for what a method computed per sample
     task: str
 
@@ -108,8 +108,11 @@ class Trainer:
                 yield batch.to(self.device, non_blocking=True)
 
     def trainable_parameters(self, model: TaskModel, task: str) -> list[torch.nn.Parameter]:
-        # Backbone + this task's head. Other heads stay out: AdamW's weight decay would shrink them.
-        params = list(model.backbone.parameters()) + list(model.heads[task].parameters())
+        # Backbone + the heads that give this task's logits: its own, or class-incremental every head up to
+        # it (one grown head). Other heads stay out: AdamW's weight decay would shrink them.
+        params = list(model.backbone.parameters())
+        for name in model.heads_up_to(task):
+            params += list(model.heads[name].parameters())
         return [p for p in params if p.requires_grad]
 
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -133,15 +136,27 @@ class Trainer:
     def steps_per_epoch(self, n: int) -> int:
         return math.ceil(n / self.training.batch_size)
 
-    def fit(self, model: TaskModel, task: TaskData, *, loss_terms: LossTerms, label: str = "") -> FitStats:
-        """Train `model` on `task` for the configured epochs with `loss_terms`. Shuffling and dropout draw
-        from torch's global RNG, which the runner seeds per step; augmentation from a generator seeded by it."""
+    def total_steps(self, n: int) -> int:
+        """Optimiser steps on a task of `n` training images: `steps_per_task`, else `epochs` full passes."""
+        steps = getattr(self.training, "steps_per_task", None)
+        return steps if steps is not None else self.training.epochs * self.steps_per_epoch(n)
+
+    def fit(self, model: TaskModel, task: TaskData, *, loss_terms: LossTerms, label: str = "",
+            extra_parameters: list[torch.nn.Parameter] = (), after_step: Callable[[int], None] | None = None,
+            ) -> FitStats:
+        """Train `model` on `task` for the configured epochs with `loss_terms`; `extra_parameters` train
+        too (a method's own modules: FLYP's text tower); `after_step(i)` runs after the i-th optimiser step
+        (1-based; ZSCL's weight ensemble). Shuffling and dropout draw from torch's global RNG, which the
+        runner seeds per step; augmentation from a generator seeded by it."""
         t = self.training
-        images, labels = self.on_device(task.train.images), task.train.labels.to(self.device)
+        # Labels index the task's logits: offset past earlier tasks' classes when class-incremental.
+        images = self.on_device(task.train.images)
+        labels = (task.train.labels + model.label_offset(task.name)).to(self.device)
         n = len(labels)
         per_epoch = self.steps_per_epoch(n)
-        total = t.epochs * per_epoch
-        params = self.trainable_parameters(model, task.name)
+        total = self.total_steps(n)
+        epochs = math.ceil(total / per_epoch)  # the last one cut short when steps_per_task is not a multiple
+        params = self.trainable_parameters(model, task.name) + [p for p in extra_parameters if p.requires_grad]
         optimizer = self.make_optimizer(params)
         schedule = self.make_schedule(optimizer, total)
         model.train()  # TaskModel.train keeps BatchNorm frozen if the run says so
@@ -150,13 +165,14 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         draws = augmentation_generator(getattr(t, "augment", "none"))  # None (and nothing drawn) for none
-        for epoch in range(t.epochs):
+        for epoch in range(epochs):
             sums = {}
+            steps = min(per_epoch, total - epoch * per_epoch)
             order = torch.randperm(n)
             if self.device.type == "cuda":  # pinned: slices of it reach the GPU without a sync (LDIFS cache)
                 order = order.pin_memory()
             on_device = order.to(images.device)
-            for b, x in enumerate(self.batches(images, on_device, per_epoch)):
+            for b, x in enumerate(self.batches(images, on_device, steps)):
                 idx = order[b * t.batch_size : (b + 1) * t.batch_size]
                 dev_idx = on_device[b * t.batch_size : (b + 1) * t.batch_size]
                 if draws is not None:  # training.augment: on the device, the draws from a seeded CPU generator
@@ -171,15 +187,17 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
                 optimizer.step()
                 schedule.step()
+                if after_step is not None:
+                    after_step(epoch * per_epoch + b + 1)
                 for k, v in terms.items():  # accumulate on device: no sync per step
                     sums[k] = sums.get(k, 0) + v.detach()
                 if not first:
                     first = {k: v.detach() for k, v in terms.items()}
                 bar.update(1)
-                if self.progress and ((b + 1) % self.log_every == 0 or b + 1 == per_epoch):
+                if self.progress and ((b + 1) % self.log_every == 0 or b + 1 == steps):
                     shown = {k: f"{float(v) / (b + 1):.3f}" for k, v in sums.items()}
-                    bar.set_postfix(epoch=f"{epoch + 1}/{t.epochs}", **shown)
+                    bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", **shown)
         bar.close()
         return FitStats(steps=total, seconds=time.perf_counter() - start,
-                        losses=epoch_means(sums, steps=per_epoch, task=task.name),
+                        losses=epoch_means(sums, steps=steps, task=task.name),
                         first_losses={k: float(v) for k, v in first.items()})

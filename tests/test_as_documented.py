@@ -45,8 +45,7 @@ def test_resume_never_retrains_a_finished_method_and_config_records_what_ran(tmp
     folder = out / "tiny"
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert [next(iter(m)) for m in config["methods"]] == ["finetune", "ewc"]
-    assert config["methods"][1]["ewc"] == METHODS["ewc"].options().model_dump(mode="json", by_alias=True,
-                                                                                  exclude={"name"})
+    assert config["methods"][1]["ewc"] == METHODS["ewc"].options().settings()
     assert "| ewc |" in (folder / "summary.md").read_text()
     assert not (folder / "checkpoints" / "finetune").exists()  # keep_checkpoints 0: nothing to resume from
     before = snapshot(folder / "finetune") | snapshot(folder / "ewc")

@@ -108,3 +108,38 @@ def test_nan_entries_propagate_to_what_they_touch():
     np.testing.assert_allclose(metrics.task_forgetting(broken), [np.nan, 0.15, np.nan])
     assert metrics.forward_transfer(broken) == pytest.approx(0.10)  # row 3 is not part of it
     assert metrics.zscl_transfer(broken) == pytest.approx(0.4375)
+
+
+# ZSCL's own numbers: the 11 x 11 MTIL matrix (percent; rows: after each of the 11 training steps, columns:
+# the 11 datasets, its CIFAR-10 column already deleted) that Thunderbeee/ZSCL mtil/results.ipynb shows for
+# `visualize("./exp_wc_fair.npy")`, and what its `statistics()` printed for it: transfer 26.7, avg 16.0,
+# last 10.9 (each rounded to one decimal by the notebook).
+ZSCL_EXP_WC_FAIR = [
+    [1.770177, 74.481567, 45.47, 36.436170, 39.648148, 4.732477, 35.445545, 39.87, 16.244208, 30.257431, 56.310055],
+    [0.990099, 62.039171, 25.90, 22.978723, 33.166667, 2.862254, 19.659406, 65.80, 13.082584, 6.703146, 23.125374],
+    [0.960096, 36.175115, 13.55, 16.436170, 23.388889, 2.130428, 9.172277, 52.59, 9.648406, 3.693570, 11.475334],
+    [0.690069, 38.536866, 21.47, 16.648936, 9.666667, 4.342169, 12.574257, 47.62, 12.101390, 5.521701, 14.403935],
+    [0.720072, 43.778802, 17.60, 15.212766, 3.370370, 7.985038, 10.859406, 32.87, 14.445353, 3.656262, 15.967082],
+    [2.040204, 35.195853, 8.88, 7.819149, 10.796296, 1.707595, 7.073267, 43.44, 12.373944, 2.959831, 10.771919],
+    [1.380138, 40.725806, 12.89, 11.648936, 15.000000, 1.349813, 9.184158, 51.44, 15.944399, 2.910086, 13.047676],
+    [1.440144, 19.297235, 2.05, 8.297872, 12.574074, 0.992031, 3.398020, 10.12, 3.161624, 1.019774, 9.043262],
+    [1.110111, 40.149770, 13.10, 6.808511, 12.518519, 0.845666, 7.192079, 8.11, 4.142818, 2.362890, 13.314330],
+    [1.350135, 44.124424, 16.20, 6.808511, 12.425926, 0.764352, 9.635644, 18.97, 6.650313, 0.820793, 15.875132],
+    [0.930093, 33.928571, 12.25, 7.074468, 13.592593, 1.366076, 8.249505, 34.84, 5.342055, 1.280935, 0.836743],
+]
+
+
+def test_zscl_transfer_avg_last_give_what_zscls_notebook_printed():
+    # Our matrix has a step-0 row (the pre-trained model) that ZSCL's metrics leave out: any values do.
+    R = np.vstack([np.full(11, 0.5), np.array(ZSCL_EXP_WC_FAIR) / 100])
+    assert round(100 * metrics.zscl_transfer(R), 1) == 26.7
+    assert round(100 * metrics.zscl_avg(R), 1) == 16.0
+    assert round(100 * metrics.zscl_last(R), 1) == 10.9
+
+
+def test_chance_accuracy_by_setting():
+    np.testing.assert_allclose(metrics.chance_accuracy([2, 4]), [[1 / 2, 1 / 4]] * 3)
+    # class-incremental: task j at step i among the classes of tasks 1..max(i, j)
+    np.testing.assert_allclose(metrics.chance_accuracy([2, 4, 4], class_incremental=True),
+                               [[1 / 2, 1 / 6, 1 / 10], [1 / 2, 1 / 6, 1 / 10], [1 / 6, 1 / 6, 1 / 10],
+                                [1 / 10, 1 / 10, 1 / 10]])

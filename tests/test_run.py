@@ -39,7 +39,8 @@ def run_folder(tmp_path_factory):
 def test_every_file_is_written_with_the_right_shape(run_folder):
     config = yaml.safe_load((run_folder / "config.yaml").read_text())
     assert config["seed"] == 3 and config["training"]["lr"] == 1e-4
-    assert config["methods"] == [{"finetune": {}}, {"ldifs": {"lambda": 10.0, "anchor": "pretrained", "cache": "auto"}}]
+    assert config["methods"] == [{"finetune": {}}, {"ldifs": {"lambda": 10.0, "anchor": "pretrained", "cache": "auto",
+                                                        "distance": "per_sample", "taps": None}}]
     for method in ("finetune", "ldifs"):
         folder = run_folder / method
         matrix = pd.read_csv(folder / "accuracy_matrix.csv")

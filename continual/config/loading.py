@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from continual.config.schema import DataSpec, ModelConfig, Sequence, local_path,
 from continual.datasets.catalog import (DATASETS, DataError, class_folders, folder_classes, imagefolder_classes,
                                         package_dir, resisc45_dir, resolve_classes)
 from continual.methods import METHODS, NEEDS
+from continual.methods.options import item_key
 
 
 class ConfigError(Exception):
@@ -66,13 +68,16 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Seque
         _anchor_paths(raw, Path(source).absolute().parent)  # before --set: a flag's paths are the shell's
     for item in overrides:
         _apply_override(raw, item, label)
+    if plugin_problems := _load_plugins(raw.get("plugins")):  # methods of your own, before `methods:` is read
+        raise ConfigError(label, plugin_problems)
     try:
         seq = Sequence.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(label, _problems(err) + _checks(**_valid_parts(raw)).problems) from None
     found = _checks(model=seq.model, specs={g: list(enumerate(getattr(seq, g))) for g in GROUPS},
-                    methods=[(i, o.name) for i, o in enumerate(seq.methods)], root=seq.root)
-    found.problems += _augment_problems(seq)
+                    methods=[(i, o.name, o.key) for i, o in enumerate(seq.methods)], root=seq.root,
+                    setting=seq.setting)
+    found.problems += _augment_problems(seq) + _reference_problems(seq)
     if found.problems:
         raise ConfigError(label, found.problems)
     for key, message in found.doubts:
@@ -92,6 +97,9 @@ def _anchor_paths(raw: dict, base: Path) -> None:
 
     if "data_root" in raw:
         raw["data_root"] = anchored(raw["data_root"])
+    plugins = raw.get("plugins")
+    if isinstance(plugins, list):  # a file, not a module name (`my_methods.py`, not `mylab.methods`)
+        raw["plugins"] = [anchored(p) if isinstance(p, str) and p.endswith(".py") else p for p in plugins]
     for group in GROUPS:
         items = raw.get(group)
         for item in items if isinstance(items, list) else []:  # a wrong type is the schema's to report
@@ -108,10 +116,39 @@ def _anchor_paths(raw: dict, base: Path) -> None:
         model["pretrained"] = anchored(text)
 
 
+def _load_plugins(plugins) -> list[tuple[str, str]]:
+    """Import each plugin (a .py file or a module name), which registers its methods (methods.register);
+    (key, message) for each that cannot be. A wrong type is the schema's to report."""
+    problems = []
+    for i, plugin in enumerate(plugins if isinstance(plugins, list) else []):
+        if not isinstance(plugin, str):
+            continue
+        name = plugin
+        try:
+            if plugin.endswith(".py"):
+                path = Path(plugin).expanduser()
+                if not path.is_file():
+                    problems.append((f"plugins[{i}]", f"{path} not found"))
+                    continue
+                # One module name per file, so importing it again (a second load in one process) replaces it.
+                name = "continual_plugin_" + re.sub(r"\W", "_", str(path.resolve()))
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(plugin)
+        except Exception as err:  # anything the user's file raises: say which file, and what
+            if name != plugin:
+                sys.modules.pop(name, None)
+            problems.append((f"plugins[{i}]", f"importing {plugin} failed: {type(err).__name__}: {err}"))
+    return problems
+
+
 def dump_sequence(seq: Sequence) -> str:
     """The resolved sequence as YAML, in the same shape as the input files."""
     raw = seq.model_dump(mode="json")
-    raw["methods"] = [{o.name: o.model_dump(mode="json", by_alias=True, exclude={"name"})} for o in seq.methods]
+    raw["methods"] = [{o.name: o.settings()} for o in seq.methods]
     return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -266,7 +303,7 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
-GROUPS = ("tasks", "probes")
+GROUPS = ("tasks", "probes", "references")
 # A `pretrained` with a `/` or one of these endings is a file the user means, never an open_clip tag
 # (tags are words: openai, laion2b_s34b_b79k); efficientnet_lite0 takes only `imagenet` or a file.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
@@ -301,7 +338,7 @@ class _Selection:
 
 
 def _checks(*, model: ModelConfig | None, specs: dict[str, list[tuple[int, DataSpec]]],
-            methods: list[tuple[int, str]], root: Path | None) -> _Found:
+            methods: list[tuple[int, str, str]], root: Path | None, setting: str = "task_incremental") -> _Found:
     """The checks beyond the schema: class selections (catalog and image folders), the model's
     architecture and checkpoint path, duplicate names; and the doubts (probes that are trained on)."""
     found = _Found()
@@ -321,16 +358,49 @@ def _checks(*, model: ModelConfig | None, specs: dict[str, list[tuple[int, DataS
                 chosen[at] = _selection(spec, root=root)
             except DataError as err:
                 found.problems.append((f"{at}.{err.key}" if err.key else at, err.message))
-    seen_methods: set[str] = set()
-    for i, name in methods:
-        if name in seen_methods:
-            found.problems.append((f"methods[{i}]", f"method '{name}' listed twice"))
-        seen_methods.add(name)
+    seen_methods: dict[str, int] = {}  # key (label, else name) -> its entry
+    for i, name, key in methods:
+        if key in seen_methods:
+            again = f"method '{name}' listed twice" if key == name else f"'{key}' already names methods[{seen_methods[key]}]"
+            found.problems.append((f"methods[{i}]", f"{again}: give each entry its own `label:` (e.g. "
+                                                    f"`- {name}: {{label: {name}-2}}`)"))
+        elif key != name and key in METHODS:
+            found.problems.append((f"methods[{i}].label", f"'{key}' is the name of another method; choose another label"))
+        seen_methods.setdefault(key, i)
         for need in METHODS[name].needs if model is not None else ():
             if why := _unmet(need, model):
                 found.problems.append((f"methods[{i}]", f"{name} needs {NEEDS[need]}: {why}"))
     found.doubts = _probes_trained_on(specs, chosen)
+    found.problems += _setting_problems(setting, specs.get("tasks", []), chosen)
     return found
+
+
+def _setting_problems(setting: str, tasks: list[tuple[int, DataSpec]], chosen: dict[str, _Selection]) -> list:
+    """multi_domain: each task a dataset of its own. class_incremental: no class in two tasks (one head
+    cannot hold a class twice)."""
+    problems = []
+    for k, (j, later) in enumerate(tasks):
+        for i, earlier in tasks[:k]:
+            a, b = chosen.get(f"tasks[{i}]"), chosen.get(f"tasks[{j}]")
+            if setting == "multi_domain" and earlier.dataset == later.dataset and (a is None or b is None or a.source == b.source):
+                problems.append((f"tasks[{j}].dataset", f"{later.dataset} is also tasks[{i}]'s: setting multi_domain "
+                                                        "gives each task a dataset of its own (class_incremental or "
+                                                        "task_incremental split one dataset)"))
+            elif setting == "class_incremental" and a is not None and b is not None and a.source == b.source:
+                shared = _shared(a, b)
+                if shared is None or shared:
+                    which = "all its classes" if shared is None else f"classes {b.shown(shared)}"
+                    problems.append((f"tasks[{j}].classes", f"shares {which} with tasks[{i}]: setting "
+                                                            "class_incremental predicts among all classes seen, so "
+                                                            "a class can be in one task only"))
+    return problems
+
+
+def _shared(a: _Selection, b: _Selection) -> frozenset | None:
+    """The classes two selections of one source share (None: all of the dataset's, either being whole)."""
+    if a.classes is None or b.classes is None:
+        return b.classes if a.classes is None else a.classes
+    return a.classes & b.classes
 
 
 def _augment_problems(seq: Sequence) -> list[tuple[str, str]]:
@@ -343,6 +413,14 @@ def _augment_problems(seq: Sequence) -> list[tuple[str, str]]:
              f"{seq.training.augment} (augmented images differ every step, so the anchor runs on each batch); "
              f"use cache: auto or off, or training.augment: none")
             for i, o in enumerate(seq.methods) if o.name == "ldifs" and o.cache in ("memory", "disk")]
+
+
+def _reference_problems(seq: Sequence) -> list[tuple[str, str]]:
+    """A method's `reference` (ZSCL's distillation images) must name one of the sequence's `references:`."""
+    names = [r.name for r in seq.references]
+    return [(f"methods[{i}].{o.name}.reference", f"{o.reference!r} is not one of the sequence's `references:` "
+                                                 f"({', '.join(names) or 'none given'})")
+            for i, o in enumerate(seq.methods) if getattr(o, "reference", None) not in (None, *names)]
 
 
 def _valid_parts(raw: dict) -> dict:
@@ -364,7 +442,7 @@ def _valid_parts(raw: dict) -> dict:
     for i, item in enumerate(raw.get("methods") if isinstance(raw.get("methods"), list) else []):
         name = next(iter(item)) if isinstance(item, dict) and len(item) == 1 else item
         if isinstance(name, str) and name in METHODS:
-            methods.append((i, name))
+            methods.append((i, name, item_key(item)))
     root = raw.get("data_root", Sequence.model_fields["data_root"].default)
     try:
         root = local_path(root) if isinstance(root, str) else None
@@ -433,10 +511,7 @@ def _probes_trained_on(specs: dict[str, list[tuple[int, DataSpec]]], chosen: dic
             if p is None or t is None or p.source != t.source:
                 continue
             where = f"task '{task.name}' (tasks[{j}])"
-            if p.classes is None or t.classes is None:  # None: all the dataset's classes
-                shared = p.classes if t.classes is None else t.classes
-            else:
-                shared = p.classes & t.classes
+            shared = _shared(t, p)
             if p.classes == t.classes:
                 doubts.append((f"probes[{i}]", f"the same classes of {probe.dataset} as {where}, which is trained "
                                               "on: this probe is not held out"))
@@ -502,6 +577,8 @@ def _unmet(need: str, model: ModelConfig) -> str | None:
         if isinstance(vision, dict) and vision.get("timm_model_name"):  # open_clip builds a TimmModel tower
             return ("LDIFS taps are defined for ViT and ModifiedResNet towers (this open_clip tower is "
                     f"TimmModel, timm's {vision['timm_model_name']})")  # as runner.check_needs says it
+    if need == "text" and model.family != "open_clip":
+        return f"family {model.family} has no text tower"
     return None
 
 

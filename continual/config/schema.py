@@ -9,16 +9,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo,
+                      WrapValidator, field_validator, model_validator)
+from pydantic_core import InitErrorDetails
 
 from continual.datasets import DATASETS
 from continual.datasets.prompts import template_problem
 from continual.methods import METHODS
-from continual.methods.options import (EWCOptions, FinetuneOptions, FrozenOptions, L2SPOptions, LDIFSOptions,
-                                       LwFOptions, NaiveOptions, Options, ReplayOptions, WiseFTOptions)
+from continual.methods.options import Options
 
 
 class Strict(BaseModel):
@@ -173,6 +173,10 @@ class TrainingConfig(Strict):
     # for 5 and 10; a thousand passes over a task is a typo (`epochs: 10000`), and it would train for days
     # before anything said so.
     epochs: int = Field(default=1, gt=0, le=1000)
+    # Optimiser steps per task instead of epochs (ZSCL's MTIL recipe: 1000 iterations a task, whatever the
+    # dataset's size): the shuffled passes repeat until that many batches are done, the last pass cut short.
+    # None: `epochs` full passes. At most 10**6 (a typo beyond: days of training before anything says so).
+    steps_per_task: int | None = Field(default=None, gt=0, le=10**6)
     # At most 65536 images a batch (both sizes): 9 GiB of uint8 input at 224 px before any activation, more
     # than any accelerator here holds, so a larger value is a typo (10**12 and 2**70 passed the schema).
     batch_size: int = Field(default=64, gt=0, le=65536)
@@ -200,6 +204,12 @@ class TrainingConfig(Strict):
     # training crop (90-100% of the area) then flips. none by default: runs stay as they were, and only
     # then can LDIFS cache its anchor's features (with augmentation its anchor runs on every batch).
     augment: Literal["none", "flip", "crop_flip"] = "none"
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> TrainingConfig:
+        if self.steps_per_task is not None and "epochs" in self.model_fields_set:
+            raise ValueError("give `epochs` or `steps_per_task`, not both (steps_per_task replaces epochs)")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -245,11 +255,22 @@ def shown(value: Any, *, kind: bool = False) -> str:
     return f"{text} ({what})" if kind else text
 
 
-# One of the methods' option classes, chosen by the YAML key (kept in sync with methods.METHODS by a test).
-MethodOptions = Annotated[
-    Union[FinetuneOptions, LDIFSOptions, L2SPOptions, WiseFTOptions, FrozenOptions, NaiveOptions, EWCOptions,
-          LwFOptions, ReplayOptions],
-    Field(discriminator="name"), BeforeValidator(_method_item)]
+def _method_options(item: Any, handler) -> Options:
+    """A YAML method item -> its options class from the registry (methods.METHODS, plugins included), its
+    problems located under the method's name (`methods[0].wise_ft.alpha`) as the YAML spells it."""
+    if isinstance(item, Options):  # a Sequence built in Python from typed options
+        return item
+    raw = _method_item(item)
+    try:
+        return METHODS[raw["name"]].options.model_validate(raw)
+    except ValidationError as err:
+        raise ValidationError.from_exception_data(err.title, [
+            InitErrorDetails(type=e["type"], loc=(raw["name"], *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+            for e in err.errors()]) from None
+
+
+# One of the registered methods' option classes, chosen by the YAML key; dumped as that class, not as Options.
+MethodOptions = Annotated[SerializeAsAny[Options], WrapValidator(_method_options)]
 
 
 class Sequence(Strict):
@@ -261,10 +282,22 @@ class Sequence(Strict):
     # more runs than anyone makes.
     seed: int = Field(default=0, ge=0)
     model: ModelConfig = ModelConfig()
+    # task_incremental: a head per task, and the task is known at test time (the paper's setting).
+    # class_incremental: one head over every class seen so far, grown by each task's rows; a test image is
+    #   predicted among all of them, with no task label (split CIFAR-100 in the CIL literature).
+    # multi_domain: each task a dataset of its own, with its own head, scored on every dataset after every
+    #   step (ZSCL's MTIL); trained and scored as task_incremental, reported by Transfer / Avg / Last.
+    setting: Literal["task_incremental", "class_incremental", "multi_domain"] = "task_incremental"
     tasks: list[DataSpec] = Field(min_length=1)
     probes: list[DataSpec] = []
+    # Images a method may read but that are never scored: ZSCL's distillation set (its paper: ImageNet).
+    # Kept apart from probes, which must stay held out to measure what the model forgets.
+    references: list[DataSpec] = []
     training: TrainingConfig = TrainingConfig()
     methods: list[MethodOptions] = Field(min_length=1)
+    # Python files (relative to this file) or modules that register methods of your own (README, "Your own
+    # method"): imported before `methods:` is read. Recorded absolute in config.yaml, so a resume finds them.
+    plugins: list[str] = []
     data_root: str = DEFAULT_DATA_ROOT  # datasets live under <data_root>/<dataset>, decoded images in its .continual-store
     download: bool = True  # let torchvision download missing datasets into data_root
     # Checkpoints kept per method for --resume: the newest N completed steps (0 = none, and no resume).
@@ -296,10 +329,10 @@ class Sequence(Strict):
     def root(self) -> Path:
         return Path(self.data_root).expanduser()
 
-    def method(self, name: str) -> Options:
-        """The options of method `name`: as the file gives them, else its defaults (a method named only
-        on the command line)."""
+    def method(self, key: str) -> Options:
+        """The options of the method entry `key` (its label, else its name): as the file gives them, else
+        the defaults of method `key` (a method named only on the command line)."""
         for options in self.methods:
-            if options.name == name:
+            if options.key == key:
                 return options
-        return METHODS[name].options()
+        return METHODS[key].options()

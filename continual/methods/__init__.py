@@ -18,20 +18,37 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from continual.methods.options import (EWCOptions, FinetuneOptions, FrozenOptions, L2SPOptions, LDIFSOptions,
-                                       LwFOptions, NaiveOptions, Options, ReplayOptions, WiseFTOptions)
+from continual.methods.options import (EWCOptions, FinetuneOptions, FLYPOptions, FrozenOptions, L2SPOptions,
+                                       LDIFSOptions, LPFTOptions, LwFOptions, NaiveOptions, Options, ReplayOptions,
+                                       WiseFTOptions, ZSCLOptions)
 
 # What a method may need of the model (checked up front by the runner, named in `continual list`):
 #   taps  intermediate features of the backbone (a feature-space penalty: LDIFS)
-NEEDS = {"taps": "intermediate feature taps (EfficientNet-Lite0; open_clip ViT and ModifiedResNet towers)"}
+#   text  CLIP's text tower (a contrastive loss on class prompts: FLYP; text-side distillation: ZSCL)
+NEEDS = {"taps": "intermediate feature taps (EfficientNet-Lite0; open_clip ViT and ModifiedResNet towers)",
+         "text": "a CLIP text tower (family: open_clip)"}
 
 
 @dataclass(frozen=True)
 class MethodInfo:
     options: type[Options]
-    implementation: str  # "module:Class"
+    implementation: str | type  # "module:Class" (imported when the method runs), or the class (a plugin)
     summary: str
     needs: tuple[str, ...] = ()
+    # Built with `context=Context(...)` too: the method sees the whole sequence's data, not only the task it
+    # trains on (FLYP re-embeds every task's class prompts with its text tower; ZSCL reads its reference set).
+    sees_data: bool = False
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method with `sees_data` is built with besides its options and the pre-trained backbone."""
+
+    tasks: list  # datasets.tasks.TaskData, in sequence order
+    probes: list
+    references: dict  # name -> TaskData: the sequence's `references:`, images no one is scored on
+    # ("tasks" | "probes" | "references", name) -> its CLIP prompt templates (the spec's, else its dataset's)
+    templates: dict
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -47,6 +64,15 @@ METHODS: dict[str, MethodInfo] = {
     "wise_ft": MethodInfo(WiseFTOptions, "continual.methods.wise_ft:WiseFT",
                           "fine-tune, then interpolate the backbone with the pre-trained (or previous) one: "
                           "(1-α)·anchor + α·fine-tuned"),
+    "lp_ft": MethodInfo(LPFTOptions, "continual.methods.lp_ft:LPFT",
+                        "linear probe, then fine-tune: each task's head refit as a logistic regression on the "
+                        "frozen features, then end-to-end fine-tuning"),
+    "flyp": MethodInfo(FLYPOptions, "continual.methods.flyp:FLYP",
+                       "fine-tune like CLIP was pre-trained: contrastive loss between images and their class "
+                       "prompts, text tower included", needs=("text",), sees_data=True),
+    "zscl": MethodInfo(ZSCLOptions, "continual.methods.zscl:ZSCL",
+                       "distil the pre-trained CLIP on reference images, plus a weight ensemble across steps",
+                       needs=("text",), sees_data=True),
     # avalanche-lib's own strategy and plugins, on our model, data and settings (methods/avalanche.py)
     "naive": MethodInfo(NaiveOptions, "continual.methods.avalanche:Naive",
                         "Avalanche's Naive strategy: fine-tuning with no protection (a parity check)"),
@@ -59,12 +85,39 @@ METHODS: dict[str, MethodInfo] = {
 }
 
 
+BUILTIN = frozenset(METHODS)
+
+
+def register(name: str, *, options: type[Options], implementation: str | type, summary: str,
+             needs: tuple[str, ...] = (), sees_data: bool = False) -> None:
+    """Add a method of your own under `name` (README, "Your own method"): `options` its strict options class
+    (a subclass of `Options` whose `name` is `Literal[name]`), `implementation` its class or "module:Class".
+    A plugin file calls this when imported; importing it again registers it again. Built-in names are kept."""
+    if name in BUILTIN:
+        raise ValueError(f"{name!r} is a built-in method; register yours under another name")
+    if not (isinstance(options, type) and issubclass(options, Options)):
+        raise TypeError(f"options of {name!r} must be a subclass of continual.methods.options.Options")
+    if options.model_fields.get("name") is None or options.model_fields["name"].default != name:
+        raise ValueError(f"options of {name!r} need `name: Literal[{name!r}] = {name!r}`")
+    unknown = [n for n in needs if n not in NEEDS]
+    if unknown:
+        raise ValueError(f"unknown needs {unknown} for {name!r} (known: {', '.join(NEEDS)})")
+    METHODS[name] = MethodInfo(options, implementation, summary, needs=tuple(needs), sees_data=sees_data)
+
+
 def implementation(name: str) -> type:
     """The class that trains method `name` (imports its module, and what that module needs)."""
-    module, cls = METHODS[name].implementation.split(":")
+    where = METHODS[name].implementation
+    if isinstance(where, type):  # registered as a class (a plugin)
+        return where
+    module, cls = where.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
-def build(options: Options, *, pretrained) -> object:
-    """The method an options object names, ready for its first task."""
+def build(options: Options, *, pretrained, context: Context | None = None) -> object:
+    """The method an options object names, ready for its first task (`context` for those that see data)."""
+    if METHODS[options.name].sees_data:
+        if context is None:
+            raise ValueError(f"{options.name} is built with the sequence's data (context=Context(...))")
+        return implementation(options.name)(options, pretrained=pretrained, context=context)
     return implementation(options.name)(options, pretrained=pretrained)

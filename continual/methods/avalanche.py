@@ -15,11 +15,16 @@ To make the comparison with our own methods fair, three Avalanche defaults are r
   multi-task forward runs the backbone once per head (LwF distils every head, so T backbone passes).
   `_Heads` routes task labels to our heads (initialised by linear probe or zero-shot) and runs the
   backbone once per batch, reusing that pass when LwF asks for all heads of the same batch.
+Class-incremental sequences run in Avalanche's single-head form: every sample has task label 0, targets
+are offset past earlier tasks' classes, and `_Heads` answers with the grown head (every task's head up
+to the current one, side by side), so LwF distils it on the classes seen before and replayed images
+compete with every class seen so far.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections import defaultdict
@@ -76,6 +81,8 @@ class _Heads(MultiTaskModule):
         if task_labels is None:  # Avalanche's convention: every head's output, by task label
             return self.forward_all_tasks(x)
         features = self._features(x)
+        if self.model.class_incremental:  # one task label (0), one head grown over every class seen so far
+            return self.model.logits(features, self.task_names[-1])
         if isinstance(task_labels, int):
             return self.model.heads[self.task_names[task_labels]](features)
         tasks = task_labels.unique().tolist()
@@ -96,6 +103,8 @@ class _Heads(MultiTaskModule):
 
     def forward_all_tasks(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         features = self._features(x)
+        if self.model.class_incremental:  # LwF then distils the grown head on the classes seen before
+            return {0: self.model.logits(features, self.task_names[-1])}
         return {t: self.model.heads[name](features) for t, name in enumerate(self.task_names)}
 
     def train(self, mode: bool = True) -> _Heads:
@@ -151,10 +160,11 @@ class _AtSize:
         return x.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
-def _experience(task: TaskData, label: int, *, size: int | None = None):
-    """One Avalanche experience over our uint8 tensors, with task label `label` on every sample; images at
-    `size` when given (methods whose batches mix tasks), else as kept (the backbone resizes each batch)."""
-    targets = task.train.labels
+def _experience(task: TaskData, label: int, *, offset: int = 0, size: int | None = None):
+    """One Avalanche experience over our uint8 tensors, with task label `label` on every sample and targets
+    offset by `offset` (class-incremental: past the classes of earlier tasks); images at `size` when given
+    (methods whose batches mix tasks), else as kept (the backbone resizes each batch)."""
+    targets = task.train.labels + offset
     images = task.train.images if size is None else _AtSize(task.train.images, size)
     dataset = _dataset(images, targets, torch.full_like(targets, label))
     return with_task_labels(benchmark_from_datasets(train=[dataset])).train_stream[0]
@@ -182,7 +192,13 @@ class _Strategy(SupervisedTemplate):
 
     def _before_training_exp(self, **kwargs) -> None:
         super()._before_training_exp(**kwargs)  # plugins may swap the dataloader here (replay)
-        total = self.train_epochs * len(self.dataloader)
+        per_epoch = len(self.dataloader)
+        steps = getattr(self.trainer.training, "steps_per_task", None)
+        # steps_per_task: as many passes as it takes, the last cut short by stop_training() in optimizer_step
+        self.train_epochs = self.trainer.training.epochs if steps is None else math.ceil(steps / per_epoch)
+        total = self.train_epochs * per_epoch if steps is None else steps
+        self.total = total
+        self._stop_training = False  # set when the last task stopped mid-pass
         self.schedule = self.trainer.make_schedule(self.optimizer, total)
         self.bar = tqdm(total=total, desc=self.label, unit="step", disable=not self.trainer.progress)
         self.iterations = 0
@@ -231,6 +247,8 @@ class _Strategy(SupervisedTemplate):
             self.first = terms
         self.iterations += 1
         self.epoch_iterations += 1
+        if self.iterations == self.total:
+            self.stop_training()  # ends the (last) pass: steps_per_task reached
         self.bar.update(1)
         if self.trainer.progress and self.epoch_iterations % self.trainer.log_every == 0:
             self.bar.set_postfix({k: f"{float(v) / self.epoch_iterations:.3f}" for k, v in self.sums.items()})
@@ -260,7 +278,10 @@ class _AvalancheMethod:
         strategy.label = f"{self.options.name} {step}:{task.name}"
         start = time.perf_counter()
         size = model.backbone.image_size if self.mixes_tasks else None
-        strategy.train(_experience(task, label=step - 1, size=size), eval_streams=[])
+        # Class-incremental: Avalanche's single-head form, every sample task label 0, targets over all classes.
+        label = 0 if model.class_incremental else step - 1
+        strategy.train(_experience(task, label=label, offset=model.label_offset(task.name), size=size),
+                       eval_streams=[])
         strategy.bar.close()
         strategy.heads._last = None
         losses = epoch_means(strategy.sums, steps=strategy.epoch_iterations, task=task.name)

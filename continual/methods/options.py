@@ -13,12 +13,42 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+# A label names a folder, CSV values and legend entries, as task names do (config/schema.py's DATA_NAME).
+LABEL = r"[A-Za-z0-9][A-Za-z0-9_+-]{0,63}"
+
+
 class Options(BaseModel):
     # Unknown keys are errors, no coercion beyond int -> float; `lambda` (a Python keyword) is `lambda_`.
     # No inf or nan (`.inf`, or `1e400`, which YAML reads as inf): a λ, α or temperature of inf passed
     # the range checks and trained into nan (issue #11).
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True,
                               allow_inf_nan=False)
+    # What this entry is called in the run folder, the tables and the legends: the method's name unless
+    # given. The same method twice in one sequence (two λ of LDIFS) needs a label on all but one.
+    label: str | None = Field(default=None, pattern=f"^{LABEL}$")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def settings(self) -> dict:
+        """The options as YAML gives them, without the name (and without the label when there is none)."""
+        raw = self.model_dump(mode="json", by_alias=True, exclude={"name"})
+        if raw.get("label") is None:
+            raw.pop("label", None)
+        return raw
+
+
+def item_key(item) -> str | None:
+    """The key of a method item as YAML or config.yaml holds it (`ldifs`, `{ldifs: {label: l100}}`): its
+    label, else its name; None for an item of another shape."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and len(item) == 1:
+        (name, options), = item.items()
+        label = options.get("label") if isinstance(options, dict) else None
+        return label if isinstance(label, str) else name
+    return None
 
 
 class FinetuneOptions(Options):
@@ -40,6 +70,14 @@ class LDIFSOptions(Options):
     # With training.augment the images differ every step: auto then runs the anchor per batch, and
     # memory or disk is refused (config/loading.py).
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    # per_sample: each sample's whole tap L2-normalised, distance in [0, 4] per tap whatever its size (ours).
+    # paper: the public code's loss (omegafragger/ldifs_code loss/ldifs.py): each tap normalised along dim 1
+    # (a ViT's tokens, a CNN's channels), a plain mean of squared differences, a tap's term at most 4/(its
+    # dim-1 size): λ is not comparable across the two.
+    distance: Literal["per_sample", "paper"] = "per_sample"
+    # Which of the backbone's taps (Backbone.tap_names, e.g. ln_pre, resblocks.11; an unknown name is refused
+    # with the model's list); None = all of them, the paper's five for a ViT.
+    taps: list[str] | None = Field(default=None, min_length=1)
 
 
 class FrozenOptions(Options):
@@ -60,6 +98,40 @@ class WiseFTOptions(Options):
     # pretrained: interpolate towards the model as loaded (ZSCL's MTIL baseline); previous: towards the
     # model before this task (a moving average of the sequence).
     anchor: Literal["pretrained", "previous"] = "pretrained"
+
+
+class LPFTOptions(Options):
+    # No options: the linear probe is the evaluation's (L-BFGS logistic regression to convergence, as Kumar
+    # et al. fit theirs), and the fine-tuning is `training:`'s.
+    name: Literal["lp_ft"] = "lp_ft"
+
+
+class FLYPOptions(Options):
+    name: Literal["flyp"] = "flyp"
+    # No options of its own: the paper's recipe (Goyal et al. 2023; locuslab/FLYP's flyp_loss.py) is CLIP's
+    # loss with every weight trained and no extra coefficient; lr, weight decay, epochs and batch size
+    # (whose size sets how many negatives each image sees) are `training:`'s.
+
+
+class ZSCLOptions(Options):
+    name: Literal["zscl"] = "zscl"
+    reference: str  # the name of one of the sequence's `references:` (ZSCL distils on ImageNet images)
+    # Defaults: ZSCL's MTIL recipe, Thunderbeee/ZSCL mtil/scripts/ZSCL.sh (lines 13-25) on mtil/src/args.py.
+    # Distillation temperature: --T, default 2.0 (args.py line 103), not set by the script.
+    temperature: float = Field(default=2.0, gt=0)
+    # Weight of the distillation of each reference image's distribution over the reference texts (--image_loss)
+    # and of each text's over the batch's images (--text_loss): 1.0 each without --weight_adjust
+    # (models/finetune.py lines 276-290); 0 turns a side off.
+    image_weight: float = Field(default=1.0, ge=0)
+    text_weight: float = Field(default=1.0, ge=0)
+    # Reference images per step: ZSCL's reference loader takes --batch-size, 64 (args.py line 11; finetune.py
+    # lines 140-144), whatever the training batch.
+    reference_batch_size: int = Field(default=64, gt=0, le=65536)
+    # Weight ensemble (--we): a running mean of the weights, taken every --avg_freq 100 iterations
+    # (ZSCL.sh line 22; finetune.py lines 309-320), that ends the task. None: no ensemble.
+    we_freq: int | None = Field(default=100, gt=0)
+    # --l2 1 (ZSCL.sh line 23): + l2 · Σ (θ − θ_task start)² over every trained weight (helpers.py l2_loss).
+    l2: float = Field(default=1.0, ge=0)
 
 
 class NaiveOptions(Options):

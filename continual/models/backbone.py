@@ -76,9 +76,17 @@ class Backbone(nn.Module):
         eval mode). Subclasses with a faster inference form return a fused copy; by default, itself."""
         return self
 
-    def forward_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features plus the tap outputs of this same forward pass, each batch-first (B, ...)."""
+    def forward_with_taps(self, x: torch.Tensor, names: Sequence[str] | None = None
+                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features plus the tap outputs of this same forward pass, each batch-first (B, ...): every tap
+        in `tap_names` order, or only `names`, in that order (hooks on those modules only)."""
         taps = self._taps()
+        if names is not None:
+            by_name = {tap[0]: tap for tap in taps}
+            unknown = [name for name in names if name not in by_name]
+            if unknown:
+                raise ValueError(f"unknown taps {unknown} (this model's taps: {', '.join(by_name)})")
+            taps = [by_name[name] for name in names]
         captured: dict[str, torch.Tensor] = {}
 
         def capture(name: str, seq_first: bool):
@@ -152,14 +160,40 @@ class Heads(nn.ModuleDict):
 
 
 class TaskModel(nn.Module):
-    """Shared backbone + one head per task (task-incremental)."""
+    """Shared backbone + one head per task. Task-incremental: a task's logits are its head's.
+    Class-incremental: the heads of every task up to it, side by side, in the order they were added (the
+    sequence's): one head grown by each task's rows, its labels offset by the classes before it."""
 
-    def __init__(self, backbone: Backbone, heads: dict[str, Head] | None = None, *, freeze_batchnorm: bool = False):
+    def __init__(self, backbone: Backbone, heads: dict[str, Head] | None = None, *, freeze_batchnorm: bool = False,
+                 class_incremental: bool = False):
         super().__init__()
         self.backbone = backbone
         self.heads = Heads()
         self.heads.update(heads or {})
         self.freeze_batchnorm = freeze_batchnorm
+        self.class_incremental = class_incremental
+
+    def heads_up_to(self, task: str) -> list[str]:
+        """The tasks whose heads give `task`'s logits: itself, or with class_incremental every task up to it."""
+        if task not in self.heads:
+            raise KeyError(f"no head for task {task!r} (heads: {', '.join(self.heads) or 'none'})")
+        if not self.class_incremental:
+            return [task]
+        names = list(self.heads)
+        return names[: names.index(task) + 1]
+
+    def label_offset(self, task: str) -> int:
+        """What to add to `task`'s labels to index its logits: the classes of the heads before it (0 unless
+        class_incremental)."""
+        if not self.class_incremental:
+            return 0
+        return sum(self.heads[t].linear.out_features for t in self.heads_up_to(task)[:-1])
+
+    def logits(self, features: torch.Tensor, task: str) -> torch.Tensor:
+        names = self.heads_up_to(task)
+        if len(names) == 1:
+            return self.heads[task](features)
+        return torch.cat([self.heads[t](features) for t in names], dim=1)
 
     def train(self, mode: bool = True) -> TaskModel:
         """With `freeze_batchnorm`, BatchNorm layers stay in eval mode (pre-trained running statistics)
@@ -172,6 +206,4 @@ class TaskModel(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
-        if task not in self.heads:
-            raise KeyError(f"no head for task {task!r} (heads: {', '.join(self.heads) or 'none'})")
-        return self.heads[task](self.backbone(x))
+        return self.logits(self.backbone(x), task)

@@ -236,11 +236,12 @@ class _Report(Summary):
         out.append(("Accuracy against forgetting", "Final average accuracy A_T against average forgetting F_T "
                     "after the last task, one point per method" + (" (bars: ± std over runs)" if len(self.runs) > 1
                                                                     else "") + ".",
-                    _draw(plots.summary_png, points, methods=self.methods)))
+                    _draw(plots.summary_png, points, methods=self.methods, labels=self.labels)))
         out.append(("Forgetting curves", f"Accuracy on each task after every step ({runs}). Grey: before the "
-                    "task is learned (transfer); ★ and the dotted line: the step it is learned.",
+                    "task is learned (transfer); ★ and the dotted line: the step it is learned; the grey dotted "
+                    "line below: chance (a uniform guess among the classes it is scored on).",
                     _draw(plots.forgetting_curves_png, mean, std, methods=self.methods, tasks=self.tasks,
-                                                n_steps=self.n_steps)))
+                                                n_steps=self.n_steps, labels=self.labels, chance=self.chance)))
         if self.probes:
             deltas = {m: (f[[p for p in self.probes if p in f]] - f[[p for p in self.probes if p in f]].loc[0])
                       for m, f in mean.items() if 0 in f.index}
@@ -249,7 +250,7 @@ class _Report(Summary):
             out.append(("Concept forgetting", "Probe accuracy minus the pre-trained model's (step 0), in "
                         f"percentage points, after every step ({runs}); below zero: forgotten.",
                         _draw(plots.concept_curves_png, deltas, d_std, methods=self.methods, probes=self.probes,
-                                                 n_steps=self.n_steps)))
+                                                 n_steps=self.n_steps, labels=self.labels)))
         return out
 
     def heatmaps(self) -> list[tuple[str, bytes, _Table]]:

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from continual import metrics
+from continual.methods.options import item_key
 from continual.run_folder import RunFolder
 
 
@@ -79,7 +80,7 @@ def read_run(folder: str | Path) -> Run:
     found = run_folder.methods_with_results()
     if not config_text and not found:
         raise ReportError(f"{folder}: not a run folder (no config.yaml and no <method>/accuracy_matrix.csv)")
-    configured = [m if isinstance(m, str) else next(iter(m)) for m in config.get("methods") or []]
+    configured = [key for m in config.get("methods") or [] if (key := item_key(m)) is not None]
     names = configured + [m for m in found if m not in configured]
 
     methods = {}
@@ -235,10 +236,43 @@ def settings(config: dict) -> dict[str, object]:
     walk({k: v for k, v in config.items() if k != "methods"}, "")
     for item in config.get("methods") or []:
         name, options = (item, {}) if not isinstance(item, dict) else next(iter(item.items()), (None, {}))
-        flat[f"methods.{name}"] = "listed"
+        label = item_key(item)  # the label, else the name
+        flat[f"methods.{label}"] = "listed"
+        if label != name:
+            flat[f"methods.{label}.method"] = name
         for key, value in (options.items() if isinstance(options, dict) else []):
-            walk(value, f"methods.{name}.{key}")
+            if key != "label":
+                walk(value, f"methods.{label}.{key}")
     return flat
+
+
+def chance(run: Run) -> pd.DataFrame | None:
+    """The accuracy of a uniform guess, by step (rows) and task (columns), from the classes each task has
+    (metrics.json); None for runs written before it recorded them."""
+    doc = next((m.doc for m in run.methods.values() if m.doc and "classes" in m.doc), None)
+    if doc is None or list(doc["classes"]) != run.tasks:
+        return None
+    values = metrics.chance_accuracy(list(doc["classes"].values()),
+                                     class_incremental=doc.get("setting") == "class_incremental")
+    return pd.DataFrame(values, columns=run.tasks).rename_axis("step")
+
+
+def variant_labels(config: dict) -> dict[str, str]:
+    """Legend entries for methods listed more than once under labels (`ldifs`, `ldifs-100`): each key with
+    the options in which it differs from the method's other entries, `ldifs-100 (lambda 100)`. Other
+    methods keep their key."""
+    entries = {}  # key -> (method name, options)
+    for item in config.get("methods") or []:
+        if isinstance(item, dict) and len(item) == 1 and (key := item_key(item)) is not None:
+            (name, options), = item.items()
+            entries[key] = (name, {k: v for k, v in (options or {}).items() if k != "label"})
+    labels = {}
+    for key, (name, options) in entries.items():
+        others = [o for k, (n, o) in entries.items() if n == name and k != key]
+        differ = [k for k in options if any(o.get(k) != options[k] for o in others)]
+        if differ:
+            labels[key] = f"{key} ({', '.join(f'{k} {options[k]:g}' if isinstance(options[k], float) else f'{k} {options[k]}' for k in differ)})"
+    return labels
 
 
 def check_repetitions(runs: list[Run]) -> None:
@@ -282,6 +316,8 @@ class Summary:
         self.tasks = self.first.tasks
         self.n_steps = self.first.n_steps
         self.methods = list(dict.fromkeys(m for r in runs for m in r.methods))
+        self.labels = variant_labels(self.first.config)  # legend entries of a method's variants
+        self.chance = chance(self.first)  # task -> chance accuracy by step, or None (older runs)
         self.probes = list(dict.fromkeys(p for r in runs for p in r.probes))
         tables = [_tables(r) for r in runs]
         for k, t in enumerate(tables):
