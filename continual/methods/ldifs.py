@@ -2,8 +2,12 @@
 
 Mukhoti, Gal, Torr, Dokania, "Fine-tuning can cripple your foundation model; preserving features may be
 the solution" (arXiv 2308.13320). The anchor is the pre-trained backbone as loaded before task 1 and is
-never refreshed; `anchor: previous` re-anchors to the model after the previous task, which is what the
-paper's public code does across a sequence.
+never refreshed; `anchor: previous` re-anchors to the model after the previous task, a moving anchor
+the paper does not evaluate (its code's sequence runs pick an earlier fine-tuned encoder by validation
+accuracy instead, omegafragger/ldifs_code finetune_functions.py).
+
+`distance:` per_sample (ours, `feature_distance`) or paper (the public code's, `paper_distance`); `taps:`
+keeps only some of the backbone's taps, in the model's forward, the anchor's and the anchor cache alike.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import nn
 from continual import checkpoints
 from continual.datasets.tasks import TaskData
 from continual.methods.options import LDIFSOptions
-from continual.models import Backbone, TaskModel
+from continual.models import Backbone, ModelError, TaskModel
 from continual.run_folder import DiskFull, full_disk
 from continual.train import Batch, FitStats, Trainer
 
@@ -41,8 +45,8 @@ class FrozenBackbone(nn.Module):
         return self
 
     @torch.no_grad()
-    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.backbone.forward_with_taps(x)[1]
+    def taps(self, x: torch.Tensor, names: list[str] | None = None) -> list[torch.Tensor]:
+        return self.backbone.forward_with_taps(x, names)[1]
 
 
 def feature_distance(taps: list[torch.Tensor], anchor: list[torch.Tensor]) -> torch.Tensor:
@@ -51,7 +55,7 @@ def feature_distance(taps: list[torch.Tensor], anchor: list[torch.Tensor]) -> to
     We L2-normalise each sample's whole flattened feature, so every tap contributes a distance in [0, 4]
     whatever its width or resolution, and λ means the same for a CNN and a ViT. The paper's code instead
     normalises along dim 1 (the token axis of a ViT's residual stream) and takes a plain mean over all
-    elements, which scales each tap's term by its size.
+    elements (`paper_distance`), so a tap's term is at most 4 / (its size along dim 1).
 
     Computed as 2 - 2·cos(a, b) with sums over every non-batch dimension: the same number, without
     materialising normalised copies of the taps or flattening channels-last activations (which copies
@@ -67,6 +71,39 @@ def feature_distance(taps: list[torch.Tensor], anchor: list[torch.Tensor]) -> to
     return total / len(taps)
 
 
+def _paper_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    # omegafragger/ldifs_code, loss/ldifs.py lines 11-13 (`normalize_tensor`): eps added to the norm, not a
+    # clamp, and the same ops, so the numbers are the code's.
+    return x / (torch.sqrt(torch.sum(x**2, dim=1, keepdim=True)) + eps)
+
+
+def paper_distance(taps: list[torch.Tensor], anchor: list[torch.Tensor]) -> torch.Tensor:
+    """The paper's public code, op for op: omegafragger/ldifs_code (commit 5ffdeef), loss/ldifs.py lines
+    28-42, `LDIFSFinetune.forward`, with n(x) = x / (sqrt(Σ_dim1 x²) + 1e-10) (lines 11-13):
+
+        per tap t and sample i: mean over every element of (n(a_t) - n(b_t))²[i]   (lines 33-40)
+        loss = mean over the batch of the mean over taps    (line 41: stack(dim=1).mean(-1).mean(0))
+
+    Its taps (model/modeling.py lines 69-75 and 95-119, `ImageEncoderAugmented`, N_slices = 5): ln_pre's
+    output, then the residual stream after blocks 3, 6, 9 and 12 of ViT-B/32, each batch-first (B, L, D), so
+    dim 1 is the token axis: each feature channel is normalised across the tokens. Our open_clip ViT taps
+    are the same five (models/clip.py). The code reduces only 2- and 3-dimensional taps; a CNN's (B, C, H, W)
+    is reduced the same way here (mean over every non-batch element), normalised along dim 1 = channels as
+    LPIPS, whose `normalize_tensor` the code copies, does. A tap's term lies in [0, 4 / its size along dim 1].
+    """
+    diffs = []
+    for a, b in zip(taps, anchor, strict=True):
+        diff = (_paper_normalize(a.float()) - _paper_normalize(b.float())) ** 2
+        while diff.ndim > 1:  # (B, L, D): .mean(-1).mean(-1), as the code; (B, D): .mean(-1)
+            diff = diff.mean(dim=-1)
+        diffs.append(diff)
+    return torch.stack(diffs, dim=1).mean(dim=-1).mean(dim=0)
+
+
+# `distance:` -> the function of (model taps, anchor taps) it names.
+DISTANCES = {"per_sample": feature_distance, "paper": paper_distance}
+
+
 class AnchorCache:
     """The anchor's tap outputs for every training image of one task, computed once, looked up by index."""
 
@@ -77,13 +114,14 @@ class AnchorCache:
 
     @classmethod
     def build(cls, anchor: FrozenBackbone, images: torch.Tensor, *, key: str, where: str, folder: Path | None,
-              batch_size: int, device: torch.device) -> AnchorCache:
+              batch_size: int, device: torch.device, names: list[str] | None = None) -> AnchorCache:
+        """`names`: only those taps (LDIFS's `taps:`), in that order; None: all of them."""
         began = time.perf_counter()
         n = len(images)
         # The anchor's inference form (BatchNorm folded into convolutions: 1.3x faster on CPU, taps equal
         # to ~1e-6 relative), built once per task. Its tap modules are those of the anchor, so the taps match.
         encoder = anchor.backbone.for_inference().eval()
-        taps_of = lambda x: encoder.forward_with_taps(x)[1]  # noqa: E731
+        taps_of = lambda x: encoder.forward_with_taps(x, names)[1]  # noqa: E731
         with torch.inference_mode():
             probe = taps_of(anchor.backbone.preprocess(images[:1].to(device)))
         per_sample = sum(t[0].numel() for t in probe)
@@ -144,12 +182,12 @@ def _reserve(path: Path) -> None:
             raise
 
 
-def cache_key(anchor: FrozenBackbone, images: torch.Tensor) -> str:
-    """What the cached taps depend on: the anchor's weights and tap layers, the exact training images
-    (dataset, subset, resize) and the preprocessing."""
+def cache_key(anchor: FrozenBackbone, images: torch.Tensor, names: list[str] | None = None) -> str:
+    """What the cached taps depend on: the anchor's weights and tap layers (all, or `names`), the exact
+    training images (dataset, subset, resize) and the preprocessing."""
     digest = hashlib.sha256()
     digest.update(checkpoints.fingerprint(anchor.backbone).encode())
-    digest.update(repr([name for name, _, _ in anchor.backbone._taps()]).encode())
+    digest.update(repr(list(names) if names is not None else anchor.backbone.tap_names).encode())
     b = anchor.backbone
     digest.update(repr((b.image_size, b.pixel_mean.tolist(), b.pixel_std.tolist(), tuple(images.shape))).encode())
     if isinstance(images, torch.Tensor):
@@ -161,10 +199,33 @@ def cache_key(anchor: FrozenBackbone, images: torch.Tensor) -> str:
 
 class LDIFS:
     def __init__(self, options: LDIFSOptions, *, pretrained: Backbone):
+        problems = self.problems(options, pretrained)
+        if problems:
+            raise ValueError("; ".join(f"methods.ldifs.{key}: {message}" for key, message in problems))
         self.options = options
+        # The selected taps in the model's order (the same taps in any order are the same cache), or None: all.
+        self.tap_names = None if options.taps is None else [n for n in pretrained.tap_names if n in options.taps]
         self.anchor = FrozenBackbone(pretrained)
         self.cache: AnchorCache | None = None  # None: the anchor runs on every batch
         self.said_per_step = False
+
+    @staticmethod
+    def problems(options: LDIFSOptions, backbone: Backbone) -> list[tuple[str, str]]:
+        """(options key, message) for each way `options` does not fit this backbone; none: it fits."""
+        if options.taps is None:
+            return []
+        try:
+            known = backbone.tap_names
+        except ModelError as err:  # a tower without taps (the runner's needs check says so too)
+            return [("taps", err.message)]
+        problems, seen = [], set()
+        for name in options.taps:
+            if name in seen:
+                problems.append(("taps", f"tap {name!r} is listed twice"))
+            elif name not in known:
+                problems.append(("taps", f"unknown tap {name!r} (this model's taps: {', '.join(known)})"))
+            seen.add(name)
+        return problems
 
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         if self.options.anchor == "previous" and step > 1:
@@ -174,13 +235,13 @@ class LDIFS:
         if augment != "none":
             extra = self.anchor_per_step(augment)
         elif self.options.cache != "off":
-            key = cache_key(self.anchor, task.train.images)
+            key = cache_key(self.anchor, task.train.images, self.tap_names)
             if self.cache is None or self.cache.key != key:
                 if self.cache is not None:
                     self.cache.close()
                 self.cache = AnchorCache.build(self.anchor, task.train.images, key=key, where=self.options.cache,
                                                folder=trainer.scratch, batch_size=trainer.training.eval_batch_size,
-                                               device=trainer.device)
+                                               device=trainer.device, names=self.tap_names)
             extra = {"anchor_cache": self.cache.where, "anchor_cache_mb": round(self.cache.nbytes / 2**20, 1),
                      "anchor_cache_seconds": round(self.cache.seconds, 3)}
         stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"ldifs {step}:{task.name}")
@@ -203,12 +264,12 @@ class LDIFS:
         return {"anchor_cache": "off", "anchor_per_step": f"training.augment: {augment}"}
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
-        features, taps = model.backbone.forward_with_taps(batch.x)
+        features, taps = model.backbone.forward_with_taps(batch.x, self.tap_names)
         if self.cache is None:  # cache: off, or training.augment
-            anchor = self.anchor.taps(batch.x)
+            anchor = self.anchor.taps(batch.x, self.tap_names)
         else:
             anchor = self.cache.lookup(batch.index, batch.x.device)
         return {
-            "ce": F.cross_entropy(model.heads[batch.task](features), batch.y),
-            "ldifs": self.options.lambda_ * feature_distance(taps, anchor),
+            "ce": F.cross_entropy(model.logits(features, batch.task), batch.y),
+            "ldifs": self.options.lambda_ * DISTANCES[self.options.distance](taps, anchor),
         }

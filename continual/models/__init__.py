@@ -13,9 +13,9 @@ import os
 
 from continual.models import clip, efficientnet, timm_models
 from continual.models.backbone import EFFICIENTNET, FAMILIES, OPEN_CLIP, TIMM, Backbone, Head, ModelError, TaskModel
-from continual.models.clip import zero_shot_head
+from continual.models.clip import text_tower, zero_shot_head
 
-__all__ = ["Backbone", "Head", "ModelError", "TaskModel", "build_backbone", "zero_shot_head"]
+__all__ = ["Backbone", "Head", "ModelError", "TaskModel", "build_backbone", "text_tower", "zero_shot_head"]
 
 
 def build_backbone(model_cfg) -> Backbone:

@@ -304,6 +304,15 @@ def _build_hf_hub(open_clip, arch: str, *, pretrained: str | None, image_size: i
     return _visual(clip, arch=arch, embed_dim=open_clip.get_model_config(arch)["embed_dim"])
 
 
+def text_tower(backbone: Backbone) -> _SharedFrozen:
+    """The CLIP text side of an open_clip backbone (`.model`: the CLIP model less its image tower, frozen
+    and shared by every copy of the backbone; `.tokenizer`), or ModelError for a backbone without one.
+    A method that trains the text tower (FLYP) trains its own copy of `.model`."""
+    if not isinstance(backbone, OpenClipVisual):
+        raise ModelError("family", f"{backbone.family} has no text tower (CLIP models only: family open_clip)")
+    return backbone._text
+
+
 def zero_shot_head(backbone: Backbone, class_names: list[str], *,
                    templates: Sequence[str | Callable[[str], str]] | None = None) -> Head:
     """A Head whose rows are CLIP text embeddings of the class names (open_clip backbones only).
@@ -322,10 +331,19 @@ def zero_shot_head(backbone: Backbone, class_names: list[str], *,
     device = next(backbone.parameters()).device
     text = backbone._text
     text.model.to(device)  # stays there: the next task's head needs it too, and it is small next to activations
-    weights = open_clip.build_zero_shot_classifier(text.model, text.tokenizer, list(class_names), templates,
-                                                   device=device)
-    head = Head(backbone.feature_dim, len(class_names), normalize=True).to(device)
-    with torch.no_grad():
-        head.linear.weight.copy_(weights.T * text.model.logit_scale.exp())
-        head.linear.bias.zero_()
+    return text_head(text.model, text.tokenizer, class_names, templates, device=device)
+
+
+@torch.no_grad()
+def text_head(text: nn.Module, tokenizer, names: list[str], templates: Sequence[str | Callable[[str], str]], *,
+              device: torch.device) -> Head:
+    """The zero-shot head of a text tower (`text`: a CLIP model's text side, in eval mode; FLYP passes its
+    own trained copy): rows are the classes' template-averaged, renormalised text embeddings times
+    exp(logit_scale), bias 0, on L2-normalised image features."""
+    import open_clip
+
+    weights = open_clip.build_zero_shot_classifier(text, tokenizer, list(names), list(templates), device=device)
+    head = Head(weights.shape[0], len(names), normalize=True).to(device)
+    head.linear.weight.copy_(weights.T * text.logit_scale.exp())
+    head.linear.bias.zero_()
     return head
