@@ -437,11 +437,13 @@ def test_mtil_sequences(name, order):
     seq = load_sequence(ROOT / "sequences" / f"{name}.yaml")
     assert [t.dataset for t in seq.tasks] == order and all(t.classes is None for t in seq.tasks)
     assert (seq.model.family, seq.model.arch, seq.model.pretrained) == ("open_clip", "ViT-B-16", "openai")
-    assert (seq.training.batch_size, seq.training.lr) == (64, 1e-5)
+    assert (seq.training.batch_size, seq.training.lr, seq.training.steps_per_task) == (64, 1e-5, 1000)
+    assert seq.setting == "multi_domain" and seq.method("zscl").reference == "imagenet"
 
 
 def test_split_sequences_cover_every_class_once():
     cifar = load_sequence(ROOT / "sequences" / "split-cifar100.yaml")
+    assert cifar.setting == "class_incremental"
     classes = [t.classes for t in cifar.tasks]
     assert [len(c) for c in classes] == [10] * 10 and sorted(sum(classes, [])) == list(range(100))
     assert classes[0][:3] == [87, 0, 52]  # ZSCL's cil/class_orders/cifar100.yaml
