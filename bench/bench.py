@@ -3,7 +3,9 @@ time of the default sequence goes. Prints markdown tables naming the machine.
 
     python bench/bench.py              # CPU: step ratios (~2 min), then the default sequence end to end
     python bench/bench.py --ratios     # the step ratios only
-    python bench/bench.py --gpu        # GPU: ViT-B-32 and ViT-B-16 (random init): training and evaluation throughput
+    python bench/bench.py --gpu        # GPU: ViT-B-32 and ViT-B-16 (random init): training and evaluation throughput,
+                                       # and every method's step cost on ViT-B-32
+    python bench/bench.py --baselines  # the methods' step cost on an open_clip ViT (CPU: ViT-B-32, batch 16)
 
 Step ratios: EfficientNet-Lite0 with its shipped weights, 64 px, batch 64, on synthetic uint8 images of
 the default sequence's shape; every variant trains the same tensors from the same weights for one task
@@ -87,8 +89,10 @@ def bare_loop(model: TaskModel, task: TaskData, training, device: torch.device) 
     return (time.perf_counter() - began) / steps
 
 
-def method_step(name: str, options: dict, model: TaskModel, task: TaskData, trainer: Trainer, pretrained) -> tuple[float, dict]:
-    method = methods.build(methods.METHODS[name].options.model_validate(options), pretrained=pretrained)
+def method_step(name: str, options: dict, model: TaskModel, task: TaskData, trainer: Trainer, pretrained,
+                context: methods.Context | None = None) -> tuple[float, dict]:
+    method = methods.build(methods.METHODS[name].options.model_validate(options), pretrained=pretrained,
+                           context=context)
     stats = method.fit_task(model, task, step=1, trainer=trainer)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
@@ -282,6 +286,45 @@ def store_rows(args, backbone, head, training, device) -> None:
         del model
 
 
+def baselines(args, *, device: torch.device, arch: str, batch: int, steps: int) -> None:
+    """What a training step of each method costs against finetune's, on an open_clip ViT (random init) and a
+    synthetic task of 100 classes. wise_ft and lp_ft add work once a task (an interpolation, a linear probe),
+    reported apart; ldifs builds its anchor cache once a task (reported apart, as in the other tables)."""
+    from continual.datasets import prompts
+
+    backbone = build_backbone(SimpleNamespace(family="open_clip", arch=arch, pretrained=None, image_size=None,
+                                              head_init="zero_shot")).to(device)
+    training = TrainingConfig(batch_size=batch, warmup_steps=2, eval_batch_size=max(batch, 64))
+    task = synthetic_task(batch * steps, backbone.image_size, classes=100)
+    reference = synthetic_task(batch * steps, backbone.image_size, classes=100)
+    context = methods.Context(tasks=[task], probes=[], references={"ref": reference},
+                              templates={("tasks", "bench"): prompts.templates("synthetic"),
+                                         ("references", "ref"): prompts.templates("synthetic")})
+    torch.manual_seed(0)
+    head = Head(backbone.feature_dim, 100, normalize=True)
+    trainer = Trainer(training, device=device, progress=False)
+    where = "bf16 autocast" if device.type == "cuda" else "fp32"
+    print(f"\n### The methods' training step: open_clip {arch} (random init), {backbone.image_size} px, batch {batch}, "
+          f"{where}, {steps} steps each\n\nMachine: {machine()}\n")
+    print("| method | ms / step | vs finetune | once a task |\n|---|---|---|---|")
+    ft = None
+    for name, options in [("finetune", {}), ("finetune", {}), ("l2sp", {}), ("wise_ft", {}), ("lp_ft", {}),
+                          ("ldifs", {"cache": "auto"}), ("ldifs", {"cache": "off"}), ("flyp", {}),
+                          ("zscl", {"reference": "ref"})]:
+        model = TaskModel(copy.deepcopy(backbone), {"bench": copy.deepcopy(head).to(device)})
+        began = time.perf_counter()
+        seconds, extra = method_step(name, options, model, task, trainer, backbone, context)
+        total = time.perf_counter() - began
+        once = total - seconds * steps  # what the task cost beyond its steps: probe, interpolation, cache
+        if ft is None:  # the first finetune warms the kernels up and is not reported
+            ft = 0.0
+            continue
+        ft = ft or seconds
+        label = name + "".join(f", {k} {v}" for k, v in options.items() if k != "reference")
+        print(f"| {label} | {seconds * 1000:.0f} | {seconds / ft:.2f}x | {once:.1f} s |", flush=True)
+        del model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratios", action="store_true", help="step ratios only (no end-to-end run)")
@@ -291,9 +334,16 @@ def main() -> None:
     parser.add_argument("--gpu-batch", type=int, default=128)
     parser.add_argument("--gpu-steps", type=int, default=40)
     parser.add_argument("--gpu-archs", default="ViT-B-32,ViT-B-16", help="open_clip architectures (GPU)")
+    parser.add_argument("--baselines", action="store_true", help="the methods' step cost on an open_clip ViT only")
+    parser.add_argument("--baseline-arch", default="ViT-B-32")
     args = parser.parse_args()
     if args.gpu:
         gpu(args)
+        baselines(args, device=torch.device("cuda"), arch=args.gpu_archs.split(",")[0], batch=args.gpu_batch,
+                  steps=args.gpu_steps)
+        return
+    if args.baselines:
+        baselines(args, device=torch.device("cpu"), arch=args.baseline_arch, batch=16, steps=args.steps // 2)
         return
     ratios(args)
     if not args.ratios:
