@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import platform
@@ -296,7 +297,7 @@ def baselines(args, *, device: torch.device, arch: str, batch: int, steps: int) 
                                               head_init="zero_shot")).to(device)
     training = TrainingConfig(batch_size=batch, warmup_steps=2, eval_batch_size=max(batch, 64))
     task = synthetic_task(batch * steps, backbone.image_size, classes=100)
-    reference = synthetic_task(batch * steps, backbone.image_size, classes=100)
+    reference = dataclasses.replace(synthetic_task(batch * steps, backbone.image_size, classes=100), name="ref")
     context = methods.Context(tasks=[task], probes=[], references={"ref": reference},
                               templates={("tasks", "bench"): prompts.templates("synthetic"),
                                          ("references", "ref"): prompts.templates("synthetic")})
@@ -308,9 +309,12 @@ def baselines(args, *, device: torch.device, arch: str, batch: int, steps: int) 
           f"{where}, {steps} steps each\n\nMachine: {machine()}\n")
     print("| method | ms / step | vs finetune | once a task |\n|---|---|---|---|")
     ft = None
+    only = set(args.bench_methods.split(",")) if args.bench_methods else None
     for name, options in [("finetune", {}), ("finetune", {}), ("l2sp", {}), ("wise_ft", {}), ("lp_ft", {}),
                           ("ldifs", {"cache": "auto"}), ("ldifs", {"cache": "off"}), ("flyp", {}),
                           ("zscl", {"reference": "ref"})]:
+        if only is not None and name not in only | {"finetune"}:
+            continue
         model = TaskModel(copy.deepcopy(backbone), {"bench": copy.deepcopy(head).to(device)})
         began = time.perf_counter()
         seconds, extra = method_step(name, options, model, task, trainer, backbone, context)
@@ -336,6 +340,7 @@ def main() -> None:
     parser.add_argument("--gpu-archs", default="ViT-B-32,ViT-B-16", help="open_clip architectures (GPU)")
     parser.add_argument("--baselines", action="store_true", help="the methods' step cost on an open_clip ViT only")
     parser.add_argument("--baseline-arch", default="ViT-B-32")
+    parser.add_argument("--bench-methods", default="", help="with --baselines: only these (and finetune), comma-separated")
     args = parser.parse_args()
     if args.gpu:
         gpu(args)

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from continual import checkpoints, methods, models, seeds
 from continual.config import ConfigError, DataSpec, Sequence, dump_sequence
@@ -56,8 +57,9 @@ def resolve_device(name: str, *, source: str = "<sequence>") -> torch.device:
     return device
 
 
-def load_inputs(seq: Sequence, *, source: str, device: torch.device) -> Loaded:
-    """Model and data, or a ConfigError naming the key at fault."""
+def load_inputs(seq: Sequence, *, source: str, device: torch.device, references: set[str] | None = None) -> Loaded:
+    """Model and data, or a ConfigError naming the key at fault; of the `references:`, only those named in
+    `references` (None: all of them), so a run without ZSCL needs no ImageNet on disk."""
     try:
         backbone = models.build_backbone(seq.model)  # to the device after the data: decoding workers are
     except models.ModelError as err:                  # forked, and a fork is safest before CUDA starts
@@ -66,6 +68,8 @@ def load_inputs(seq: Sequence, *, source: str, device: torch.device) -> Loaded:
     for group in ("tasks", "probes", "references"):
         loaded[group] = []
         for i, spec in enumerate(getattr(seq, group)):
+            if group == "references" and references is not None and spec.name not in references:
+                continue
             try:
                 loaded[group].append(load_task(spec, image_size=backbone.image_size, data_root=seq.root,
                                                seed=seq.seed, download=seq.download))
@@ -135,15 +139,21 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
                                             f"nor a known method ({', '.join(METHODS)})") for n in unknown])
     if resume and overwrite:
         raise ConfigError("--resume", [("", "--resume and --overwrite exclude each other")])
+    try:  # a method named only by --methods runs with its defaults: it must have them
+        added = [seq.method(n) for n in names if n not in listed]
+    except ValidationError as err:
+        raise ConfigError("--methods", [(str(e["loc"][0]) if e["loc"] else "", f"{e['msg']}: list the method in the "
+                                         "sequence file with its options") for e in err.errors()]) from None
     run = RunFolder(Path(out) / seq.name)
     check_output(Path(out), seq.name)  # before loading anything: a folder we cannot write is said at once
     device = resolve_device(seq.training.device, source=source)
-    inputs = load_inputs(seq, source=source, device=device)
+    wanted = {getattr(seq.method(n), "reference", None) for n in names} - {None}
+    inputs = load_inputs(seq, source=source, device=device, references=wanted)
     check_needs(seq, names, inputs.backbone, source=source)
     print(plan(seq, names, inputs), file=sys.stderr)  # also with --quiet (no progress bars): one line
 
     # config.yaml records what runs: a method named only by --methods joins the file's list, with its defaults.
-    ran = seq.model_copy(update={"methods": [*seq.methods, *(seq.method(n) for n in names if n not in listed)]})
+    ran = seq.model_copy(update={"methods": [*seq.methods, *added]})
     run.create()
     with run.lock():
         run.write_config(run.claim(dump_sequence(ran), resume=resume, overwrite=overwrite,
@@ -208,7 +218,9 @@ class Start:
         for task_name, head in _initial_heads(seq, model.backbone, inputs.tasks).items():
             model.heads[task_name] = head.to(device)
         zero_shot_probes = None
-        if seq.model.family == "open_clip":  # text heads: fixed, since the text tower is never trained
+        # Text heads of the shared text tower, which no method trains (FLYP trains a copy, and scores probes
+        # with its own heads).
+        if seq.model.family == "open_clip":
             zero_shot_probes = {p.name: _zero_shot_head(model.backbone, p, spec).to(device)
                                 for p, spec in zip(inputs.probes, seq.probes, strict=True)}
         evaluation = evaluate(model, inputs.tasks, inputs.probes, learned=0, head_init=seq.model.head_init,
@@ -264,9 +276,9 @@ def _zero_shot_head(backbone: Backbone, data: TaskData, spec: DataSpec) -> Head:
 
 def _context(seq: Sequence, inputs: Loaded) -> methods.Context:
     """The sequence's data, for the methods that see more than the task they train on."""
-    templates = {(group, spec.name): spec.templates or prompts.templates(data.dataset)
-                 for group in ("tasks", "probes", "references")
-                 for spec, data in zip(getattr(seq, group), getattr(inputs, group), strict=True)}
+    specs = {(group, spec.name): spec for group in ("tasks", "probes", "references") for spec in getattr(seq, group)}
+    templates = {(group, data.name): specs[group, data.name].templates or prompts.templates(data.dataset)
+                 for group in ("tasks", "probes", "references") for data in getattr(inputs, group)}
     return methods.Context(tasks=inputs.tasks, probes=inputs.probes,
                            references={r.name: r for r in inputs.references}, templates=templates)
 

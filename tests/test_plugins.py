@@ -60,6 +60,24 @@ def test_plugin_problems_name_the_key(project):
                                       "register('ldifs', options=FinetuneOptions, implementation='x:y', summary='')\n")
     with pytest.raises(ConfigError, match=r"plugins\[0\]: .*'ldifs' is a built-in method"):
         load_sequence({**doc, "plugins": [str(project / "thief.py")]})
+    (project / "custom.py").write_text(
+        "from typing import Literal\n"
+        "from pydantic import model_validator\n"
+        "from pydantic_core import PydanticCustomError\n"
+        "from continual.methods import register\n"
+        "from continual.methods.options import Options\n"
+        "class Picky(Options):\n"
+        "    name: Literal['picky'] = 'picky'\n"
+        "    size: int = 1\n"
+        "    @model_validator(mode='after')\n"
+        "    def _small(self):\n"
+        "        if self.size > 2:\n"
+        "            raise PydanticCustomError('too_big', 'size {size} is too big', {'size': self.size})\n"
+        "        return self\n"
+        "register('picky', options=Picky, implementation='x:y', summary='')\n")
+    with pytest.raises(ConfigError, match=r"methods\[0\]\.picky: size 3 is too big"):  # its own error type
+        load_sequence({**doc, "plugins": [str(project / "custom.py")], "methods": [{"picky": {"size": 3}}]})
+    METHODS.pop("picky")
     with pytest.raises(ConfigError, match=r"methods\[1\]\.smooth_ft\.smoothing: must be less than 1, got 1.5"):
         load_sequence({**doc, "plugins": [str(project / "my_methods.py")],
                        "methods": ["finetune", {"smooth_ft": {"smoothing": 1.5}}]})

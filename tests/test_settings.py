@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from continual import checkpoints, methods
-from continual.config import ConfigError, TrainingConfig, load_sequence
+from continual.config import ConfigError, TrainingConfig, dump_sequence, load_sequence
 from continual.datasets.tasks import load_task
 from continual.evaluate import accuracy, extract_features, fit_linear_head
 from continual.methods.options import FinetuneOptions, NaiveOptions
@@ -142,6 +143,16 @@ def test_steps_per_task_replaces_epochs(parts):
 
     with pytest.raises(ConfigError, match=r"training: .*not both"):
         load_sequence(doc(training={"epochs": 2, "steps_per_task": 10}))
+    # config.yaml of such a run reads back as the same sequence (epochs, replaced, is not written)
+    seq = load_sequence(doc(training={"batch_size": 8, "steps_per_task": 10}))
+    assert load_sequence(yaml.safe_load(dump_sequence(seq))) == seq
+
+
+def test_a_method_named_only_on_the_command_line_needs_no_required_option(tmp_path):
+    seq = load_sequence(doc(methods=["finetune"]))
+    with pytest.raises(ConfigError, match=r"--methods: reference: Field required: list the method in the sequence"):
+        run_sequence(seq, out=tmp_path, methods=["zscl"], progress=False)
+    assert not (tmp_path / "s").exists()
 
 
 def test_settings_refuse_tasks_they_cannot_hold():

@@ -57,6 +57,7 @@ def test_legends_and_settings_name_what_differs():
     (["finetune", {"l2sp": {"label": "finetune"}}], r"methods\[1\]", r"'finetune' already names methods\[0\]"),
     ([{"l2sp": {"label": "ldifs"}}], r"methods\[0\]\.label", "'ldifs' is the name of another method"),
     ([{"l2sp": {"label": "../up"}}], r"methods\[0\]\.l2sp\.label", "should match pattern"),
+    ([{"l2sp": {"label": "checkpoints"}}], r"methods\[0\]\.l2sp\.label", "a folder of the run itself"),
 ])
 def test_labels_are_checked(methods, key, message):
     with pytest.raises(ConfigError, match=f"{key}: .*{message}"):

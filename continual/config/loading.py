@@ -130,6 +130,7 @@ def _load_plugins(plugins) -> list[tuple[str, str]]:
                 if not path.is_file():
                     problems.append((f"plugins[{i}]", f"{path} not found"))
                     continue
+                plugins[i] = str(path.resolve())  # config.yaml records where it is, from a dict or --set too
                 # One module name per file, so importing it again (a second load in one process) replaces it.
                 name = "continual_plugin_" + re.sub(r"\W", "_", str(path.resolve()))
                 spec = importlib.util.spec_from_file_location(name, path)
@@ -149,6 +150,8 @@ def dump_sequence(seq: Sequence) -> str:
     """The resolved sequence as YAML, in the same shape as the input files."""
     raw = seq.model_dump(mode="json")
     raw["methods"] = [{o.name: o.settings()} for o in seq.methods]
+    if seq.training.steps_per_task is not None:  # it replaces epochs, and the two together are refused
+        raw["training"].pop("epochs")
     return yaml.safe_dump(raw, sort_keys=False)
 
 

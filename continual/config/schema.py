@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo,
                       WrapValidator, field_validator, model_validator)
-from pydantic_core import InitErrorDetails
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from continual.datasets import DATASETS
 from continual.datasets.prompts import template_problem
@@ -264,9 +264,21 @@ def _method_options(item: Any, handler) -> Options:
     try:
         return METHODS[raw["name"]].options.model_validate(raw)
     except ValidationError as err:
-        raise ValidationError.from_exception_data(err.title, [
-            InitErrorDetails(type=e["type"], loc=(raw["name"], *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
-            for e in err.errors()]) from None
+        raise _under(raw["name"], err) from None
+
+
+def _under(name: str, err: ValidationError) -> ValidationError:
+    """`err` with each error's location under `name`. A type pydantic does not know (a PydanticCustomError
+    in a plugin's options) keeps its type and message as a custom error."""
+    errors = err.errors()
+    try:
+        return ValidationError.from_exception_data(err.title, [
+            InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+            for e in errors])
+    except KeyError:  # "Invalid error type"
+        return ValidationError.from_exception_data(err.title, [
+            InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"].replace("{", "{{").replace("}", "}}")),
+                             loc=(name, *e["loc"]), input=e["input"]) for e in errors])
 
 
 # One of the registered methods' option classes, chosen by the YAML key; dumped as that class, not as Options.
@@ -296,7 +308,7 @@ class Sequence(Strict):
     training: TrainingConfig = TrainingConfig()
     methods: list[MethodOptions] = Field(min_length=1)
     # Python files (relative to this file) or modules that register methods of your own (README, "Your own
-    # method"): imported before `methods:` is read. Recorded absolute in config.yaml, so a resume finds them.
+    # method"): imported before `methods:` is read; files are recorded absolute in config.yaml.
     plugins: list[str] = []
     data_root: str = DEFAULT_DATA_ROOT  # datasets live under <data_root>/<dataset>, decoded images in its .continual-store
     download: bool = True  # let torchvision download missing datasets into data_root

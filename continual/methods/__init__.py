@@ -16,9 +16,10 @@ so that a run can be checkpointed after each step and resumed (see `continual/ch
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 
-from continual.methods.options import (EWCOptions, FinetuneOptions, FLYPOptions, FrozenOptions, L2SPOptions,
+from continual.methods.options import (LABEL, RESERVED_KEYS, EWCOptions, FinetuneOptions, FLYPOptions, FrozenOptions, L2SPOptions,
                                        LDIFSOptions, LPFTOptions, LwFOptions, NaiveOptions, Options, ReplayOptions,
                                        WiseFTOptions, ZSCLOptions)
 
@@ -95,6 +96,9 @@ def register(name: str, *, options: type[Options], implementation: str | type, s
     A plugin file calls this when imported; importing it again registers it again. Built-in names are kept."""
     if name in BUILTIN:
         raise ValueError(f"{name!r} is a built-in method; register yours under another name")
+    if name in RESERVED_KEYS or not re.fullmatch(LABEL, name):
+        raise ValueError(f"{name!r} cannot name a method: it names its folder in a run (1 to 64 letters, digits, "
+                         f"`_`, `+`, `-`, and not {' or '.join(sorted(RESERVED_KEYS))})")
     if not (isinstance(options, type) and issubclass(options, Options)):
         raise TypeError(f"options of {name!r} must be a subclass of continual.methods.options.Options")
     if options.model_fields.get("name") is None or options.model_fields["name"].default != name:

@@ -198,7 +198,6 @@ class _Strategy(SupervisedTemplate):
         self.train_epochs = self.trainer.training.epochs if steps is None else math.ceil(steps / per_epoch)
         total = self.train_epochs * per_epoch if steps is None else steps
         self.total = total
-        self._stop_training = False  # set when the last task stopped mid-pass
         self.schedule = self.trainer.make_schedule(self.optimizer, total)
         self.bar = tqdm(total=total, desc=self.label, unit="step", disable=not self.trainer.progress)
         self.iterations = 0
@@ -275,7 +274,7 @@ class _AvalancheMethod:
             self.strategy = _Strategy(model=model, trainer=trainer, plugins=self.plugins(), penalty=self.penalty)
         strategy = self.strategy
         strategy.heads.task_names.append(task.name)
-        strategy.label = f"{self.options.name} {step}:{task.name}"
+        strategy.label = f"{self.options.key} {step}:{task.name}"
         start = time.perf_counter()
         size = model.backbone.image_size if self.mixes_tasks else None
         # Class-incremental: Avalanche's single-head form, every sample task label 0, targets over all classes.

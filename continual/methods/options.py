@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 # A label names a folder, CSV values and legend entries, as task names do (config/schema.py's DATA_NAME).
 LABEL = r"[A-Za-z0-9][A-Za-z0-9_+-]{0,63}"
+# A method's folder is <run>/<key>, next to the run folder's own (run_folder.py): no key may be one of these.
+RESERVED_KEYS = frozenset({"checkpoints", "cache"})
 
 
 class Options(BaseModel):
@@ -26,6 +28,13 @@ class Options(BaseModel):
     # What this entry is called in the run folder, the tables and the legends: the method's name unless
     # given. The same method twice in one sequence (two λ of LDIFS) needs a label on all but one.
     label: str | None = Field(default=None, pattern=f"^{LABEL}$")
+
+    @field_validator("label")
+    @classmethod
+    def _not_reserved(cls, label: str | None) -> str | None:
+        if label in RESERVED_KEYS:
+            raise ValueError(f"{label!r} is a folder of the run itself; choose another label")
+        return label
 
     @property
     def key(self) -> str:
