@@ -232,8 +232,9 @@ def _list(*, pretrained: bool = False) -> int:
               "local file or random")
     print("methods:")
     for name, info in METHODS.items():
-        fields = {k: f for k, f in info.options.model_fields.items() if k != "name"}
-        defaults = ", ".join(f"{f.alias or k}={f.default}" for k, f in fields.items())
+        fields = {k: f for k, f in info.options.model_fields.items() if k not in ("name", "label")}
+        defaults = ", ".join(f"{f.alias or k}=" + ("(required)" if f.is_required() else f"{f.default}")
+                             for k, f in fields.items())
         needs = f" (needs {', '.join(info.needs)})" if info.needs else ""
         print(f"  {name:<10} {defaults or '(no options)'}  {info.summary}{needs}")
     for need, what in NEEDS.items():

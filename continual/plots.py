@@ -118,7 +118,11 @@ def _method_bands(ax, mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFrame
         if method not in mean or column not in mean[method]:
             continue
         m = mean[method][column] * 100
-        _band(ax, m.index, m.to_numpy(), _std(std, method, column, m.index), style[method], style[method]["label"])
+        if len(m) > 2 and m.iloc[1:-1].isna().all() and np.isfinite(m.iloc[-1]):  # scored at the last step only
+            ax.axhline(m.iloc[-1], color=style[method]["color"], linestyle="--", linewidth=1.2,
+                       label=style[method]["label"])  # joint: a reference line, not a curve
+        else:
+            _band(ax, m.index, m.to_numpy(), _std(std, method, column, m.index), style[method], style[method]["label"])
         plotted[method] = m
     return plotted
 
@@ -167,7 +171,9 @@ def forgetting_curves_png(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataF
         if k % ncols == 0:
             ax.set_ylabel("accuracy (%)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=9,
+    # As many columns as fit the figure's width: variants' labels (`l2sp-1000 (lambda 1000)`) are long.
+    fits = int(fig.get_size_inches()[0] * 12 / (max(map(len, labels), default=1) + 6))
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(len(labels), 6, fits)), fontsize=9,
                title="★ learned here; grey: before it is learned", title_fontsize=8)
     return _png(fig)
 
@@ -200,8 +206,11 @@ def summary_png(points: pd.DataFrame, *, methods: list[str], labels: dict[str, s
     style = method_style(methods, labels)
     fig = Figure(figsize=(5.2, 4.0), dpi=110, layout="constrained")
     ax = fig.add_subplot()
-    shown, missing = [], []
+    shown, missing, lines = [], [], []
     for method in methods:
+        if method in points.index and np.isfinite(points.loc[method, "acc"]) and not np.isfinite(points.loc[method, "forgetting"]):
+            lines.append(method)  # an accuracy without forgetting (joint, never sequential): a line across
+            continue
         if method not in points.index or not np.isfinite(points.loc[method, ["acc", "forgetting"]]).all():
             missing.append(method)
             continue
@@ -222,6 +231,14 @@ def summary_png(points: pd.DataFrame, *, methods: list[str], labels: dict[str, s
         pady = max(5.0, 0.15 * (max(ys) - min(ys)))
         ax.set_xlim(min(xs) - padx, max(xs) + 2 * padx)
         ax.set_ylim(max(0, min(ys) - pady), min(100, max(ys) + pady))
+    for method in lines:
+        acc = points.loc[method, "acc"] * 100
+        ax.axhline(acc, color=style[method]["color"], linestyle="--", linewidth=1.2)
+        ax.annotate(f"{style[method]['label']}: every task at once", (0.01, acc), xycoords=("axes fraction", "data"),
+                    xytext=(0, 3), textcoords="offset points", fontsize=8, color=style[method]["color"])
+        if shown:
+            low, high = ax.get_ylim()
+            ax.set_ylim(min(low, acc - 3), max(high, min(100, acc + 3)))
     ax.set_xlabel("average forgetting F_T (pp, lower is better)")
     ax.set_ylabel("final average accuracy A_T (%)")
     ax.set_title("better: towards the top left", fontsize=9, loc="left")

@@ -326,10 +326,17 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             done, rows, timings, result = resumed
             print(f"{name}: resuming after step {done}/{len(tasks)}", file=sys.stderr)
     write(rows, timings)  # rewritten from the checkpoint: a kill may have come before the files
+    once = METHODS[seq.method(name).name].once  # joint: trains at the last step only
     try:
         for step, task in enumerate(tasks[done:], start=done + 1):
             if task.name in result.future_heads:  # linear_probe: the head fit on the features as they are now
                 model.heads[task.name] = copy.deepcopy(result.future_heads[task.name])
+            if once and step < len(tasks):  # nothing trained, nothing to score: an empty row, no checkpoint
+                rows.append({column: math.nan for column in rows[0]})
+                timings.append({"step": step, "fit_seconds": 0.0, "eval_seconds": 0.0, "train_steps": 0,
+                                "skipped": f"{name} trains once, on every task together, at the last step"})
+                write(rows, timings)
+                continue
             seed_step(seq.seed, step)
             stats = method.fit_task(model, task, step=step, trainer=trainer)
             began = time.perf_counter()

@@ -100,3 +100,33 @@ def test_frozen_forgets_nothing_and_trains_nothing(tmp_path):
     assert (matrix == matrix.iloc[0]).all().all()  # every step scores what the pre-trained model did
     metrics = json.loads((folder / "frozen" / "metrics.json").read_text())
     assert metrics["final"]["bwt"] == 0 and [t["train_steps"] for t in metrics["timings"][1:]] == [0, 0]
+
+
+def test_joint_trains_once_on_every_task_and_fills_only_the_last_row(tmp_path):
+    import continual
+    from continual.datasets.source import concatenated, resize_uint8
+
+    doc = {"name": "j", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
+           "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
+                     {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4},
+                     {"name": "m", "dataset": "mnist", "classes": [4, 5], "train_per_class": 4, "test_per_class": 4}],
+           "training": {"batch_size": 8, "warmup_steps": 1}, "methods": ["joint"], "download": False}
+    folder = continual.run(doc, out=tmp_path, progress=False)
+    matrix = continual.load_run(folder)["joint"]
+    assert matrix.loc[[1, 2]].isna().all().all() and matrix.loc[[0, 3]].notna().all().all()
+    metrics = json.loads((folder / "joint" / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["final"]["forgetting"] is None
+    assert [t["train_steps"] for t in metrics["timings"][1:]] == [0, 0, 5]  # 40 images of all three, batches of 8
+    assert metrics["timings"][3]["joint_images"] == 40
+    assert sorted(p.name for p in (folder / "checkpoints" / "joint").iterdir()) == ["step-3.pt"]
+
+    # The union of the tasks' images, each read at one size: digits' 8 px and MNIST's 28 px resized alike.
+    digits = load_task(SimpleNamespace(name="d", dataset="digits", classes=[0, 1], train_per_class=4, test_per_class=2,
+                                       path=None, templates=None), image_size=32, data_root=Path("/nonexistent"), seed=0)
+    mnist = load_task(SimpleNamespace(name="m", dataset="mnist", classes=[0, 1], train_per_class=4, test_per_class=2,
+                                      path=None, templates=None), image_size=32, data_root=Path("/nonexistent"), seed=0)
+    both = concatenated([digits.train.images, mnist.train.images], 32)
+    rows = torch.tensor([9, 0, 7, 8])  # mnist, digits, digits, mnist
+    expected = torch.stack([resize_uint8(mnist.train.images[[1]], 32)[0], resize_uint8(digits.train.images[[0]], 32)[0],
+                            resize_uint8(digits.train.images[[7]], 32)[0], resize_uint8(mnist.train.images[[0]], 32)[0]])
+    assert len(both) == 16 and torch.equal(both[rows], expected)

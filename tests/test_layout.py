@@ -55,7 +55,7 @@ LAYERS = [
     ("runner", ["continual.runner"]),
     ("training", ["continual.methods.finetune", "continual.methods.ldifs", "continual.methods.avalanche",
                   "continual.methods.l2sp", "continual.methods.wise_ft", "continual.methods.frozen",
-                  "continual.methods.lp_ft", "continual.methods.flyp", "continual.methods.zscl",
+                  "continual.methods.lp_ft", "continual.methods.flyp", "continual.methods.zscl", "continual.methods.joint",
                   "continual.train", "continual.evaluate", "continual.checkpoints"]),
     ("models and data", ["continual.models", "continual.datasets.tasks", "continual.datasets.source",
                          "continual.datasets.embedded", "continual.datasets.torchvision_sets",

@@ -160,6 +160,38 @@ class Images:
         return digest.hexdigest()
 
 
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (k, 3, s, s) -> uint8 (k, 3, size, size): bilinear, antialiased when shrinking (as the backbone
+    resizes a batch), rounded; the same tensor when already that size."""
+    if images.shape[-1] == size:
+        return images
+    x = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                        antialias=images.shape[-1] > size, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def concatenated(parts: list, size: int) -> Images:
+    """Several splits' images (tensors or Images) one after the other as one Images read by row, each image
+    at `size` (resized where kept at another): a batch can mix them (joint training over every task)."""
+    bounds = np.cumsum([0] + [len(part) for part in parts])
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), 3, size, size), dtype=np.uint8)
+        part_of = np.searchsorted(bounds, rows, side="right") - 1
+        for k, part in enumerate(parts):
+            mine = part_of == k
+            if mine.any():
+                out[mine] = resize_uint8(part[torch.from_numpy(rows[mine] - bounds[k])], size).numpy()
+        return out
+
+    def identity() -> str:
+        names = [part.fingerprint() if isinstance(part, Images) else hashlib.sha256(part.contiguous().numpy()).hexdigest()
+                 for part in parts]
+        return hashlib.sha256(repr((names, size)).encode()).hexdigest()
+
+    return Images(read=read, rows=np.arange(bounds[-1], dtype=np.int64), image_size=size, identity=identity)
+
+
 def array_images(pool: Pool, picked: np.ndarray) -> Images:
     """An Images over rows of an in-memory array pool, at the array's own size (centre-cropped square)."""
     array = pool.array

@@ -19,9 +19,9 @@ import importlib
 import re
 from dataclasses import dataclass
 
-from continual.methods.options import (LABEL, RESERVED_KEYS, EWCOptions, FinetuneOptions, FLYPOptions, FrozenOptions, L2SPOptions,
-                                       LDIFSOptions, LPFTOptions, LwFOptions, NaiveOptions, Options, ReplayOptions,
-                                       WiseFTOptions, ZSCLOptions)
+from continual.methods.options import (LABEL, RESERVED_KEYS, EWCOptions, FinetuneOptions, FLYPOptions, FrozenOptions,
+                                       JointOptions, L2SPOptions, LDIFSOptions, LPFTOptions, LwFOptions, NaiveOptions,
+                                       Options, ReplayOptions, WiseFTOptions, ZSCLOptions)
 
 # What a method may need of the model (checked up front by the runner, named in `continual list`):
 #   taps  intermediate features of the backbone (a feature-space penalty: LDIFS)
@@ -39,6 +39,9 @@ class MethodInfo:
     # Built with `context=Context(...)` too: the method sees the whole sequence's data, not only the task it
     # trains on (FLYP re-embeds every task's class prompts with its text tower; ZSCL reads its reference set).
     sees_data: bool = False
+    # Trains once, at the last step, on every task together (joint): the runner skips the steps before it,
+    # leaving their rows empty (NaN).
+    once: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ METHODS: dict[str, MethodInfo] = {
                         needs=("taps",)),
     "frozen": MethodInfo(FrozenOptions, "continual.methods.frozen:Frozen",
                          "no training: the pre-trained backbone and each task's starting head (the reference row)"),
+    "joint": MethodInfo(JointOptions, "continual.methods.joint:Joint",
+                        "one model trained on every task at once, scored after the last step (the upper-bound row)",
+                        sees_data=True, once=True),
     "l2sp": MethodInfo(L2SPOptions, "continual.methods.l2sp:L2SP",
                        "cross-entropy + λ/2 · squared distance of the backbone's weights to the pre-trained ones"),
     "wise_ft": MethodInfo(WiseFTOptions, "continual.methods.wise_ft:WiseFT",

@@ -30,13 +30,13 @@ import warnings
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from continual import checkpoints
 from continual.augment import augment
 from continual.augment import generator as augmentation_generator
+from continual.datasets.source import resize_uint8
 from continual.datasets.tasks import TaskData
 from continual.models import TaskModel
 from continual.train import FitStats, Trainer, epoch_means
@@ -152,12 +152,7 @@ class _AtSize:
         return shape if dim is None else shape[dim]
 
     def __getitem__(self, i) -> torch.Tensor:
-        x = self.images[i]
-        if x.shape[-1] == self.image_size:
-            return x
-        x = F.interpolate(x[None].float(), size=(self.image_size, self.image_size), mode="bilinear",
-                          antialias=x.shape[-1] > self.image_size, align_corners=False)
-        return x.round_().clamp_(0, 255).to(torch.uint8)[0]
+        return resize_uint8(self.images[i][None], self.image_size)[0]
 
 
 def _experience(task: TaskData, label: int, *, offset: int = 0, size: int | None = None):

@@ -93,6 +93,11 @@ class FrozenOptions(Options):
     name: Literal["frozen"] = "frozen"
 
 
+class JointOptions(Options):
+    # No options: it trains with the sequence's `training:`, once, on every task together.
+    name: Literal["joint"] = "joint"
+
+
 class L2SPOptions(Options):
     name: Literal["l2sp"] = "l2sp"
     # Li et al. 2018 search α in {0.001, 0.01, 0.1, 1} and report 0.1 for most targets (their table 2);
