@@ -62,3 +62,18 @@ def test_legends_and_settings_name_what_differs():
 def test_labels_are_checked(methods, key, message):
     with pytest.raises(ConfigError, match=f"{key}: .*{message}"):
         load_sequence({**SEQ, "methods": methods})
+
+
+def test_set_reaches_a_method_entrys_options(tmp_path, capsys):
+    path = tmp_path / "seq.yaml"
+    path.write_text(yaml.safe_dump(SEQ))
+    seq = load_sequence(path, ["methods.l2sp-1000.lambda=5", "methods.l2sp.lambda=2", "methods.finetune.label=ft"])
+    assert [(o.key, getattr(o, "lambda_", None)) for o in seq.methods] == [("l2sp", 2.0), ("l2sp-1000", 5.0), ("ft", None)]
+    with pytest.raises(ConfigError, match=r"--set: methods\.ldifs\.lambda: no method entry 'ldifs' in the sequence "
+                                          r"\(entries: l2sp, l2sp-1000, finetune\)"):
+        load_sequence(path, ["methods.ldifs.lambda=1"])
+    with pytest.raises(ConfigError, match=r"--set: methods\.l2sp: name one of its options"):
+        load_sequence(path, ["methods.l2sp=3"])
+    assert main(["run", str(path), "--set", "methods.l2sp.lambda=-1", "--out", str(tmp_path / "o")]) == 2
+    assert "methods[0].l2sp.lambda: must be greater than or equal to 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -236,6 +236,8 @@ def _apply_override(raw: dict, item: str, label: str) -> None:
         raise ConfigError("--set", [(item, "expected KEY=VALUE, e.g. training.lr=3e-4")])
     node = raw
     parts = key.split(".")
+    if parts[0] == "methods" and len(parts) > 1:  # methods.ldifs.lambda=100: an entry's option, by its key
+        node, parts = _method_entry(raw, key), parts[2:]
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
@@ -244,6 +246,28 @@ def _apply_override(raw: dict, item: str, label: str) -> None:
         node[parts[-1]] = yaml.load(value, Loader=_Loader)
     except yaml.YAMLError:
         raise ConfigError("--set", [(key, f"cannot parse value {value!r}")]) from None
+
+
+def _method_entry(raw: dict, key: str) -> dict:
+    """The options mapping of the method entry `methods.<label or name>.…` names (a bare `- ldifs` item
+    becomes `- ldifs: {}`), for `--set methods.ldifs.lambda=100`."""
+    parts = key.split(".")
+    items = raw.get("methods")
+    keys = [item_key(item) for item in items] if isinstance(items, list) else []
+    if parts[1] not in keys:
+        raise ConfigError("--set", [(key, f"no method entry {parts[1]!r} in the sequence (entries: "
+                                          f"{', '.join(k for k in keys if k) or 'none'})")])
+    if len(parts) < 3:
+        raise ConfigError("--set", [(key, f"name one of its options, e.g. methods.{parts[1]}.lambda=100")])
+    i = keys.index(parts[1])
+    if isinstance(items[i], str):
+        items[i] = {items[i]: {}}
+    (name, options), = items[i].items()
+    if options is None:
+        items[i][name] = options = {}
+    if not isinstance(options, dict):
+        raise ConfigError("--set", [(key, f"the options of methods[{i}] are not a mapping")])
+    return options
 
 
 def _key_path(loc: tuple) -> str:
