@@ -1,4 +1,4 @@
-"""`continual run | validate | list | report | data prepare | data list`. Bad input exits with status 2 and one message per problem.
+"""`continual run | validate | list | report | sweep | data prepare | data list`. Bad input exits with status 2 and one message per problem.
 
 Start-up stays light: this module and the schema import no torch and no avalanche (a test checks), so
 `--help`, `validate` and `list` answer at once; `run` imports the runner when it starts running.
@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     stored.add_argument("data_root", type=Path, nargs="?", default=Path(DEFAULT_DATA_ROOT),
                         help=f"default: {DEFAULT_DATA_ROOT}, the schema's")
 
+    sweep = sub.add_parser("sweep", help="run a sweep file's cells (sequences x grid x seeds), each one `continual "
+                           "run`, skipping those done; `continual sweep status SWEEP.yaml` shows where each stands")
+    sweep.add_argument("words", nargs="+", metavar="[status] SWEEP", help="a sweep YAML file (see README, Sweeps)")
+    sweep.add_argument("--out", type=Path, help="output root (default: the sweep file's `out`, next to it)")
+    sweep.add_argument("--jobs", type=int, help="cells at once (default: one per visible GPU, else 1)")
+
     report = sub.add_parser("report", help="write index.html, summary.md and summary.csv for run folders "
                             "(several folders of one sequence, e.g. seeds, give mean ± std)")
     report.add_argument("folders", type=Path, nargs="+", metavar="RUN_FOLDER", help="<out>/<sequence name>")
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args.files)
         if args.command == "report":
             return _report(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "data":
             return _prepare(args) if args.data_command == "prepare" else _stored(args.data_root)
         return _list(pretrained=args.pretrained)
@@ -145,6 +153,29 @@ def _run_sequence(args: argparse.Namespace) -> int:
         return 1
     print(f"results in {folder}/")
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from continual import sweep  # light: the cells run in their own processes
+
+    words = args.words
+    if len(words) == 2 and words[0] == "status":
+        table = sweep.status(words[1], out=args.out)
+        for row in table.itertuples(index=False):
+            print(f"{row.state:<8} {row.cell}  {row.detail}")
+        counts = table["state"].value_counts()
+        print(", ".join(f"{counts.get(s, 0)} {s}" for s in sweep.STATES))
+        return 0
+    if len(words) != 1:
+        raise ConfigError("sweep", [("", "expected `continual sweep SWEEP.yaml` or `continual sweep status SWEEP.yaml`")])
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError("--jobs", [("", f"must be at least 1, got {args.jobs}")])
+    spec, cells = sweep.load_sweep(words[0], out=args.out)
+    counts = sweep.run_local(cells, jobs=args.jobs, log=lambda line: print(line, file=sys.stderr))
+    root = (args.out if args.out is not None else Path(words[0]).parent / spec.out) / spec.name
+    written = sweep.write_summary(spec, cells, root)
+    print(", ".join(f"{counts[s]} {s}" for s in sweep.STATES) + (f"; aggregate in {written}" if written else ""))
+    return 0 if counts["failed"] == 0 and counts["pending"] == 0 else 1
 
 
 def _resume_command(args: argparse.Namespace) -> str:

@@ -439,6 +439,22 @@ class RunFolder:
     def lock(self) -> RunLock:
         return RunLock(self.path)
 
+    def lock_holder(self) -> dict | None:
+        """{pid, host, started} of the run holding this folder's lock, as far as can be told without taking
+        it (a probe that took the lock, even briefly, could make a starting run fail): a record whose process
+        is alive on this host, or any record from another host (whose processes cannot be asked). None when
+        no run holds it here."""
+        holder = _holder(_read(self.path / ".lock")) if (self.path / ".lock").is_file() else None
+        if holder is None or holder["host"] != socket.gethostname():
+            return holder
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return None  # a killed run's record: the kernel dropped its lock with it
+        except PermissionError:
+            pass  # alive, another user's
+        return holder
+
 
 def _entry(item: dict) -> dict:
     """A method item of config.yaml, `{ldifs: {lambda: 10}}`, as the options compared on resume (the method's

@@ -1,0 +1,289 @@
+"""Sweeps: sequences × a grid of settings × seeds, each cell exactly one `continual run` in its own folder.
+
+    sweep file ──► cells (validated up front, each a sequence with its --set overrides) ──► a backend runs the
+    cells not yet complete (each `continual run --resume`, so a stopped sweep continues) ──► one table of
+    mean ± std over seeds per (sequence, grid point, method), and a figure of each metric against a swept value
+
+Backends: `local` (this module: separate processes, `--jobs` at once, one per GPU where there are GPUs).
+Only the light parts live here (no torch): the cells run in their own processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import Field, ValidationError, field_validator
+
+from continual import metrics
+from continual.config import ConfigError, load_sequence
+from continual.config.loading import _problems, _read_yaml
+from continual.config.schema import SEQUENCE_NAME, Strict, _check_name
+from continual.run_folder import RunFolder
+
+STATES = ("pending", "running", "done", "failed")
+
+
+class Resources(Strict):
+    # What one cell asks of a cluster (slurm, ray); a local sweep runs one cell per GPU, or --jobs on CPU.
+    gpus: int = Field(default=1, ge=0)
+    cpus: int = Field(default=4, gt=0)
+    mem_gb: int = Field(default=32, gt=0)
+    time_min: int = Field(default=240, gt=0)
+    partition: str | None = None
+
+
+class SweepFile(Strict):
+    name: str  # names the output folder <out>/<name>/
+    sequences: list[str] = Field(min_length=1)  # paths relative to the sweep file
+    methods: list[str] | None = None  # None: each sequence's own methods (entries by label or name)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    # `--set` keys (methods.ldifs.lambda, training.lr) -> the values to sweep; every combination is a cell.
+    grid: dict[str, list[Any]] = {}
+    # Only local so far: slurm (submitit) and ray are issue #14's next parts.
+    backend: Literal["local"] = "local"
+    resources: Resources = Resources()
+    out: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return _check_name(name, SEQUENCE_NAME, "the sweep name")
+
+    @field_validator("grid")
+    @classmethod
+    def _values(cls, grid: dict[str, list]) -> dict[str, list]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"{key}: give at least one value")
+            if len(set(map(repr, values))) < len(values):
+                raise ValueError(f"{key}: a value is listed twice")
+        return grid
+
+
+@dataclass(frozen=True)
+class Cell:
+    sequence: Path  # the sequence file
+    name: str  # the sequence's name
+    point: tuple[tuple[str, Any], ...]  # (grid key, value) of this cell
+    seed: int
+    folder: Path  # --out of its `continual run`; the run folder is folder / name
+    methods: tuple[str, ...] | None
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{key}={json.dumps(value)}" for key, value in self.point] + [f"seed={self.seed}"]
+
+    @property
+    def run_folder(self) -> Path:
+        return self.folder / self.name
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.name, *(f"{k}={v}" for k, v in self.point), f"seed={self.seed}"])
+
+    def command(self) -> list[str]:
+        words = [sys.executable, "-m", "continual", "run", str(self.sequence), "--out", str(self.folder), "--quiet",
+                 "--resume"]
+        for item in self.overrides:
+            words += ["--set", item]
+        if self.methods:
+            words += ["--methods", ",".join(self.methods)]
+        return words
+
+
+def _slug(point: tuple[tuple[str, Any], ...]) -> str:
+    """A folder name for a grid point: `ldifs.lambda=10,lr=0.0005` made safe (`default` for no grid)."""
+    if not point:
+        return "default"
+    text = ",".join(f"{'.'.join(key.split('.')[-2:]) if key.startswith('methods.') else key.split('.')[-1]}={value}"
+                    for key, value in point)
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)[:200]
+
+
+def load_sweep(path: str | Path, *, out: str | Path | None = None) -> tuple[SweepFile, list[Cell]]:
+    """The sweep file and its cells, every cell's sequence validated with its overrides (ConfigError naming
+    the sweep file or the sequence and the key) before anything runs."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    try:
+        spec = SweepFile.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(str(path), _problems(err)) from None
+    root = Path(out if out is not None else path.parent / spec.out) / spec.name
+    keys = list(spec.grid)
+    cells = []
+    for i, text in enumerate(spec.sequences):
+        sequence = (path.parent / text).expanduser()
+        if not sequence.is_file():
+            raise ConfigError(str(path), [(f"sequences[{i}]", f"{sequence} not found")])
+        for values in itertools.product(*(spec.grid[k] for k in keys)):
+            point = tuple(zip(keys, values))
+            for seed in spec.seeds:
+                cell = Cell(sequence=sequence.absolute(), name="", point=point, seed=seed, folder=Path(),
+                            methods=tuple(spec.methods) if spec.methods else None)
+                seq = load_sequence(sequence, cell.overrides)  # every cell checked before any runs
+                listed = [o.key for o in seq.methods]
+                unknown = [m for m in spec.methods or [] if m not in listed]
+                if unknown:
+                    raise ConfigError(str(path), [("methods", f"{', '.join(unknown)} not in {sequence.name}'s "
+                                                              f"methods ({', '.join(listed)})")])
+                cells.append(Cell(sequence=sequence.absolute(), name=seq.name, point=point, seed=seed,
+                                  folder=root / seq.name / _slug(point) / f"seed-{seed}", methods=cell.methods))
+    return spec, cells
+
+
+def state(cell: Cell) -> tuple[str, str]:
+    """(state, detail) of a cell from its folder: done (every method complete), running (its run lock is
+    held: where), failed (its last attempt's error), else pending (with the steps done so far)."""
+    run = RunFolder(cell.run_folder)
+    holder = run.lock_holder() if cell.run_folder.is_dir() else None
+    if holder is not None:
+        return "running", f"{holder.get('host', '?')} pid {holder.get('pid', '?')}"
+    docs = {m: run.read_metrics(m) for m in _methods(cell)} if cell.run_folder.is_dir() else {}
+    if docs and all(d and d.get("complete") and not d.get("error") for d in docs.values()):
+        return "done", ", ".join(f"{m} {d['steps_done']}/{d['steps_total']}" for m, d in docs.items())
+    attempt = cell.folder / "cell.json"
+    if attempt.is_file():
+        last = json.loads(attempt.read_text())
+        if last.get("returncode"):
+            return "failed", last.get("error", f"exit status {last['returncode']}")
+    steps = ", ".join(f"{m} {d['steps_done']}/{d['steps_total']}" for m, d in docs.items() if d)
+    return "pending", steps
+
+
+def _methods(cell: Cell) -> list[str]:
+    if cell.methods:
+        return list(cell.methods)
+    return [o.key for o in load_sequence(cell.sequence, cell.overrides).methods]
+
+
+def status_table(cells: list[Cell]) -> pd.DataFrame:
+    rows = []
+    for cell in cells:
+        what, detail = state(cell)
+        rows.append({"cell": cell.label, "state": what, "detail": detail, "folder": str(cell.run_folder)})
+    return pd.DataFrame(rows, columns=["cell", "state", "detail", "folder"])
+
+
+def run_local(cells: list[Cell], *, jobs: int | None = None, log=print) -> dict[str, int]:
+    """Run every cell not done, `jobs` at once (default: one per visible GPU, else 1), each `continual run
+    --resume` in its own process with its output in <cell>/cell.log. Returns the count of cells by state."""
+    gpus = _visible_gpus()
+    jobs = jobs or max(1, len(gpus))
+    todo = [c for c in cells if state(c)[0] != "done"]
+    log(f"{len(cells)} cells: {len(cells) - len(todo)} done, {len(todo)} to run, {jobs} at a time")
+    free = list(gpus)
+
+    def run(cell: Cell) -> int:
+        env = dict(os.environ)
+        gpu = free.pop(0) if free else None
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu  # one GPU per cell
+        cell.folder.mkdir(parents=True, exist_ok=True)
+        began = time.time()
+        try:
+            with open(cell.folder / "cell.log", "ab") as out:
+                code = subprocess.run(cell.command(), stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        finally:
+            if gpu is not None:
+                free.append(gpu)
+        error = _last_error(cell.folder / "cell.log") if code else ""
+        (cell.folder / "cell.json").write_text(json.dumps({"returncode": code, "error": error,
+                                                           "seconds": round(time.time() - began, 1)}))
+        log(f"{'done' if code == 0 else 'failed'}: {cell.label}" + (f" ({error})" if error else ""))
+        return code
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(run, todo))
+    counts = status_table(cells)["state"].value_counts().to_dict()
+    return {s: counts.get(s, 0) for s in STATES}
+
+
+def _visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g for g in listed.split(",") if g.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+        return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
+def _last_error(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or [""])[-1][:300]
+
+
+def aggregate(cells: list[Cell]) -> pd.DataFrame:
+    """One row per (sequence, grid point, method, metric): mean, std and n over the seeds of the cells done."""
+    from continual.report.tables import read_run  # pandas only; the cells' numbers
+
+    rows = []
+    for cell in cells:
+        if state(cell)[0] != "done":
+            continue
+        run = read_run(cell.run_folder)
+        for method, m in run.methods.items():
+            if m.doc is None or m.matrix is None:
+                continue
+            tasks = run.tasks
+            probes = [c for c in m.matrix.columns if c.startswith("probe:")]
+            final = metrics.final_metrics(m.matrix[tasks].to_numpy(), m.matrix[probes].to_numpy() if probes else None,
+                                          tasks=tasks, probes=probes)
+            for metric, value in final.items():
+                rows.append({"sequence": cell.name, **dict(cell.point), "method": method, "metric": metric,
+                             "seed": cell.seed, "value": value})
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    keys = ["sequence", *[k for k, _ in cells[0].point], "method", "metric"]
+    table = frame.groupby(keys, sort=False, dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    return table.rename(columns={"count": "n"})
+
+
+def write_summary(spec: SweepFile, cells: list[Cell], root: Path) -> Path | None:
+    """<root>/sweep.csv (the aggregate) and sweep.md (its main metrics); None when no cell is done yet."""
+    table = aggregate(cells)
+    if table.empty:
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    table.to_csv(root / "sweep.csv", index=False)
+    main = table[table["metric"].isin(["final_average_accuracy", "forgetting", "bwt", "zscl_transfer", "zscl_last"])]
+    wide = main.assign(value=[f"{100 * m:.1f} ± {100 * s:.1f} (n={n})" if n > 1 else f"{100 * m:.1f} (n=1)"
+                              for m, s, n in zip(main["mean"], main["std"], main["n"])])
+    index = [c for c in wide.columns if c not in ("metric", "mean", "std", "n", "value")]
+    pivot = wide.pivot_table(index=index, columns="metric", values="value", aggfunc="first", sort=False).reset_index()
+    lines = ["| " + " | ".join(map(str, pivot.columns)) + " |", "|" + "---|" * len(pivot.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in pivot.itertuples(index=False)]
+    (root / "sweep.md").write_text(f"# {spec.name}\n\nMean ± std over seeds, in %.\n\n" + "\n".join(lines) + "\n")
+    return root / "sweep.csv"
+
+
+def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None = None, log=print) -> pd.DataFrame:
+    """Run a sweep file's cells not yet done (local backend) and return the aggregate table."""
+    spec, cells = load_sweep(path, out=out)
+    run_local(cells, jobs=jobs, log=log)
+    root = Path(out if out is not None else Path(path).parent / spec.out) / spec.name
+    write_summary(spec, cells, root)
+    return aggregate(cells)
+
+
+def status(path: str | Path, *, out: str | Path | None = None) -> pd.DataFrame:
+    return status_table(load_sweep(path, out=out)[1])
+
+
+__all__ = ["Cell", "SweepFile", "aggregate", "load_sweep", "run_local", "status", "sweep"]

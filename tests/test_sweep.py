@@ -1,0 +1,81 @@
+"""Sweeps, local backend (issue #14, first part): every cell one `continual run` in its own process; a sweep
+killed mid-way and started again skips the cells done, resumes the others, and ends with the numbers of
+runs never interrupted."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from continual import sweep
+from continual.cli import main
+from continual.config import ConfigError, load_sequence
+from continual.run_folder import RunFolder
+from continual.runner import run_sequence
+
+SEQ = {"name": "tiny", "model": {"family": "efficientnet_lite0", "image_size": 32},
+       "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
+                 {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
+       "training": {"batch_size": 8, "warmup_steps": 1}, "methods": ["finetune", "l2sp"], "download": False}
+SWEEP = {"name": "lam", "sequences": ["tiny.yaml"], "methods": ["l2sp"], "seeds": [0, 1],
+         "grid": {"methods.l2sp.lambda": [0.1, 100]}, "out": "runs"}
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(SEQ))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    return tmp_path
+
+
+def test_a_killed_sweep_restarts_skipping_done_cells_and_ends_as_if_never_killed(files, capsys):
+    spec, cells = sweep.load_sweep(files / "sweep.yaml")
+    assert [(dict(c.point), c.seed) for c in cells] == [({"methods.l2sp.lambda": v}, s) for v in (0.1, 100) for s in (0, 1)]
+    proc = subprocess.Popen([sys.executable, "-m", "continual", "sweep", "sweep.yaml", "--jobs", "1"], cwd=files,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not any(sweep.state(c)[0] == "done" for c in cells) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the cell it was running
+        proc.wait()
+    done = [c for c in cells if sweep.state(c)[0] == "done"]
+    assert 1 <= len(done) < len(cells)
+    kept = {c: (c.run_folder / "l2sp" / "metrics.json").stat().st_mtime_ns for c in done}
+
+    assert main(["sweep", str(files / "sweep.yaml"), "--jobs", "2"]) == 0
+    assert "4 done" in capsys.readouterr().out
+    assert all((c.run_folder / "l2sp" / "metrics.json").stat().st_mtime_ns == t for c, t in kept.items())  # skipped
+    assert set(sweep.status(files / "sweep.yaml")["state"]) == {"done"}
+
+    # Each cell's numbers are those of its run never interrupted (the same machine: exactly).
+    for cell in cells:
+        alone = run_sequence(load_sequence(cell.sequence, cell.overrides), out=files / "alone" / cell.folder.name
+                             / cell.folder.parent.name, methods=["l2sp"], progress=False)
+        assert np.array_equal(RunFolder(alone).read_matrix("l2sp").to_numpy(),
+                              RunFolder(cell.run_folder).read_matrix("l2sp").to_numpy())
+    table = sweep.aggregate(cells)
+    row = table[(table["metric"] == "final_average_accuracy") & (table["methods.l2sp.lambda"] == 100)]
+    assert list(row["n"]) == [2]
+    assert (files / "runs" / "lam" / "sweep.csv").is_file() and "| tiny | 100" in (files / "runs" / "lam" / "sweep.md").read_text()
+
+
+def test_sweep_files_are_checked_before_anything_runs(files):
+    def refused(change, match):
+        (files / "bad.yaml").write_text(yaml.safe_dump({**SWEEP, **change}))
+        with pytest.raises(ConfigError, match=match):
+            sweep.load_sweep(files / "bad.yaml")
+        assert not (files / "runs").exists()
+
+    refused({"seeds": "0"}, r"bad\.yaml: seeds: expected a list")
+    refused({"backend": "slurm"}, r"bad\.yaml: backend: .*'local'")
+    refused({"grid": {"methods.l2sp.lambda": []}}, r"bad\.yaml: grid: .*give at least one value")
+    refused({"grid": {"methods.ldifs.lambda": [1]}}, r"--set: methods\.ldifs\.lambda: no method entry 'ldifs'")
+    refused({"grid": {"training.lr": [-1]}}, r"tiny\.yaml: training\.lr: must be greater than 0")
+    refused({"methods": ["ewc"]}, r"bad\.yaml: methods: ewc not in tiny\.yaml's methods \(finetune, l2sp\)")
+    refused({"sequences": ["nope.yaml"]}, r"bad\.yaml: sequences\[0\]: .*nope\.yaml not found")
