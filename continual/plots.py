@@ -251,3 +251,27 @@ def summary_png(points: pd.DataFrame, *, methods: list[str], labels: dict[str, s
 
 def _nan0(v: float) -> float | None:
     return None if v != v else v
+
+
+def sweep_png(table: pd.DataFrame, *, key: str, others: list[str]) -> bytes:
+    """Final average accuracy and forgetting against the swept value of `key` (mean ± std over seeds), one
+    line per sequence, method and value of the other grid keys. `table`: sweep.aggregate's rows."""
+    fig = Figure(figsize=(8.4, 3.4), dpi=110, layout="constrained")
+    axes = fig.subplots(1, 2)
+    values = sorted(table[key].unique())
+    log = all(isinstance(v, (int, float)) and v > 0 for v in values) and max(values) / min(values) >= 20
+    lines = table.groupby(["sequence", "method", *others], sort=False, dropna=False)
+    for i, (group, rows) in enumerate(lines):
+        label = " ".join(map(str, group)) if len(lines) > 1 else str(group[1])
+        for ax, metric in zip(axes, ("final_average_accuracy", "forgetting")):
+            r = rows[rows["metric"] == metric].sort_values(key)
+            ax.errorbar(r[key], r["mean"] * 100, yerr=r["std"].fillna(0) * 100, marker=MARKERS[i % len(MARKERS)],
+                        color=PALETTE[i % len(PALETTE)], capsize=3, label=label)
+    for ax, title in zip(axes, ("final average accuracy A_T (%)", "average forgetting F_T (pp)")):
+        ax.set_xlabel(key)
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+        if log:
+            ax.set_xscale("log")
+    axes[0].legend(fontsize=8)
+    return _png(fig)

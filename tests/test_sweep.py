@@ -22,7 +22,7 @@ SEQ = {"name": "tiny", "model": {"family": "efficientnet_lite0", "image_size": 3
                  {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
        "training": {"batch_size": 8, "warmup_steps": 1}, "methods": ["finetune", "l2sp"], "download": False}
 SWEEP = {"name": "lam", "sequences": ["tiny.yaml"], "methods": ["l2sp"], "seeds": [0, 1],
-         "grid": {"methods.l2sp.lambda": [0.1, 100]}, "out": "runs"}
+         "grid": {"methods.l2sp.lambda": [100]}, "out": "runs"}  # 2 cells: one done before the kill, one after
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def files(tmp_path):
 
 def test_a_killed_sweep_restarts_skipping_done_cells_and_ends_as_if_never_killed(files, capsys):
     spec, cells = sweep.load_sweep(files / "sweep.yaml")
-    assert [(dict(c.point), c.seed) for c in cells] == [({"methods.l2sp.lambda": v}, s) for v in (0.1, 100) for s in (0, 1)]
+    assert [(dict(c.point), c.seed) for c in cells] == [({"methods.l2sp.lambda": 100}, 0), ({"methods.l2sp.lambda": 100}, 1)]
     proc = subprocess.Popen([sys.executable, "-m", "continual", "sweep", "sweep.yaml", "--jobs", "1"], cwd=files,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -49,7 +49,7 @@ def test_a_killed_sweep_restarts_skipping_done_cells_and_ends_as_if_never_killed
     kept = {c: (c.run_folder / "l2sp" / "metrics.json").stat().st_mtime_ns for c in done}
 
     assert main(["sweep", str(files / "sweep.yaml"), "--jobs", "2"]) == 0
-    assert "4 done" in capsys.readouterr().out
+    assert "2 done" in capsys.readouterr().out
     assert all((c.run_folder / "l2sp" / "metrics.json").stat().st_mtime_ns == t for c, t in kept.items())  # skipped
     assert set(sweep.status(files / "sweep.yaml")["state"]) == {"done"}
 
@@ -79,3 +79,16 @@ def test_sweep_files_are_checked_before_anything_runs(files):
     refused({"grid": {"training.lr": [-1]}}, r"tiny\.yaml: training\.lr: must be greater than 0")
     refused({"methods": ["ewc"]}, r"bad\.yaml: methods: ewc not in tiny\.yaml's methods \(finetune, l2sp\)")
     refused({"sequences": ["nope.yaml"]}, r"bad\.yaml: sequences\[0\]: .*nope\.yaml not found")
+
+
+def test_the_lambda_figure_draws_each_method_against_the_swept_value():
+    import pandas as pd
+
+    from continual import plots
+
+    rows = [{"sequence": "s", "methods.ldifs.lambda": lam, "training.lr": lr, "method": m, "metric": metric,
+             "mean": 0.5 + 0.001 * lam, "std": 0.01, "n": 3}
+            for lam in (1, 10, 100) for lr in (1e-4, 1e-3) for m in ("finetune", "ldifs")
+            for metric in ("final_average_accuracy", "forgetting")]
+    png = plots.sweep_png(pd.DataFrame(rows), key="methods.ldifs.lambda", others=["training.lr"])
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000

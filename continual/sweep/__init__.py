@@ -270,6 +270,17 @@ def write_summary(spec: SweepFile, cells: list[Cell], root: Path) -> Path | None
     lines = ["| " + " | ".join(map(str, pivot.columns)) + " |", "|" + "---|" * len(pivot.columns)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in pivot.itertuples(index=False)]
     (root / "sweep.md").write_text(f"# {spec.name}\n\nMean ± std over seeds, in %.\n\n" + "\n".join(lines) + "\n")
+    keys = [k for k, _ in cells[0].point]
+    for key in keys:  # a figure per swept number: metric against its value
+        numbers = table[key].dropna().unique()
+        if len(numbers) > 1 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            from continual import plots  # matplotlib: only when there is something to draw
+
+            try:
+                png = plots.sweep_png(table, key=key, others=[k for k in keys if k != key])
+                (root / f"sweep-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.png").write_bytes(png)
+            except Exception as err:  # a figure never stops a sweep
+                print(f"warning: {root}: figure for {key} not drawn: {type(err).__name__}: {err}", file=sys.stderr)
     return root / "sweep.csv"
 
 
