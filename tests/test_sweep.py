@@ -79,6 +79,7 @@ def test_sweep_files_are_checked_before_anything_runs(files):
     refused({"grid": {"training.lr": [-1]}}, r"tiny\.yaml: training\.lr: must be greater than 0")
     refused({"methods": ["ewc"]}, r"bad\.yaml: methods: ewc not in tiny\.yaml's methods \(finetune, l2sp\)")
     refused({"sequences": ["nope.yaml"]}, r"bad\.yaml: sequences\[0\]: .*nope\.yaml not found")
+    refused({"grid": {"data_root": ["/tmp/a b", "/tmp/a_b"]}}, r"bad\.yaml: grid: two cells would share")
 
 
 def test_the_lambda_figure_draws_each_method_against_the_swept_value():

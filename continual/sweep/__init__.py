@@ -140,6 +140,11 @@ def load_sweep(path: str | Path, *, out: str | Path | None = None) -> tuple[Swee
                                                               f"methods ({', '.join(listed)})")])
                 cells.append(Cell(sequence=sequence.absolute(), name=seq.name, point=point, seed=seed,
                                   folder=root / seq.name / _slug(point) / f"seed-{seed}", methods=cell.methods))
+    folders = [c.folder for c in cells]
+    if len(set(folders)) < len(folders):  # two grid points whose values read alike once made folder-safe
+        twice = next(f for f in folders if folders.count(f) > 1)
+        raise ConfigError(str(path), [("grid", f"two cells would share the folder {twice}; use values that differ "
+                                               "in letters, digits or `.,=+-`")])
     return spec, cells
 
 
