@@ -93,3 +93,22 @@ def test_the_lambda_figure_draws_each_method_against_the_swept_value():
             for metric in ("final_average_accuracy", "forgetting")]
     png = plots.sweep_png(pd.DataFrame(rows), key="methods.ldifs.lambda", others=["training.lr"])
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_a_cell_running_in_another_process_is_shown_and_left_to_it(files):
+    import json
+    import socket
+
+    _, cells = sweep.load_sweep(files / "sweep.yaml")
+    cell = cells[0]
+    cell.run_folder.mkdir(parents=True)
+    (cell.run_folder / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                       "started": "2026-11-27 12:00:00"}))  # a live holder
+    assert sweep.state(cell) == ("running", f"{socket.gethostname()} pid {os.getpid()}")
+    said = []
+    counts = sweep.run_local([cell], jobs=1, log=said.append)
+    assert said == ["1 cells: 0 done, 1 running elsewhere, 0 to run, 1 at a time"] and counts["running"] == 1
+    assert not (cell.folder / "cell.log").exists()  # nothing launched
+    (cell.run_folder / ".lock").write_text(json.dumps({"pid": 2**22, "host": socket.gethostname(),
+                                                       "started": "2026-11-27 12:00:00"}))  # a killed run's record
+    assert sweep.state(cell)[0] == "pending"

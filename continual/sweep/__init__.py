@@ -186,8 +186,10 @@ def run_local(cells: list[Cell], *, jobs: int | None = None, log=print) -> dict[
     --resume` in its own process with its output in <cell>/cell.log. Returns the count of cells by state."""
     gpus = _visible_gpus()
     jobs = jobs or max(1, len(gpus))
-    todo = [c for c in cells if state(c)[0] != "done"]
-    log(f"{len(cells)} cells: {len(cells) - len(todo)} done, {len(todo)} to run, {jobs} at a time")
+    states = [state(c)[0] for c in cells]
+    todo = [c for c, st in zip(cells, states) if st not in ("done", "running")]  # running: another process's
+    log(f"{len(cells)} cells: {states.count('done')} done, {states.count('running')} running elsewhere, "
+        f"{len(todo)} to run, {jobs} at a time")
     free = list(gpus)
 
     def run(cell: Cell) -> int:
