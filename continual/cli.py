@@ -173,7 +173,7 @@ def _sweep(args: argparse.Namespace) -> int:
     spec, cells = sweep.load_sweep(words[0], out=args.out)
     counts = sweep.run_local(cells, jobs=args.jobs, log=lambda line: print(line, file=sys.stderr))
     root = (args.out if args.out is not None else Path(words[0]).parent / spec.out) / spec.name
-    written = sweep.write_summary(spec, cells, root)
+    written = sweep.write_summary(spec, cells, sweep.aggregate(cells), root)
     print(", ".join(f"{counts[s]} {s}" for s in sweep.STATES) + (f"; aggregate in {written}" if written else ""))
     return 0 if counts["failed"] == 0 and counts["pending"] == 0 else 1
 

@@ -25,7 +25,6 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field, ValidationError, field_validator
 
-from continual import metrics
 from continual.config import ConfigError, load_sequence
 from continual.config.loading import _problems, _read_yaml
 from continual.config.schema import SEQUENCE_NAME, Strict, _check_name
@@ -82,7 +81,7 @@ class Cell:
 
     @property
     def overrides(self) -> list[str]:
-        return [f"{key}={json.dumps(value)}" for key, value in self.point] + [f"seed={self.seed}"]
+        return _overrides(self.point, self.seed)
 
     @property
     def run_folder(self) -> Path:
@@ -100,6 +99,11 @@ class Cell:
         if self.methods:
             words += ["--methods", ",".join(self.methods)]
         return words
+
+
+def _overrides(point: tuple[tuple[str, Any], ...], seed: int) -> list[str]:
+    """The `--set` items of a cell: its grid values (as YAML reads JSON) and its seed."""
+    return [f"{key}={json.dumps(value)}" for key, value in point] + [f"seed={seed}"]
 
 
 def _slug(point: tuple[tuple[str, Any], ...]) -> str:
@@ -130,16 +134,15 @@ def load_sweep(path: str | Path, *, out: str | Path | None = None) -> tuple[Swee
         for values in itertools.product(*(spec.grid[k] for k in keys)):
             point = tuple(zip(keys, values))
             for seed in spec.seeds:
-                cell = Cell(sequence=sequence.absolute(), name="", point=point, seed=seed, folder=Path(),
-                            methods=tuple(spec.methods) if spec.methods else None)
-                seq = load_sequence(sequence, cell.overrides)  # every cell checked before any runs
+                seq = load_sequence(sequence, _overrides(point, seed))  # every cell checked before any runs
                 listed = [o.key for o in seq.methods]
                 unknown = [m for m in spec.methods or [] if m not in listed]
                 if unknown:
                     raise ConfigError(str(path), [("methods", f"{', '.join(unknown)} not in {sequence.name}'s "
                                                               f"methods ({', '.join(listed)})")])
                 cells.append(Cell(sequence=sequence.absolute(), name=seq.name, point=point, seed=seed,
-                                  folder=root / seq.name / _slug(point) / f"seed-{seed}", methods=cell.methods))
+                                  folder=root / seq.name / _slug(point) / f"seed-{seed}",
+                                  methods=tuple(spec.methods) if spec.methods else None))
     folders = [c.folder for c in cells]
     if len(set(folders)) < len(folders):  # two grid points whose values read alike once made folder-safe
         twice = next(f for f in folders if folders.count(f) > 1)
@@ -236,35 +239,23 @@ def _last_error(log: Path) -> str:
 
 
 def aggregate(cells: list[Cell]) -> pd.DataFrame:
-    """One row per (sequence, grid point, method, metric): mean, std and n over the seeds of the cells done."""
-    from continual.report.tables import read_run  # pandas only; the cells' numbers
+    """One row per (sequence, grid point, method, metric): mean, std and n over the seeds of the cells done
+    (the report's final metrics of each cell, reduced as the report reduces seeds)."""
+    from continual.report import aggregate as over_seeds, load_tables  # pandas only; the cells' numbers
 
-    rows = []
+    frames = []
     for cell in cells:
-        if state(cell)[0] != "done":
-            continue
-        run = read_run(cell.run_folder)
-        for method, m in run.methods.items():
-            if m.doc is None or m.matrix is None:
-                continue
-            tasks = run.tasks
-            probes = [c for c in m.matrix.columns if c.startswith("probe:")]
-            final = metrics.final_metrics(m.matrix[tasks].to_numpy(), m.matrix[probes].to_numpy() if probes else None,
-                                          tasks=tasks, probes=probes)
-            for metric, value in final.items():
-                rows.append({"sequence": cell.name, **dict(cell.point), "method": method, "metric": metric,
-                             "seed": cell.seed, "value": value})
-    if not rows:
+        if state(cell)[0] == "done":
+            summary = load_tables(cell.run_folder)["summary"]  # every method of its config; the cell ran these:
+            frames.append(summary[summary["method"].isin(_methods(cell))].assign(sequence=cell.name, **dict(cell.point)))
+    if not frames:
         return pd.DataFrame()
-    frame = pd.DataFrame(rows)
-    keys = ["sequence", *[k for k, _ in cells[0].point], "method", "metric"]
-    table = frame.groupby(keys, sort=False, dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    return table.rename(columns={"count": "n"})
+    return over_seeds(frames, by=["sequence", *[k for k, _ in cells[0].point], "method", "metric"])
 
 
-def write_summary(spec: SweepFile, cells: list[Cell], root: Path) -> Path | None:
-    """<root>/sweep.csv (the aggregate) and sweep.md (its main metrics); None when no cell is done yet."""
-    table = aggregate(cells)
+def write_summary(spec: SweepFile, cells: list[Cell], table: pd.DataFrame, root: Path) -> Path | None:
+    """<root>/sweep.csv (`table`, the aggregate), sweep.md (its main metrics) and a figure per swept number;
+    None when no cell is done yet."""
     if table.empty:
         return None
     root.mkdir(parents=True, exist_ok=True)
@@ -295,9 +286,9 @@ def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None =
     """Run a sweep file's cells not yet done (local backend) and return the aggregate table."""
     spec, cells = load_sweep(path, out=out)
     run_local(cells, jobs=jobs, log=log)
-    root = Path(out if out is not None else Path(path).parent / spec.out) / spec.name
-    write_summary(spec, cells, root)
-    return aggregate(cells)
+    table = aggregate(cells)
+    write_summary(spec, cells, table, Path(out if out is not None else Path(path).parent / spec.out) / spec.name)
+    return table
 
 
 def status(path: str | Path, *, out: str | Path | None = None) -> pd.DataFrame:
