@@ -3,6 +3,7 @@
     import continual
     folder = continual.run("sequences/mnist-fashion-animals.yaml", methods=["finetune", "ldifs"])
     matrices = continual.load_run(folder)      # {method: accuracy matrix DataFrame, indexed by step}
+    table = continual.sweep("sweeps/lambda.yaml")  # every cell of a sweep file, mean ± std over seeds
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __version__ = "0.1.0"
-__all__ = ["run", "load_run", "load_metrics", "load_sequence", "ConfigError"]
+__all__ = ["run", "sweep", "load_run", "load_metrics", "load_sequence", "ConfigError"]
 
 
 def run(sequence: str | Path | dict, *, out: str | Path = "runs", methods: list[str] | None = None,
@@ -26,6 +27,15 @@ def run(sequence: str | Path | dict, *, out: str | Path = "runs", methods: list[
     with LiveReport(Path(out) / seq.name) as live:
         return run_sequence(seq, out=out, methods=methods, source=source, progress=progress, resume=resume,
                             overwrite=overwrite, on_step=live.step)
+
+
+def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None = None):
+    """Run a sweep file's cells not yet done on its backend (local, slurm, ray), each one `continual run`,
+    and return the tidy aggregate: one row per (sequence, grid point, method, metric) with mean, std and n
+    over seeds (also written to <out>/<name>/sweep.csv). See continual.sweeps for status and the parts."""
+    from continual.sweeps import sweep as _sweep
+
+    return _sweep(path, out=out, jobs=jobs)
 
 
 def load_run(folder: str | Path):

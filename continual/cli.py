@@ -54,11 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     stored.add_argument("data_root", type=Path, nargs="?", default=Path(DEFAULT_DATA_ROOT),
                         help=f"default: {DEFAULT_DATA_ROOT}, the schema's")
 
-    sweep = sub.add_parser("sweep", help="run a sweep file's cells (sequences x grid x seeds), each one `continual "
-                           "run`, skipping those done; `continual sweep status SWEEP.yaml` shows where each stands")
-    sweep.add_argument("words", nargs="+", metavar="[status] SWEEP", help="a sweep YAML file (see README, Sweeps)")
+    sweep = sub.add_parser("sweep", help="run a sweep file's cells (sequences x grid x seeds) on its backend (local, "
+                           "slurm, ray), each one `continual run`, skipping those done; `continual sweep status "
+                           "SWEEP.yaml` shows where each stands, `continual sweep report SWEEP.yaml` aggregates "
+                           "those done")
+    sweep.add_argument("words", nargs="+", metavar="[status|report] SWEEP", help="a sweep YAML file (see README, Sweeps)")
     sweep.add_argument("--out", type=Path, help="output root (default: the sweep file's `out`, next to it)")
-    sweep.add_argument("--jobs", type=int, help="cells at once (default: one per visible GPU, else 1)")
+    sweep.add_argument("--jobs", type=int, help="local backend: cells at once (default: one per visible GPU, else 1)")
+    sweep.add_argument("--no-wait", action="store_true", help="slurm backend: return once the job array is submitted")
 
     report = sub.add_parser("report", help="write index.html, summary.md and summary.csv for run folders "
                             "(several folders of one sequence, e.g. seeds, give mean ± std)")
@@ -156,25 +159,34 @@ def _run_sequence(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from continual import sweep  # light: the cells run in their own processes
+    from continual import sweeps  # light: the cells run in their own processes
 
     words = args.words
     if len(words) == 2 and words[0] == "status":
-        table = sweep.status(words[1], out=args.out)
+        table = sweeps.status(words[1], out=args.out)
         for row in table.itertuples(index=False):
             print(f"{row.state:<8} {row.cell}  {row.detail}")
         counts = table["state"].value_counts()
-        print(", ".join(f"{counts.get(s, 0)} {s}" for s in sweep.STATES))
+        print(", ".join(f"{counts.get(s, 0)} {s}" for s in sweeps.STATES))
+        return 0
+    if len(words) == 2 and words[0] == "report":
+        table = sweeps.report(words[1], out=args.out)
+        spec, _ = sweeps.load_sweep(words[1], out=args.out)
+        print(f"{sweeps.root(words[1], spec, args.out) / 'sweep.csv'}" if not table.empty else "no cell is done yet")
         return 0
     if len(words) != 1:
-        raise ConfigError("sweep", [("", "expected `continual sweep SWEEP.yaml` or `continual sweep status SWEEP.yaml`")])
+        raise ConfigError("sweep", [("", "expected `continual sweep SWEEP.yaml`, `continual sweep status SWEEP.yaml` "
+                                         "or `continual sweep report SWEEP.yaml`")])
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError("--jobs", [("", f"must be at least 1, got {args.jobs}")])
-    spec, cells = sweep.load_sweep(words[0], out=args.out)
-    counts = sweep.run_local(cells, jobs=args.jobs, log=lambda line: print(line, file=sys.stderr))
-    root = (args.out if args.out is not None else Path(words[0]).parent / spec.out) / spec.name
-    written = sweep.write_summary(spec, cells, sweep.aggregate(cells), root)
-    print(", ".join(f"{counts[s]} {s}" for s in sweep.STATES) + (f"; aggregate in {written}" if written else ""))
+    spec, cells = sweeps.load_sweep(words[0], out=args.out)
+    root = sweeps.root(words[0], spec, args.out)
+    counts = sweeps.run(spec, cells, root, jobs=args.jobs, wait=not args.no_wait,
+                        log=lambda line: print(line, file=sys.stderr))
+    written = sweeps.write_summary(spec, cells, sweeps.aggregate(cells), root)
+    print(", ".join(f"{counts[s]} {s}" for s in sweeps.STATES) + (f"; aggregate in {written}" if written else ""))
+    if args.no_wait and spec.backend == "slurm":
+        return 0 if counts["failed"] == 0 else 1
     return 0 if counts["failed"] == 0 and counts["pending"] == 0 else 1
 
 

@@ -52,7 +52,7 @@ def test_metrics_plots_and_the_report_load_no_torch():
 # dataset's source module); both go downwards by construction.
 LAYERS = [
     ("entry", ["continual", "continual.__main__", "continual.cli"]),
-    ("runner", ["continual.runner", "continual.sweep"]),
+    ("runner", ["continual.runner", "continual.sweeps"]),
     ("training", ["continual.methods.finetune", "continual.methods.ldifs", "continual.methods.avalanche",
                   "continual.methods.l2sp", "continual.methods.wise_ft", "continual.methods.frozen",
                   "continual.methods.lp_ft", "continual.methods.flyp", "continual.methods.zscl", "continual.methods.joint",

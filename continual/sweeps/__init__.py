@@ -4,20 +4,18 @@
     cells not yet complete (each `continual run --resume`, so a stopped sweep continues) ──► one table of
     mean ± std over seeds per (sequence, grid point, method), and a figure of each metric against a swept value
 
-Backends: `local` (this module: separate processes, `--jobs` at once, one per GPU where there are GPUs).
-Only the light parts live here (no torch): the cells run in their own processes.
+Backends (continual/sweeps/backends.py): `local` (processes on this machine, `--jobs` at once, one per GPU
+where there are GPUs), `slurm` (a job array through submitit; a pre-empted cell is requeued and resumes)
+and `ray` (a Ray task per cell; a lost node's cell is retried and resumes). Only light parts live here (no
+torch, no submitit or ray until a backend needs them): the cells run in their own processes.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +40,24 @@ class Resources(Strict):
     partition: str | None = None
 
 
+class Slurm(Strict):
+    # The job array's other sbatch settings (submitit's SlurmExecutor parameters).
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    array_parallelism: int = Field(default=64, gt=0)  # cells running at once
+    max_requeues: int = Field(default=3, ge=0)  # times a timed-out cell is requeued to resume (pre-emption: always)
+    setup: list[str] = []  # shell lines run before each cell (module load, source venv/bin/activate)
+    additional: dict[str, str | int] = {}  # any other sbatch option, e.g. {exclude: node12}
+
+
+class Ray(Strict):
+    # None: a Ray instance started on this machine for the sweep; "auto": the cluster this command runs in
+    # (`ray start` was run here); "HOST:6379" or "ray://HOST:10001": that cluster's head.
+    address: str | None = None
+    max_retries: int = Field(default=3, ge=0)  # times a cell whose node or worker died is retried (it resumes)
+
+
 class SweepFile(Strict):
     name: str  # names the output folder <out>/<name>/
     sequences: list[str] = Field(min_length=1)  # paths relative to the sweep file
@@ -49,9 +65,10 @@ class SweepFile(Strict):
     seeds: list[int] = Field(default=[0], min_length=1)
     # `--set` keys (methods.ldifs.lambda, training.lr) -> the values to sweep; every combination is a cell.
     grid: dict[str, list[Any]] = {}
-    # Only local so far: slurm (submitit) and ray are issue #14's next parts.
-    backend: Literal["local"] = "local"
-    resources: Resources = Resources()
+    backend: Literal["local", "slurm", "ray"] = "local"
+    resources: Resources = Resources()  # per cell, for slurm and ray
+    slurm: Slurm = Slurm()
+    ray: Ray = Ray()
     out: str = "runs"
 
     @field_validator("name")
@@ -124,7 +141,7 @@ def load_sweep(path: str | Path, *, out: str | Path | None = None) -> tuple[Swee
         spec = SweepFile.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(str(path), _problems(err)) from None
-    root = Path(out if out is not None else path.parent / spec.out) / spec.name
+    folder = root(path, spec, out)  # absolute: a cluster's nodes run the cells from elsewhere
     keys = list(spec.grid)
     cells = []
     for i, text in enumerate(spec.sequences):
@@ -141,7 +158,7 @@ def load_sweep(path: str | Path, *, out: str | Path | None = None) -> tuple[Swee
                     raise ConfigError(str(path), [("methods", f"{', '.join(unknown)} not in {sequence.name}'s "
                                                               f"methods ({', '.join(listed)})")])
                 cells.append(Cell(sequence=sequence.absolute(), name=seq.name, point=point, seed=seed,
-                                  folder=root / seq.name / _slug(point) / f"seed-{seed}",
+                                  folder=folder / seq.name / _slug(point) / f"seed-{seed}",
                                   methods=tuple(spec.methods) if spec.methods else None))
     folders = [c.folder for c in cells]
     if len(set(folders)) < len(folders):  # two grid points whose values read alike once made folder-safe
@@ -151,9 +168,10 @@ def load_sweep(path: str | Path, *, out: str | Path | None = None) -> tuple[Swee
     return spec, cells
 
 
-def state(cell: Cell) -> tuple[str, str]:
+def state(cell: Cell, queue: dict[str, str] | None = None) -> tuple[str, str]:
     """(state, detail) of a cell from its folder: done (every method complete), running (its run lock is
-    held: where), failed (its last attempt's error), else pending (with the steps done so far)."""
+    held: where), failed (its last attempt's error), else pending (the steps done so far, and the Slurm job
+    it waits in, when `queue` (`backends.slurm_queue`) lists it)."""
     run = RunFolder(cell.run_folder)
     holder = run.lock_holder() if cell.run_folder.is_dir() else None
     if holder is not None:
@@ -161,13 +179,21 @@ def state(cell: Cell) -> tuple[str, str]:
     docs = {m: run.read_metrics(m) for m in _methods(cell)} if cell.run_folder.is_dir() else {}
     if docs and all(d and d.get("complete") and not d.get("error") for d in docs.values()):
         return "done", ", ".join(f"{m} {d['steps_done']}/{d['steps_total']}" for m, d in docs.items())
-    attempt = cell.folder / "cell.json"
-    if attempt.is_file():
-        last = json.loads(attempt.read_text())
-        if last.get("returncode"):
-            return "failed", last.get("error", f"exit status {last['returncode']}")
     steps = ", ".join(f"{m} {d['steps_done']}/{d['steps_total']}" for m, d in docs.items() if d)
+    job = _read(cell.folder / "queued.json").get("slurm_job")
+    if queue and job in queue:  # waiting in Slurm's queue (first time, or requeued after a pre-emption)
+        return "pending", "; ".join(filter(None, [steps, f"slurm job {job} {queue[job]}"]))
+    last = _read(cell.folder / "cell.json")
+    if last.get("returncode"):
+        return "failed", last.get("error") or f"exit status {last['returncode']}"
     return "pending", steps
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _methods(cell: Cell) -> list[str]:
@@ -177,65 +203,36 @@ def _methods(cell: Cell) -> list[str]:
 
 
 def status_table(cells: list[Cell]) -> pd.DataFrame:
+    """cell, state, detail, folder: one row per cell."""
+    from continual.sweeps.backends import slurm_queue
+
+    jobs = [_read(c.folder / "queued.json").get("slurm_job") for c in cells]
+    queue = slurm_queue([j for j in jobs if j]) if any(jobs) else {}
     rows = []
     for cell in cells:
-        what, detail = state(cell)
+        what, detail = state(cell, queue)
         rows.append({"cell": cell.label, "state": what, "detail": detail, "folder": str(cell.run_folder)})
     return pd.DataFrame(rows, columns=["cell", "state", "detail", "folder"])
 
 
-def run_local(cells: list[Cell], *, jobs: int | None = None, log=print) -> dict[str, int]:
-    """Run every cell not done, `jobs` at once (default: one per visible GPU, else 1), each `continual run
-    --resume` in its own process with its output in <cell>/cell.log. Returns the count of cells by state."""
-    gpus = _visible_gpus()
-    jobs = jobs or max(1, len(gpus))
-    states = [state(c)[0] for c in cells]
-    todo = [c for c, st in zip(cells, states) if st not in ("done", "running")]  # running: another process's
-    log(f"{len(cells)} cells: {states.count('done')} done, {states.count('running')} running elsewhere, "
-        f"{len(todo)} to run, {jobs} at a time")
-    free = list(gpus)
+def run(spec: SweepFile, cells: list[Cell], root: Path, *, jobs: int | None = None, wait: bool = True,
+        log=print) -> dict[str, int]:
+    """Run the cells not done nor running elsewhere on the sweep's backend; the count of cells by state after.
+    `jobs`: cells at once on the local backend; `wait=False`: slurm returns once the array is submitted."""
+    from continual.sweeps import backends
 
-    def run(cell: Cell) -> int:
-        env = dict(os.environ)
-        gpu = free.pop(0) if free else None
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu  # one GPU per cell
-        cell.folder.mkdir(parents=True, exist_ok=True)
-        began = time.time()
-        try:
-            with open(cell.folder / "cell.log", "ab") as out:
-                code = subprocess.run(cell.command(), stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-        finally:
-            if gpu is not None:
-                free.append(gpu)
-        error = _last_error(cell.folder / "cell.log") if code else ""
-        (cell.folder / "cell.json").write_text(json.dumps({"returncode": code, "error": error,
-                                                           "seconds": round(time.time() - began, 1)}))
-        log(f"{'done' if code == 0 else 'failed'}: {cell.label}" + (f" ({error})" if error else ""))
-        return code
-
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(run, todo))
+    before = status_table(cells)["state"].tolist()
+    todo = [c for c, st in zip(cells, before) if st not in ("done", "running")]  # running: another process's
+    log(f"{len(cells)} cells: {before.count('done')} done, {before.count('running')} running elsewhere, "
+        f"{len(todo)} to run on {spec.backend}")
+    if todo and spec.backend == "local":
+        backends.run_local(todo, jobs=jobs, log=log)
+    elif todo and spec.backend == "slurm":
+        backends.run_slurm(spec, todo, root, wait=wait, log=log)
+    elif todo and spec.backend == "ray":
+        backends.run_ray(spec, todo, log=log)
     counts = status_table(cells)["state"].value_counts().to_dict()
     return {s: counts.get(s, 0) for s in STATES}
-
-
-def _visible_gpus() -> list[str]:
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [g for g in listed.split(",") if g.strip()]
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)
-        return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
-    except (OSError, subprocess.SubprocessError):
-        return []
-
-
-def _last_error(log: Path) -> str:
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or [""])[-1][:300]
 
 
 def aggregate(cells: list[Cell]) -> pd.DataFrame:
@@ -282,17 +279,32 @@ def write_summary(spec: SweepFile, cells: list[Cell], table: pd.DataFrame, root:
     return root / "sweep.csv"
 
 
+def root(path: str | Path, spec: SweepFile, out: str | Path | None = None) -> Path:
+    """<out>/<name>/: the sweep's folder (out: the file's `out`, relative to it, unless given)."""
+    return (Path(out if out is not None else Path(path).parent / spec.out) / spec.name).absolute()
+
+
 def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None = None, log=print) -> pd.DataFrame:
-    """Run a sweep file's cells not yet done (local backend) and return the aggregate table."""
+    """Run a sweep file's cells not yet done on its backend, wait for them, write the aggregate (sweep.csv,
+    sweep.md, figures) and return it: one row per (sequence, grid point, method, metric), mean, std, n."""
     spec, cells = load_sweep(path, out=out)
-    run_local(cells, jobs=jobs, log=log)
+    run(spec, cells, root(path, spec, out), jobs=jobs, log=log)
     table = aggregate(cells)
-    write_summary(spec, cells, table, Path(out if out is not None else Path(path).parent / spec.out) / spec.name)
+    write_summary(spec, cells, table, root(path, spec, out))
+    return table
+
+
+def report(path: str | Path, *, out: str | Path | None = None) -> pd.DataFrame:
+    """The aggregate of the cells done so far, written to the sweep's folder and returned."""
+    spec, cells = load_sweep(path, out=out)
+    table = aggregate(cells)
+    write_summary(spec, cells, table, root(path, spec, out))
     return table
 
 
 def status(path: str | Path, *, out: str | Path | None = None) -> pd.DataFrame:
+    """cell, state (pending / running / done / failed), detail (steps, where, error), folder."""
     return status_table(load_sweep(path, out=out)[1])
 
 
-__all__ = ["Cell", "SweepFile", "aggregate", "load_sweep", "run_local", "status", "sweep"]
+__all__ = ["Cell", "SweepFile", "aggregate", "load_sweep", "report", "run", "status", "sweep"]
