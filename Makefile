@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SEQUENCE ?= sequences/mnist-fashion-animals.yaml
 
-.PHONY: setup demo test fashion-mnist
+.PHONY: setup demo test fashion-mnist clusters
 
 setup: $(STAMP) fashion-mnist
 
@@ -30,8 +30,19 @@ fashion-mnist:
 	  fi; \
 	fi
 
+# What the sweep backends' tests start for real: the ray and slurm extras, and (as root) Debian's Slurm daemons
+# and munge, without slurm-wlm's optional plugins. Without root the Slurm test says why it is skipped.
+clusters: $(VENV)/.clusters
+$(VENV)/.clusters: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,slurm,ray]'
+	@if ! command -v slurmctld >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  pkgs="munge slurmctld slurmd slurm-client"; \
+	  (apt-get install -y -q --no-install-recommends $$pkgs || (apt-get update -q && apt-get install -y -q --no-install-recommends $$pkgs)) >/dev/null; \
+	fi
+	touch $@
+
 demo: setup
 	$(VENV)/bin/continual run $(SEQUENCE) --out runs --resume
 
-test: setup
+test: setup clusters
 	$(PY) -m pytest -x -q

@@ -170,7 +170,7 @@ def slurm(tmp_path):
 
 
 def test_a_slurm_sweep_requeued_mid_cell_resumes_and_ends_as_if_never_requeued(files, slurm, alone):
-    (files / "sweep.yaml").write_text(yaml.safe_dump({**SWEEP, "backend": "slurm", "slurm": {"array_parallelism": 1},
+    (files / "sweep.yaml").write_text(yaml.safe_dump({**SWEEP, "backend": "slurm", "slurm": {"array_parallelism": 2},
                                                       "resources": {"gpus": 0, "cpus": 1, "mem_gb": 1, "time_min": 10}}))
     spec, cells = sweeps.load_sweep(files / "sweep.yaml")
     sweeps.run(spec, cells, sweeps.root(files / "sweep.yaml", spec), wait=False, log=lambda _: None)
@@ -180,6 +180,8 @@ def test_a_slurm_sweep_requeued_mid_cell_resumes_and_ends_as_if_never_requeued(f
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
         while sweeps.backends.slurm_queue([job]).get(job) != "PENDING BeginTime":  # killed, back in the queue
             time.sleep(0.2)
+        row = sweeps.status_table([cell]).iloc[0]
+        assert row["state"] == "pending" and row["detail"].endswith(f"slurm job {job} PENDING BeginTime"), row["detail"]
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
 
     requeued = disrupt_mid_run(cells, requeue)
@@ -251,3 +253,11 @@ def test_a_ray_sweep_whose_worker_dies_mid_cell_retries_it_and_ends_as_if_never_
     assert attempts(killed[0]) == 2  # lost with its worker, retried, resumed
     for cell in cells:
         assert np.array_equal(RunFolder(cell.run_folder).read_matrix("l2sp").to_numpy(), alone[cell.seed])
+
+
+def test_the_readme_sweep_file_is_valid_as_written():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text().split("## Sweeps\n", 1)[1]
+    spec = sweeps.SweepFile.model_validate(yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0]))
+    assert (spec.backend, spec.resources.gpus, spec.slurm.max_requeues, spec.ray.address) == ("local", 1, 3, None)
