@@ -177,6 +177,8 @@ def test_a_slurm_sweep_requeued_mid_cell_resumes_and_ends_as_if_never_requeued(f
 
     def requeue(cell):  # what a pre-emption does; Slurm holds a requeued job ~2 min, released here at once
         job = json.loads((cell.folder / "queued.json").read_text())["slurm_job"]
+        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+        assert all(f in shown.split() for f in ("NumCPUs=1", "MinMemoryNode=1G", "TimeLimit=00:10:00")), shown
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
         while sweeps.backends.slurm_queue([job]).get(job) != "PENDING BeginTime":  # killed, back in the queue
             time.sleep(0.2)
