@@ -42,9 +42,12 @@ def generator(kind: str) -> torch.Generator | None:
     return torch.Generator().manual_seed(seed)
 
 
-def augment(images: torch.Tensor, kind: str, generator: torch.Generator | int) -> torch.Tensor:
+def augment(images: torch.Tensor, kind: str, generator: torch.Generator | int, *, whole: int | None = None,
+            rows: slice | None = None) -> torch.Tensor:
     """`images` (B, 3, H, W) uint8, on any device, augmented as `kind` says; uint8, same shape and device.
-    `generator`: a CPU torch.Generator (or a seed for one) that every draw comes from."""
+    `generator`: a CPU torch.Generator (or a seed for one) that every draw comes from. `whole`, `rows`:
+    `images` are rows `rows` of a batch of `whole` (one rank's share under torchrun): the draws of the
+    whole batch are made and these rows' kept, so each image is augmented as in one process."""
     if kind not in KINDS:
         raise ValueError(f"unknown augmentation {kind!r} (known: {', '.join(KINDS)})")
     if images.dtype != torch.uint8 or images.ndim != 4:
@@ -53,11 +56,18 @@ def augment(images: torch.Tensor, kind: str, generator: torch.Generator | int) -
         return images
     if isinstance(generator, int):
         generator = torch.Generator().manual_seed(generator)
-    n = len(images)
+    if whole is None:
+        n = len(images)
+        if kind == "flip":
+            flip = _to(torch.rand(n, generator=generator) < 0.5, images.device)
+            return torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return _crop_flip(images, crop_flip_transforms(n, generator=generator))
+    if len(range(whole)[rows]) != len(images):
+        raise ValueError(f"rows {rows} of a batch of {whole} are not the {len(images)} images given")
     if kind == "flip":
-        flip = _to(torch.rand(n, generator=generator) < 0.5, images.device)
+        flip = _to((torch.rand(whole, generator=generator) < 0.5)[rows].contiguous(), images.device)
         return torch.where(flip[:, None, None, None], images.flip(-1), images)
-    return _crop_flip(images, crop_flip_transforms(n, generator=generator))
+    return _crop_flip(images, crop_flip_transforms(whole, generator=generator)[rows].contiguous())
 
 
 def crop_flip_transforms(n: int, *, generator: torch.Generator) -> torch.Tensor:

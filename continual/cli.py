@@ -116,7 +116,10 @@ def _run(args: argparse.Namespace) -> int:
         folder = getattr(args, "folder", None)  # None: stopped while still reading the sequence
         kept = (f"results up to the last completed step are in {folder}/" if folder is not None and folder.is_dir()
                 else "nothing was written")
-        print(f"\ninterrupted: {kept}; to continue from there: {_resume_command(args)}", file=sys.stderr)
+        from continual.distributed import is_main
+
+        if is_main():  # under torchrun, said once
+            print(f"\ninterrupted: {kept}; to continue from there: {_resume_command(args)}", file=sys.stderr)
         return 130
     finally:
         if main_thread:
@@ -154,7 +157,10 @@ def _run_sequence(args: argparse.Namespace) -> int:
         for name, msg in err.errors.items():
             print(f"  {name}: {msg}", file=sys.stderr)
         return 1
-    print(f"results in {folder}/")
+    from continual.distributed import is_main
+
+    if is_main():  # under torchrun, said once
+        print(f"results in {folder}/")
     return 0
 
 

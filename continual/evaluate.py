@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from continual import distributed
 from continual.datasets.tasks import Split, TaskData
 from continual.models import Backbone, Head, TaskModel
 
@@ -15,12 +16,31 @@ from continual.models import Backbone, Head, TaskModel
 @torch.inference_mode()
 def _features(backbone: Backbone, images: torch.Tensor, *, batch_size: int, device: torch.device,
               bf16: bool) -> torch.Tensor:
+    if distributed.active():
+        return _shared_features(backbone, images, batch_size=batch_size, device=device, bf16=bf16)
     chunks = []
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(images), batch_size):
             x = backbone.preprocess(images[start : start + batch_size].to(device, non_blocking=True))
             chunks.append(backbone(x).float())
     return torch.cat(chunks)
+
+
+def _shared_features(backbone: Backbone, images: torch.Tensor, *, batch_size: int, device: torch.device,
+                     bf16: bool) -> torch.Tensor:
+    """Under torchrun: the same batches, spread over the ranks and gathered, so every rank holds every
+    feature (a linear probe fits on all of a split's; the accuracies are then the same on every rank)."""
+    out = torch.empty(len(images), backbone.feature_dim, device=device)
+
+    def compute(start: int, stop: int) -> list[torch.Tensor]:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return [backbone(backbone.preprocess(images[start:stop].to(device, non_blocking=True))).float()]
+
+    def store(start: int, stop: int, outputs: list[torch.Tensor]) -> None:
+        out[start:stop] = outputs[0]
+
+    distributed.each_batch(len(images), batch_size, compute, store, like=[((backbone.feature_dim,), torch.float32)])
+    return out
 
 
 def extract_features(backbone: Backbone, split: Split, *, batch_size: int, device: torch.device,

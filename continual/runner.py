@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from continual import checkpoints, methods, models, seeds
+from continual import checkpoints, distributed, methods, models, seeds
 from continual.config import ConfigError, DataSpec, Sequence, dump_sequence
 from continual.datasets import DataError, prompts
 from continual.datasets.tasks import TaskData, load_task
@@ -145,41 +145,140 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
         raise ConfigError("--methods", [(str(e["loc"][0]) if e["loc"] else "", f"{e['msg']}: list the method in the "
                                          "sequence file with its options") for e in err.errors()]) from None
     run = RunFolder(Path(out) / seq.name)
-    check_output(Path(out), seq.name)  # before loading anything: a folder we cannot write is said at once
-    device = resolve_device(seq.training.device, source=source)
+    how = dict(source=source, progress=progress, resume=resume, overwrite=overwrite, on_step=on_step)
+    if not distributed.launched():
+        check_output(Path(out), seq.name)  # before loading anything: a folder we cannot write is said at once
+        return _run(seq, names, added, run=run, device=resolve_device(seq.training.device, source=source), **how)
+    # torchrun: one run over several ranks (continual/distributed.py; README, "Several GPUs in one run").
+    with distributed.said_once():  # before anything is loaded or written
+        refuse_single_process(seq, names, source=source)
+        distributed.check_device(seq.training.device, source=source)
+    device = distributed.start(seq.training.device, source=source)
+    distributed.on_main(lambda: check_output(Path(out), seq.name))
+    try:
+        folder = _run(seq, names, added, run=run, device=device, **how)
+    except MethodsFailed:  # every rank got here alike: rank 0 says which failed
+        distributed.stop()
+        if not distributed.is_main():
+            raise distributed.MainRankFailed(1) from None
+        raise
+    distributed.stop()
+    return folder
+
+
+def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device: torch.device, source: str,
+         progress: bool, resume: bool, overwrite: bool, on_step: OnStep | None) -> Path:
+    """`run_sequence` once the output and the device are known, in one process or in each rank (there rank 0
+    alone writes, and the other ranks wait for it where they need what it wrote)."""
+    shared = distributed.active()
+    main = distributed.is_main()
     wanted = {getattr(seq.method(n), "reference", None) for n in names} - {None}
-    inputs = load_inputs(seq, source=source, device=device, references=wanted)
-    check_needs(seq, names, inputs.backbone, source=source)
-    print(plan(seq, names, inputs), file=sys.stderr)  # also with --quiet (no progress bars): one line
+
+    def load() -> Loaded:
+        if main:
+            return load_inputs(seq, source=source, device=device, references=wanted)
+        with warnings.catch_warnings():  # rank 0 says them
+            warnings.simplefilter("ignore")
+            return load_inputs(seq, source=source, device=device, references=wanted)
+
+    # Under torchrun, rank 0 first when loading may download (torchvision's datasets with `download: true`,
+    # open_clip's weights): the others then read what it fetched (and leave quietly if it failed, having said
+    # why). Else every rank at once: all that loading may write then is the image store, which locks its own
+    # writes (datasets/store.py: a rank waits for the one decoding, then reads its rows).
+    if seq.download or seq.model.family == "open_clip":
+        inputs = distributed.main_first(load)
+    else:
+        with distributed.said_once():  # the same files for every rank: rank 0 says what is wrong with them
+            inputs = load()
+    with distributed.said_once():
+        check_needs(seq, names, inputs.backbone, source=source)
+        if shared:
+            check_distributed(seq, names, inputs, device=device, source=source)
+    if shared and device.type == "cuda" and seq.training.batchnorm == "train":
+        # Batch statistics over the whole batch, as one process computes them: every rank's share.
+        inputs.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(inputs.backbone)
+    if main:
+        print(plan(seq, names, inputs), file=sys.stderr)  # also with --quiet (no progress bars): one line
 
     # config.yaml records what runs: a method named only by --methods joins the file's list, with its defaults.
     ran = seq.model_copy(update={"methods": [*seq.methods, *added]})
-    run.create()
-    with run.lock():
-        run.write_config(run.claim(dump_sequence(ran), resume=resume, overwrite=overwrite,
-                                   may_differ=("keep_checkpoints",)))
-        # Finished methods are kept as they are by a resume; with nothing else to train, step 0 is neither
-        # measured again nor its checkpoint rewritten.
-        complete = {name for name in names if resume and _complete(run, name, n_steps=len(inputs.tasks))}
+    with contextlib.ExitStack() as held:
+        def claim() -> set[str]:
+            run.create()
+            held.enter_context(run.lock())
+            run.write_config(run.claim(dump_sequence(ran), resume=resume, overwrite=overwrite,
+                                       may_differ=("keep_checkpoints",)))
+            # Finished methods are kept as they are by a resume; with nothing else to train, step 0 is neither
+            # measured again nor its checkpoint rewritten.
+            return {name for name in names if resume and _complete(run, name, n_steps=len(inputs.tasks))}
+
+        complete = distributed.on_main(claim, share=True)
         start = None
         if complete != set(names):
-            start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen",
-                                 class_incremental=seq.setting == "class_incremental") if resume else None
+            with distributed.said_once(checkpoints.CheckpointError):  # every rank reads the same file
+                start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen",
+                                     class_incremental=seq.setting == "class_incremental") if resume else None
             if start is None:
                 start = Start.measure(seq, inputs, device=device)
-                start.save(run, inputs)
+                distributed.on_main(lambda: start.save(run, inputs))
         failed = {}
         for name in names:
             try:
                 run_method(seq, name, inputs, start, run=run, device=device, progress=progress, resume=resume,
                            complete=name in complete, on_step=on_step)
-            except FloatingPointError as err:  # this method diverged; the others still run
+            except FloatingPointError as err:  # this method diverged (on every rank alike); the others still run
                 failed[name] = str(err)
-                run.record_failure(name, str(err))
-                warnings.warn(TrainingWarning(f"{name} failed: {err}"), stacklevel=2)
+                distributed.on_main(lambda: run.record_failure(name, failed[name]))
+                if main:
+                    warnings.warn(TrainingWarning(f"{name} failed: {err}"), stacklevel=3)
     if failed:
         raise MethodsFailed(run.path, failed)
     return run.path
+
+
+def refuse_single_process(seq: Sequence, names: list[str], *, source: str) -> None:
+    """Under torchrun, refuse (naming each and why) the methods that cannot be one run over several ranks
+    (methods.MethodInfo.single_process), before anything is loaded."""
+    listed = [o.key for o in seq.methods]
+    problems = []
+    for name in names:
+        method = seq.method(name).name
+        why = METHODS[method].single_process
+        if why:
+            key = f"methods[{listed.index(name)}]" if name in listed else "--methods"
+            problems.append((key, f"{method} cannot run under torchrun ({distributed.world()} ranks): {why}; run it "
+                                  "in a single process (without torchrun), or leave it out with --methods"))
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def check_distributed(seq: Sequence, names: list[str], inputs: Loaded, *, device: torch.device, source: str) -> None:
+    """Refuse, before anything is written, what this model and data cannot do over several ranks."""
+    t, ranks = seq.training, distributed.world()
+    problems = []
+    batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in inputs.backbone.modules())
+    if t.batchnorm == "train" and batchnorm and device.type != "cuda":
+        # torch's SyncBatchNorm refuses CPU tensors (torch/nn/modules/batchnorm.py, SyncBatchNorm.forward).
+        problems.append(("training.batchnorm", f"train takes BatchNorm statistics from each batch, which the {ranks} "
+                         "ranks would have to share (SyncBatchNorm), and torch shares them only between GPUs: set "
+                         "training.batchnorm: frozen, or run on GPUs"))
+    # Each rank trains on a share of every batch, so every batch needs an image per rank: the last one of an
+    # epoch, shorter when the task's images are not a multiple of batch_size, too.
+    sizes = [(f"task {task.name}", len(task.train.labels)) for task in inputs.tasks]
+    if any(seq.method(n).name == "joint" for n in names):
+        sizes.append(("joint (every task at once)", sum(n for _, n in sizes)))
+    trainer = Trainer(t, device=torch.device("cpu"))
+    for what, n in sizes:
+        smallest = min(t.batch_size, n)
+        if trainer.total_steps(n) >= trainer.steps_per_epoch(n) and n % t.batch_size:  # the short batch is used
+            smallest = n % t.batch_size
+        if smallest < ranks:
+            problems.append(("training.batch_size", f"{what}: {n} training images in batches of {t.batch_size} "
+                             f"make a batch of {smallest}, fewer than the {ranks} ranks (each trains on its share of "
+                             f"every batch): choose a batch_size of at least {ranks} that leaves a last batch of none "
+                             f"or at least {ranks} images"))
+    if problems:
+        raise ConfigError(source, problems)
 
 
 def plan(seq: Sequence, names: list[str], inputs: Loaded) -> str:
@@ -299,15 +398,17 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
     """Train `name` on every task in turn, evaluating everything after each step, writing into `run`.
     `complete`: it finished in `run` before (a resume), so it is kept as it is and `start` may be None."""
     tasks, probes = inputs.tasks, inputs.probes
+    main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes (`write`, `keep`)
     if complete:  # never retrained, whether or not checkpoints are kept
-        print(f"{name}: complete ({len(tasks)}/{len(tasks)} steps), kept as it is", file=sys.stderr)
-        if on_step is not None:
-            on_step(name, len(tasks), len(tasks))
+        if main:
+            print(f"{name}: complete ({len(tasks)}/{len(tasks)} steps), kept as it is", file=sys.stderr)
+            if on_step is not None:
+                on_step(name, len(tasks), len(tasks))
         return
     model = copy.deepcopy(start.model)
     method = methods.build(seq.method(name), pretrained=inputs.backbone, context=_context(seq, inputs))
     scratch = run.cache(name)  # large recomputable files (LDIFS's anchor taps on disk), removed at the end
-    trainer = Trainer(seq.training, device=device, progress=progress, scratch=scratch)
+    trainer = Trainer(seq.training, device=device, progress=progress and main, scratch=scratch)
     task_names = [t.name for t in tasks]
 
     def write(rows, timings):
@@ -316,16 +417,29 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
         if on_step is not None:
             on_step(name, len(rows) - 1, len(tasks))
 
+    def keep(step: int, rows, timings, result: Evaluation) -> None:
+        """A step's checkpoint, then its files (continual/checkpoints.py says why in this order)."""
+        if seq.keep_checkpoints > 0:
+            checkpoints.save(run.step_checkpoint(name, step), {
+                "format": checkpoints.FORMAT, "method": name, "step": step, **checkpoints.model_state(model),
+                "method_state": method.state_dict() if hasattr(method, "state_dict") else {},
+                "future_heads": checkpoints.heads_state(result.future_heads), "rows": rows, "timings": timings})
+        write(rows, timings)
+        run.prune_checkpoints(name, keep=seq.keep_checkpoints)
+
     result = start.evaluation
     rows = [result.row]
     timings = [{"step": 0, "fit_seconds": 0.0, "eval_seconds": start.seconds}]
     done = 0
     if resume:
-        resumed = _resume_method(run, name=name, model=model, method=method, trainer=trainer, n_steps=len(tasks))
+        with distributed.said_once(checkpoints.CheckpointError):  # every rank reads the same checkpoint
+            resumed = _resume_method(run, name=name, model=model, method=method, trainer=trainer, n_steps=len(tasks))
         if resumed is not None:
             done, rows, timings, result = resumed
-            print(f"{name}: resuming after step {done}/{len(tasks)}", file=sys.stderr)
-    write(rows, timings)  # rewritten from the checkpoint: a kill may have come before the files
+            if main:
+                print(f"{name}: resuming after step {done}/{len(tasks)}", file=sys.stderr)
+    # Rewritten from the checkpoint: a kill may have come before the files.
+    distributed.on_main(lambda: write(rows, timings))
     once = METHODS[seq.method(name).name].once  # joint: trains at the last step only
     try:
         for step, task in enumerate(tasks[done:], start=done + 1):
@@ -335,7 +449,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                 rows.append({column: math.nan for column in rows[0]})
                 timings.append({"step": step, "fit_seconds": 0.0, "eval_seconds": 0.0, "train_steps": 0,
                                 "skipped": f"{name} trains once, on every task together, at the last step"})
-                write(rows, timings)
+                distributed.on_main(lambda: write(rows, timings))
                 continue
             seed_step(seq.seed, step)
             stats = method.fit_task(model, task, step=step, trainer=trainer)
@@ -353,18 +467,15 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             worse = learned_worse(before=rows[-2][task.name], after=rows[-1][task.name], n_test=len(task.test.labels))
             if worse:
                 timings[-1]["learned_worse"] = {"before": rows[-2][task.name], "after": rows[-1][task.name]}
-                warnings.warn(TrainingWarning(_worse_message(name, task.name, rows, stats, seq.training)), stacklevel=2)
-            if seq.keep_checkpoints > 0:
-                checkpoints.save(run.step_checkpoint(name, step), {
-                    "format": checkpoints.FORMAT, "method": name, "step": step, **checkpoints.model_state(model),
-                    "method_state": method.state_dict() if hasattr(method, "state_dict") else {},
-                    "future_heads": checkpoints.heads_state(result.future_heads), "rows": rows, "timings": timings})
-            write(rows, timings)
-            run.prune_checkpoints(name, keep=seq.keep_checkpoints)
+                if main:
+                    warnings.warn(TrainingWarning(_worse_message(name, task.name, rows, stats, seq.training)),
+                                  stacklevel=2)
+            distributed.on_main(lambda: keep(step, rows, timings, result))
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            scratch.parent.rmdir()  # `cache/`, once no method uses it
+        if main:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                scratch.parent.rmdir()  # `cache/`, once no method uses it
 
 
 class TrainingWarning(UserWarning):

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from continual import distributed
 from continual.augment import augment
 from continual.augment import generator as augmentation_generator
 from continual.datasets.tasks import TaskData
@@ -88,12 +89,15 @@ class Trainer:
             images = images.pin_memory()
         return images.to(self.device, non_blocking=True)
 
-    def batches(self, images, index: torch.Tensor, steps: int) -> Iterator[torch.Tensor]:
-        """One epoch's uint8 batches (rows `index`, in batches of batch_size), on the device. From host
-        memory to a GPU, the next batch is read and pinned in a thread while this one trains: the step's
-        kernels are queued without waiting, so reading overlaps them instead of adding to them."""
+    def batches(self, images, index: torch.Tensor, steps: int, *, shared: bool = False) -> Iterator[torch.Tensor]:
+        """One epoch's uint8 batches (rows `index`, in batches of batch_size), on the device; `shared`: this
+        rank's share of each (distributed.share). From host memory to a GPU, the next batch is read and
+        pinned in a thread while this one trains: the step's kernels are queued without waiting, so reading
+        overlaps them instead of adding to them."""
         size = self.training.batch_size
         rows = [index[b * size : (b + 1) * size] for b in range(steps)]
+        if shared:
+            rows = [r[distributed.share(len(r))] for r in rows]
         if not rows:
             return
         if images.device.type != "cpu" or self.device.type != "cuda":
@@ -147,7 +151,13 @@ class Trainer:
         """Train `model` on `task` for the configured epochs with `loss_terms`; `extra_parameters` train
         too (a method's own modules: FLYP's text tower); `after_step(i)` runs after the i-th optimiser step
         (1-based; ZSCL's weight ensemble). Shuffling and dropout draw from torch's global RNG, which the
-        runner seeds per step; augmentation from a generator seeded by it."""
+        runner seeds per step; augmentation from a generator seeded by it.
+
+        Under torchrun (distributed.active()) every rank draws the same order and trains on its share of
+        each global batch of batch_size, through DistributedDataParallel, which averages the ranks'
+        gradients: a rank's loss is weighted by world · (its images) / (the batch's), so that the average
+        is the gradient of the whole batch's mean, also when the last batch does not split evenly. The
+        logged terms are the whole batch's: each rank's, weighted by its share, summed over ranks."""
         t = self.training
         # Labels index the task's logits: offset past earlier tasks' classes when class-incremental.
         images = self.on_device(task.train.images)
@@ -160,6 +170,8 @@ class Trainer:
         optimizer = self.make_optimizer(params)
         schedule = self.make_schedule(optimizer, total)
         model.train()  # TaskModel.train keeps BatchNorm frozen if the run says so
+        shared = distributed.active()
+        step = _distributed_step(model, loss_terms, params) if shared else None
         start = time.perf_counter()
         bar = tqdm(total=total, desc=label or task.name, unit="step", disable=not self.progress, leave=True)
         sums: dict[str, torch.Tensor] = {}
@@ -172,15 +184,26 @@ class Trainer:
             if self.device.type == "cuda":  # pinned: slices of it reach the GPU without a sync (LDIFS cache)
                 order = order.pin_memory()
             on_device = order.to(images.device)
-            for b, x in enumerate(self.batches(images, on_device, steps)):
+            for b, x in enumerate(self.batches(images, on_device, steps, shared=shared)):
                 idx = order[b * t.batch_size : (b + 1) * t.batch_size]
                 dev_idx = on_device[b * t.batch_size : (b + 1) * t.batch_size]
+                if shared:  # this rank's rows of the global batch
+                    whole, rows = len(idx), distributed.share(len(idx))
+                    idx, dev_idx = idx[rows], dev_idx[rows]
+                    weight = len(idx) / whole  # of the whole batch's mean; the ranks' weights sum to 1
                 if draws is not None:  # training.augment: on the device, the draws from a seeded CPU generator
-                    x = augment(x, t.augment, draws)
+                    x = augment(x, t.augment, draws, whole=whole, rows=rows) if shared else augment(x, t.augment, draws)
                 x = model.backbone.preprocess(x)
-                with self.autocast:
-                    terms = loss_terms(model, Batch(x, labels[dev_idx.to(self.device)], idx, task.name))
-                loss = sum(terms.values())
+                batch = Batch(x, labels[dev_idx.to(self.device)], idx, task.name)
+                if shared:
+                    with self.autocast, model.backbone.sharing(whole, rows):
+                        terms = step(batch)
+                    terms = {k: v * weight for k, v in terms.items()}
+                    loss = sum(terms.values()) * distributed.world()  # DDP divides the sum of gradients by world
+                else:
+                    with self.autocast:
+                        terms = loss_terms(model, batch)
+                    loss = sum(terms.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if t.grad_clip is not None:
@@ -195,9 +218,44 @@ class Trainer:
                     first = {k: v.detach() for k, v in terms.items()}
                 bar.update(1)
                 if self.progress and ((b + 1) % self.log_every == 0 or b + 1 == steps):
-                    shown = {k: f"{float(v) / (b + 1):.3f}" for k, v in sums.items()}
+                    scale = distributed.world() if shared else 1  # rank 0's share, as if it were the whole batch
+                    shown = {k: f"{float(v) * scale / (b + 1):.3f}" for k, v in sums.items()}
                     bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", **shown)
         bar.close()
+        if shared:  # the whole batches' terms: each rank's weighted share, summed over the ranks
+            keys = list(sums)
+            summed = distributed.all_sum([float(sums[k]) for k in keys] + [float(first[k]) for k in keys])
+            sums, first = dict(zip(keys, summed[: len(keys)])), dict(zip(keys, summed[len(keys) :]))
         return FitStats(steps=total, seconds=time.perf_counter() - start,
                         losses=epoch_means(sums, steps=steps, task=task.name),
                         first_losses={k: float(v) for k, v in first.items()})
+
+
+# Whether DDP looks, at every step, for trained parameters the loss did not use (at a cost of a walk over
+# the autograd graph). False: every parameter Trainer.fit trains is used by the built-in methods' losses.
+FIND_UNUSED = False
+
+
+class _Step(torch.nn.Module):
+    """What DistributedDataParallel wraps: the parameters this task trains, and only those (a head not
+    trained gets no gradient, which DDP would wait for), and as forward one step's loss terms of the model."""
+
+    def __init__(self, params: list[torch.nn.Parameter], terms: Callable[[Batch], dict[str, torch.Tensor]]):
+        super().__init__()
+        self.trained = torch.nn.ParameterList(params)  # the model's own parameters, registered here too
+        self.terms = terms
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.terms(batch)
+
+
+def _distributed_step(model: TaskModel, loss_terms: LossTerms, params: list[torch.nn.Parameter]):
+    """The method's loss terms behind DistributedDataParallel, whose construction makes every rank's trained
+    parameters rank 0's. Inputs are left where they are (device_ids None): Batch.index stays on the CPU. No
+    buffers to broadcast: _Step has none (frozen BatchNorm keeps its statistics; SyncBatchNorm computes
+    them from every rank's share alike)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(_Step(params, lambda batch: loss_terms(model, batch)),
+                                   find_unused_parameters=FIND_UNUSED)
+

@@ -56,7 +56,7 @@ LAYERS = [
     ("training", ["continual.methods.finetune", "continual.methods.ldifs", "continual.methods.avalanche",
                   "continual.methods.l2sp", "continual.methods.wise_ft", "continual.methods.frozen",
                   "continual.methods.lp_ft", "continual.methods.flyp", "continual.methods.zscl", "continual.methods.joint",
-                  "continual.train", "continual.evaluate", "continual.checkpoints"]),
+                  "continual.train", "continual.evaluate", "continual.checkpoints", "continual.distributed"]),
     ("models and data", ["continual.models", "continual.datasets.tasks", "continual.datasets.source",
                          "continual.datasets.embedded", "continual.datasets.torchvision_sets",
                          "continual.datasets.folders", "continual.datasets.listed", "continual.datasets.store",

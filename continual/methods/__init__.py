@@ -42,6 +42,21 @@ class MethodInfo:
     # Trains once, at the last step, on every task together (joint): the runner skips the steps before it,
     # leaving their rows empty (NaN).
     once: bool = False
+    # Why it cannot be one run over several ranks under torchrun (README, "Several GPUs in one run"), or None:
+    # it can. A method that trains with Trainer.fit can when each loss term is a mean over the batch of a term
+    # per image (cross-entropy, LDIFS's distances) or the same on every rank (L2-SP's weight distance, ZSCL's
+    # distillation on a reference batch every rank draws alike): the loop weights each rank's share by its
+    # size, and DDP's mean of the ranks' gradients is then the whole batch's gradient.
+    single_process: str | None = None
+
+
+# Why the methods that cannot run under torchrun cannot (MethodInfo.single_process).
+AVALANCHE_LOOP = ("Avalanche trains with its own loop and plugins (continual/methods/avalanche.py), which do not "
+                  "support DistributedDataParallel: each rank would train a model of its own")
+BATCH_COUPLED = ("its contrastive loss compares each image with every caption in the batch, so it is not a mean "
+                 "of per-image terms: split over ranks, each image would meet only its own rank's captions")
+PLUGIN = ("a plugin's method runs under torchrun only when registered with distributed=True (its loss a mean of "
+          "per-image terms, trained by Trainer.fit)")
 
 
 @dataclass(frozen=True)
@@ -76,19 +91,24 @@ METHODS: dict[str, MethodInfo] = {
                         "frozen features, then end-to-end fine-tuning"),
     "flyp": MethodInfo(FLYPOptions, "continual.methods.flyp:FLYP",
                        "fine-tune like CLIP was pre-trained: contrastive loss between images and their class "
-                       "prompts, text tower included", needs=("text",), sees_data=True),
+                       "prompts, text tower included", needs=("text",), sees_data=True,
+                       single_process=BATCH_COUPLED),
     "zscl": MethodInfo(ZSCLOptions, "continual.methods.zscl:ZSCL",
                        "distil the pre-trained CLIP on reference images, plus a weight ensemble across steps",
                        needs=("text",), sees_data=True),
     # avalanche-lib's own strategy and plugins, on our model, data and settings (methods/avalanche.py)
     "naive": MethodInfo(NaiveOptions, "continual.methods.avalanche:Naive",
-                        "Avalanche's Naive strategy: fine-tuning with no protection (a parity check)"),
+                        "Avalanche's Naive strategy: fine-tuning with no protection (a parity check)",
+                        single_process=AVALANCHE_LOOP),
     "ewc": MethodInfo(EWCOptions, "continual.methods.avalanche:EWC",
-                      "Avalanche's EWCPlugin: quadratic penalty weighted by parameter importance on past tasks"),
+                      "Avalanche's EWCPlugin: quadratic penalty weighted by parameter importance on past tasks",
+                      single_process=AVALANCHE_LOOP),
     "lwf": MethodInfo(LwFOptions, "continual.methods.avalanche:LwF",
-                      "Avalanche's LwFPlugin: distil every previous head from the model after the last task"),
+                      "Avalanche's LwFPlugin: distil every previous head from the model after the last task",
+                      single_process=AVALANCHE_LOOP),
     "replay": MethodInfo(ReplayOptions, "continual.methods.avalanche:Replay",
-                         "Avalanche's ReplayPlugin: a buffer of past images mixed into each batch"),
+                         "Avalanche's ReplayPlugin: a buffer of past images mixed into each batch",
+                         single_process=AVALANCHE_LOOP),
 }
 
 
@@ -96,10 +116,12 @@ BUILTIN = frozenset(METHODS)
 
 
 def register(name: str, *, options: type[Options], implementation: str | type, summary: str,
-             needs: tuple[str, ...] = (), sees_data: bool = False) -> None:
+             needs: tuple[str, ...] = (), sees_data: bool = False, distributed: bool = False) -> None:
     """Add a method of your own under `name` (README, "Your own method"): `options` its strict options class
     (a subclass of `Options` whose `name` is `Literal[name]`), `implementation` its class or "module:Class".
-    A plugin file calls this when imported; importing it again registers it again. Built-in names are kept."""
+    `distributed`: it may run under torchrun (it trains with Trainer.fit, and each loss term is a mean over
+    the batch of per-image terms, or the same on every rank). A plugin file calls this when imported;
+    importing it again registers it again. Built-in names are kept."""
     if name in BUILTIN:
         raise ValueError(f"{name!r} is a built-in method; register yours under another name")
     if name in RESERVED_KEYS or not re.fullmatch(LABEL, name):
@@ -112,7 +134,8 @@ def register(name: str, *, options: type[Options], implementation: str | type, s
     unknown = [n for n in needs if n not in NEEDS]
     if unknown:
         raise ValueError(f"unknown needs {unknown} for {name!r} (known: {', '.join(NEEDS)})")
-    METHODS[name] = MethodInfo(options, implementation, summary, needs=tuple(needs), sees_data=sees_data)
+    METHODS[name] = MethodInfo(options, implementation, summary, needs=tuple(needs), sees_data=sees_data,
+                               single_process=None if distributed else PLUGIN)
 
 
 def implementation(name: str) -> type:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from continual import checkpoints
+from continual import checkpoints, distributed
 from continual.datasets.tasks import TaskData
 from continual.methods.options import LDIFSOptions
 from continual.models import Backbone, ModelError, TaskModel
@@ -125,35 +125,48 @@ class AnchorCache:
         with torch.inference_mode():
             probe = taps_of(anchor.backbone.preprocess(images[:1].to(device)))
         per_sample = sum(t[0].numel() for t in probe)
+        # Under torchrun every rank makes the same choices below (the GPU with the least room decides) and
+        # computes its batches of the cache; all of them are gathered, so that every rank holds the taps of
+        # every image: in memory, each its own copy; on disk, in rank 0's files, which the others then read.
+        shared = distributed.active()
         # In memory: float32 on the CPU; float16 on the GPU itself when it fits in a quarter of its free
         # memory (no host copy per step), else float32 in host memory.
-        on_gpu = device.type == "cuda" and n * per_sample * 2 <= torch.cuda.mem_get_info(device)[0] / 4
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+        if shared and device.type == "cuda":
+            free = distributed.least(free)
+        on_gpu = device.type == "cuda" and n * per_sample * 2 <= free / 4
         dtype, home = (torch.float16, device) if on_gpu else (torch.float32, torch.device("cpu"))
         if where == "auto":
             where = "memory" if on_gpu or n * per_sample * 4 <= cls.MEMORY_LIMIT else "disk"
+        paths = []
         if where == "disk":
             if folder is None:
                 raise ValueError("ldifs cache: disk needs a scratch folder (the runner gives one)")
-            folder.mkdir(parents=True, exist_ok=True)
-            try:
-                taps = [np.lib.format.open_memmap(folder / f"{key}-tap{i}.npy", mode="w+", dtype=np.float16,
-                                                  shape=(n, *t.shape[1:])) for i, t in enumerate(probe)]
-                for tap in taps:
-                    _reserve(Path(tap.filename))
-            except OSError as err:
-                if full_disk(err):  # the runner removes the scratch folder
-                    raise DiskFull(folder, err) from None
-                raise
+            paths = [folder / f"{key}-tap{i}.npy" for i in range(len(probe))]
+            taps = distributed.on_main(lambda: _open_files(paths, n=n, probe=probe))  # None on other ranks
         else:
             taps = [torch.empty((n, *t.shape[1:]), dtype=dtype, device=home) for t in probe]
+
+        def put(start: int, outputs: list[torch.Tensor]) -> None:
+            for store, tap in zip(taps, outputs):
+                if isinstance(store, np.ndarray):
+                    store[start : start + len(tap)] = tap.half().cpu().numpy()
+                else:
+                    store[start : start + len(tap)] = tap.to(store.device, store.dtype)
+
         with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                x = anchor.backbone.preprocess(images[start : start + batch_size].to(device))
-                for store, tap in zip(taps, taps_of(x)):
-                    if isinstance(store, np.ndarray):
-                        store[start : start + len(tap)] = tap.half().cpu().numpy()
-                    else:
-                        store[start : start + len(tap)] = tap.to(store.device, store.dtype)
+            if shared:
+                distributed.each_batch(n, batch_size,
+                                       lambda a, b: taps_of(anchor.backbone.preprocess(images[a:b].to(device))),
+                                       lambda a, b, outputs: taps is not None and put(a, outputs),
+                                       like=[(tuple(t.shape[1:]), t.dtype) for t in probe])
+            else:
+                for start in range(0, n, batch_size):
+                    put(start, taps_of(anchor.backbone.preprocess(images[start : start + batch_size].to(device))))
+        if shared and paths:  # rank 0 wrote the files: the others map them once they are on disk
+            distributed.on_main(lambda: [tap.flush() for tap in taps])
+            if taps is None:
+                taps = [np.load(path, mmap_mode="r") for path in paths]
         nbytes = sum(t.nbytes for t in taps)
         return cls(taps, key, where, nbytes, time.perf_counter() - began)
 
@@ -167,8 +180,23 @@ class AnchorCache:
         """Drop the taps and delete their memory-mapped files, if any."""
         paths = [Path(t.filename) for t in self.taps if isinstance(t, np.memmap)]
         self.taps = []
-        for path in paths:
+        for path in paths if distributed.is_main() else []:  # under torchrun, rank 0's files
             path.unlink(missing_ok=True)
+
+
+def _open_files(paths: list[Path], *, n: int, probe: list[torch.Tensor]) -> list[np.memmap]:
+    """float16 memory-mapped files for the taps of `n` images, their disk space reserved."""
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    try:
+        taps = [np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, *t.shape[1:]))
+                for path, t in zip(paths, probe)]
+        for tap in taps:
+            _reserve(Path(tap.filename))
+    except OSError as err:
+        if full_disk(err):  # the runner removes the scratch folder
+            raise DiskFull(paths[0].parent, err) from None
+        raise
+    return taps
 
 
 def _reserve(path: Path) -> None:
@@ -257,7 +285,7 @@ class LDIFS:
         if self.cache is not None:
             self.cache.close()
             self.cache = None
-        if not self.said_per_step:
+        if not self.said_per_step and distributed.is_main():
             print(f"ldifs: training.augment is {augment}, so the anchor's features cannot be cached; the frozen "
                   f"anchor runs on every augmented batch (about 1.3-1.4x a fine-tuning step, README)", file=sys.stderr)
             self.said_per_step = True

@@ -8,7 +8,8 @@ back at the original.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,20 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    # (whole, rows) while the training loop runs one rank's share of a global batch under torchrun (continual/
+    # distributed.py): a forward of a batch of len(rows) images is rows `rows` of a batch of `whole`, and a
+    # backbone with stochastic layers draws for the whole batch and keeps these rows' draws, as one process
+    # would (EfficientNet's drop-connect). None: each batch is whole. Backbones without such layers ignore it.
+    batch_share: tuple[int, slice] | None = None
+
+    @contextlib.contextmanager
+    def sharing(self, whole: int, rows: slice) -> Iterator[None]:
+        self.batch_share = (whole, rows)
+        try:
+            yield
+        finally:
+            self.batch_share = None
 
     def _taps(self) -> list[tuple[str, nn.Module, bool]]:
         """(name, module whose output is the tap, output is sequence-first (L,B,D))."""

