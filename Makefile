@@ -44,5 +44,7 @@ $(VENV)/.clusters: $(STAMP)
 demo: setup
 	$(VENV)/bin/continual run $(SEQUENCE) --out runs --resume
 
+# Test files run in parallel processes, one thread each (tests/conftest.py), a file's tests in one process
+# so that its module fixtures are computed once: much of the suite waits on processes it starts.
 test: setup clusters
-	$(PY) -m pytest -x -q
+	$(PY) -m pytest -x -q -n auto --maxprocesses 4 --dist loadfile

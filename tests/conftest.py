@@ -1,6 +1,13 @@
 import json
+import os
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # tests in two processes: one thread each, their subprocesses too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 TINY_CLIP_ARCH = "continual-tiny-vit"
 # A CLIP small enough for CPU tests, in the spirit of open_clip's own tests: width 32, 4 blocks, 32 px.
@@ -26,3 +33,13 @@ def tiny_clip(tmp_path_factory):
     checkpoint = folder / "tiny-clip.pt"
     torch.save(open_clip.create_model(TINY_CLIP_ARCH).state_dict(), checkpoint)
     return TINY_CLIP_ARCH, checkpoint
+
+
+# Files whose tests start clusters, runs in subprocesses or torchrun ranks: scheduled first, so that under
+# `pytest -n` (make test) the short files fill the workers' ends instead of one long file running alone.
+SLOW_FIRST = ("test_clusters.py", "test_resume.py", "test_sweep.py", "test_ddp.py", "test_avalanche.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
