@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -55,7 +56,7 @@ def main() -> None:
             for backend in backends:
                 spec = {"name": f"{backend}-{r}", "sequences": [str(sequence)], "methods": args.methods.split(","),
                         "seeds": [0], "backend": backend, "out": str(work / "sweeps"),
-                        "resources": {"gpus": 0, "cpus": 1, "mem_gb": 1}}
+                        "resources": {"gpus": 0, "cpus": os.cpu_count(), "mem_gb": 1}}  # the machine, as alone
                 seed = [o.split("=", 1)[1] for o in args.overrides if o.startswith("seed=")]
                 spec["seeds"] = [int(seed[-1])] if seed else [0]
                 spec["grid"] = {k: [yaml.safe_load(v)] for k, v in (o.split("=", 1) for o in args.overrides)

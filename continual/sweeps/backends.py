@@ -48,9 +48,14 @@ def run_cell(cell, env: dict | None = None) -> int:
     return code
 
 
+# prctl, looked up here in the parent: between fork and exec the child only calls it (no dlopen there, whose
+# lock another thread of the parent may have held when it forked).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):  # PR_SET_PDEATHSIG: SIGKILL this child when its parent dies
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    if _PRCTL is not None:  # PR_SET_PDEATHSIG: SIGKILL this child when the thread that started it ends
+        _PRCTL(1, signal.SIGKILL)
 
 
 def _last_error(log: Path) -> str:
