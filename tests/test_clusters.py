@@ -85,6 +85,10 @@ def test_a_slurm_sweep_requeued_mid_cell_resumes_and_ends_as_if_never_requeued(f
                                                       "slurm": {"array_parallelism": 2},
                                                       "resources": {"gpus": 0, "cpus": 1, "mem_gb": 1, "time_min": 10}}))
     spec, cells = sweeps.load_sweep(files / "sweep.yaml")
+    nowhere = spec.model_copy(update={"resources": spec.resources.model_copy(update={"partition": "nowhere"})})
+    with pytest.raises(ConfigError, match=r"slurm: sbatch refused the job array: .*[Pp]artition"):
+        sweeps.run(nowhere, cells, sweeps.root(files / "sweep.yaml", spec), wait=False, log=lambda _: None)
+    assert not (files / "runs").exists()  # nothing half-written
     sweeps.run(spec, cells, sweeps.root(files / "sweep.yaml", spec), wait=False, log=lambda _: None)
 
     def requeue(cell):  # what a pre-emption does; Slurm holds a requeued job ~2 min, released here at once

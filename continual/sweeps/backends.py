@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,6 +136,7 @@ def run_slurm(spec, cells: list, root: Path, *, wait: bool = True, log=print) ->
     none is queued or running any more."""
     submitit = _extra("submitit", "slurm")
     res, opts = spec.resources, spec.slurm
+    made = [f for f in (root.parent, root) if not f.exists()][:1]  # the outermost folder this creates
     executor = submitit.SlurmExecutor(folder=root / ".slurm" / "%j", max_num_timeout=opts.max_requeues)
     params = {"job_name": f"continual-{spec.name}", "time": res.time_min, "cpus_per_task": res.cpus,
               "mem": f"{res.mem_gb}G", "array_parallelism": opts.array_parallelism, "setup": list(opts.setup),
@@ -146,8 +148,11 @@ def run_slurm(spec, cells: list, root: Path, *, wait: bool = True, log=print) ->
     executor.update_parameters(**params)
     try:
         jobs = executor.map_array(CellJob(), cells)
-    except Exception as err:  # sbatch refused (partition, account, limits): its message says why
-        raise ConfigError(str(root), [("slurm", f"sbatch refused the job array: {str(err).strip()[-500:]}")]) from None
+    except Exception as err:  # sbatch refused (partition, account, limits): its message says why; nothing is kept
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+        said = " ".join(str(err).replace("\\n", "\n").split())[-500:]
+        raise ConfigError(str(root), [("slurm", f"sbatch refused the job array: {said}")]) from None
     for cell, job in zip(cells, jobs):
         (cell.folder).mkdir(parents=True, exist_ok=True)
         (cell.folder / "queued.json").write_text(json.dumps({"slurm_job": job.job_id, "time": time.time()}))
