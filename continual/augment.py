@@ -56,12 +56,7 @@ def augment(images: torch.Tensor, kind: str, generator: torch.Generator | int, *
         return images
     if isinstance(generator, int):
         generator = torch.Generator().manual_seed(generator)
-    if whole is None:
-        n = len(images)
-        if kind == "flip":
-            flip = _to(torch.rand(n, generator=generator) < 0.5, images.device)
-            return torch.where(flip[:, None, None, None], images.flip(-1), images)
-        return _crop_flip(images, crop_flip_transforms(n, generator=generator))
+    whole, rows = (len(images), slice(None)) if whole is None else (whole, rows)  # one process: all of them
     if len(range(whole)[rows]) != len(images):
         raise ValueError(f"rows {rows} of a batch of {whole} are not the {len(images)} images given")
     if kind == "flip":
