@@ -3,7 +3,12 @@
     import continual
     folder = continual.run("sequences/mnist-fashion-animals.yaml", methods=["finetune", "ldifs"])
     matrices = continual.load_run(folder)      # {method: accuracy matrix DataFrame, indexed by step}
+    metrics = continual.load_metrics(folder)   # tidy: method, step, metric, value
+    continual.report.write_report([folder])   # index.html, summary.md, summary.csv
     table = continual.sweep("sweeps/lambda.yaml")  # every cell of a sweep file, mean ± std over seeds
+
+`continual.report` (the report of run folders: write_report, load_tables, aggregate) and `continual.sweeps`
+(a sweep's parts) are imported when first used: `import continual` alone stays light.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 __version__ = "0.1.0"
-__all__ = ["run", "sweep", "load_run", "load_metrics", "load_sequence", "ConfigError"]
+__all__ = ["run", "sweep", "load_run", "load_metrics", "load_sequence", "report", "sweeps", "ConfigError"]
+SUBPACKAGES = ("report", "sweeps")  # reached as attributes of `continual`, imported on first use
 
 
 def run(sequence: str | Path | dict, *, out: str | Path = "runs", methods: list[str] | None = None,
@@ -39,14 +45,18 @@ def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None =
 
 
 def load_run(folder: str | Path):
-    """A finished (or running) run folder -> {method: accuracy-matrix DataFrame indexed by step}."""
+    """A finished (or running) run folder -> {method: accuracy-matrix DataFrame indexed by step}, in the
+    sequence's method order (config.yaml's), methods that have results only. FileNotFoundError when the
+    folder holds no results."""
     from continual.run_folder import load_run as _load
 
     return _load(folder)
 
 
 def load_metrics(folder: str | Path):
-    """Per-step metrics of every method in a run folder as one DataFrame (method, step, ...)."""
+    """Per-step metrics of every method in a run folder, tidy as `continual.report.load_tables` gives them:
+    one row per (method, step, metric) with its value, columns method, step, metric, value; metrics
+    average_accuracy, forgetting, bwt and concept_delta:<probe> (continual.metrics has the formulas)."""
     from continual.run_folder import load_metrics as _load
 
     return _load(folder)
@@ -59,6 +69,10 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()):
 
 
 def __getattr__(name: str):
+    if name in SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"continual.{name}")
     if name == "ConfigError":
         from continual.config import ConfigError
 

@@ -14,6 +14,7 @@ import threading
 import warnings
 from pathlib import Path
 
+from continual import __version__
 from continual.config import ConfigError, load_sequence
 from continual.config.schema import DEFAULT_DATA_ROOT
 
@@ -21,6 +22,7 @@ from continual.config.schema import DEFAULT_DATA_ROOT
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="continual", description="Continual fine-tuning of pre-trained vision "
                                      "models: how much does each method forget?")
+    parser.add_argument("--version", action="version", version=f"continual {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a task sequence and write results after every step")
@@ -39,7 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check sequence files without running anything")
     validate.add_argument("files", type=Path, nargs="+")
 
-    listing = sub.add_parser("list", help="datasets (and whether their files are here), models and methods")
+    listing = sub.add_parser("list", help="datasets (and whether their files are here), models and methods; "
+                             "`continual list DATASET`: its classes")
+    listing.add_argument("dataset", nargs="?", help="a dataset: list its classes (index, name, and CLIP's name "
+                         "where it differs)")
+    listing.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="data_root=DIR: where datasets are looked for (default: the schema's, "
+                         f"{DEFAULT_DATA_ROOT}); path=DIR: imagefolder's folder (repeatable)")
     listing.add_argument("--pretrained", action="store_true", help="also the open_clip pretrained tags of common "
                          "architectures (imports open_clip and torch: a few seconds)")
 
@@ -96,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "data":
             return _prepare(args) if args.data_command == "prepare" else _stored(args.data_root)
-        return _list(pretrained=args.pretrained)
+        where = _list_settings(args.overrides)
+        if args.dataset is not None:
+            return _list_classes(args.dataset, **where)
+        return _list(pretrained=args.pretrained, data_root=where["data_root"])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -249,13 +260,56 @@ def _validate(files: list[Path]) -> int:
     return status
 
 
-def _list(*, pretrained: bool = False) -> int:
+def _list_settings(overrides: list[str]) -> dict[str, Path | None]:
+    """`continual list --set data_root=DIR --set path=DIR` -> {"data_root": Path, "path": Path | None}."""
+    where = {"data_root": Path(DEFAULT_DATA_ROOT), "path": None}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in where or not value:
+            raise ConfigError("--set", [(item, "continual list takes data_root=DIR and path=DIR")])
+        where[key] = Path(value)
+    where["data_root"] = where["data_root"].expanduser()
+    return where
+
+
+def _list_classes(dataset: str, *, data_root: Path, path: Path | None) -> int:
+    """A dataset's classes, as a sequence's `classes:` names them (index or name), from the catalog or, when
+    they are known only from the files (image folders, DTD, ...), read from them."""
+    from continual.datasets import DATASETS, DataError, files_present
+    from continual.datasets.prompts import readable_names
+
+    if dataset not in DATASETS:
+        raise ConfigError("continual list", [(dataset, f"unknown dataset (known: {', '.join(DATASETS)})")])
+    if dataset != "imagefolder" and path is not None:
+        raise ConfigError("--set", [("path", f"is for imagefolder only ({dataset} lives under data_root)")])
+    if dataset == "imagefolder" and path is None:
+        raise ConfigError("continual list", [(dataset, "its classes are the folders of its path: add --set path=DIR")])
+    try:
+        names = DATASETS[dataset].class_names
+        if names is None:  # known from the files only: read them (imports torch and the source module)
+            from continual.datasets.tasks import dataset_class_names
+
+            names = dataset_class_names(dataset, path=path, data_root=data_root)
+    except DataError as err:
+        raise ConfigError("continual list", [(dataset, err.message)]) from None
+    state = {True: "present", False: "missing", None: "at the given path"}[files_present(dataset, data_root=data_root)]
+    print(f"{dataset}: {DATASETS[dataset].description}")
+    print(f"files: {state}" + ("" if dataset == "imagefolder" else f" (data_root {data_root})"))
+    print(f"{len(names)} classes (a sequence's `classes:` takes the index or the name):")
+    width = len(str(len(names) - 1))
+    for i, (name, clip) in enumerate(zip(names, readable_names(dataset, names))):
+        print(f"  {i:>{width}}  {name}" + (f"  (CLIP prompts: {clip!r})" if clip != name else ""))
+    return 0
+
+
+def _list(*, pretrained: bool = False, data_root: Path = Path(DEFAULT_DATA_ROOT).expanduser()) -> int:
     from continual.datasets import DATASETS, files_present
     from continual.datasets.catalog import package_dir
     from continual.methods import METHODS, NEEDS
 
-    root = Path(DEFAULT_DATA_ROOT).expanduser()
-    print(f"datasets (files looked for under the default data_root {root}):")
+    root = data_root
+    which = "the default data_root" if root == Path(DEFAULT_DATA_ROOT).expanduser() else "data_root"
+    print(f"datasets (files looked for under {which} {root}; `continual list DATASET` lists its classes):")
     for name, info in DATASETS.items():
         state = {True: "present", False: "missing", None: "needs a path"}[files_present(name, data_root=root)]
         print(f"  {name:<16} {state:<13} {info.description}")

@@ -36,7 +36,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -624,19 +623,30 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def load_run(folder: str | Path) -> dict[str, pd.DataFrame]:
-    """A run folder (<out>/<sequence name>) -> {method: accuracy matrix indexed by step}."""
+    """A run folder (<out>/<sequence name>) -> {method: accuracy matrix indexed by step}, in config.yaml's
+    method order (the sequence's), then any other method with results."""
     run = RunFolder(folder)
-    out = {name: run.read_matrix(name) for name in run.methods_with_results()}
+    out = {name: run.read_matrix(name) for name in _method_order(run)}
     if not out:
         raise FileNotFoundError(f"{folder}: no <method>/{MATRIX_CSV} here; is it a run folder?")
     return out
 
 
 def load_metrics(folder: str | Path) -> pd.DataFrame:
-    """Per-step metrics of every method in a run folder, one row per (method, step)."""
-    run = RunFolder(folder)
-    docs = [run.read_metrics(name) for name in run.methods_with_results()]
-    frames = [pd.DataFrame(doc["steps"]).assign(method=doc["method"]) for doc in docs if doc is not None]
-    if not frames:
-        raise FileNotFoundError(f"{folder}: no <method>/{METRICS} here; is it a run folder?")
-    return pd.concat(frames, ignore_index=True).replace({None: np.nan})
+    """Per-step metrics of every method in a run folder, tidy: method, step, metric, value (the same frame
+    as continual.report.load_tables(folder)["metrics"]), methods in config.yaml's order."""
+    if not RunFolder(folder).methods_with_results():
+        raise FileNotFoundError(f"{folder}: no <method>/{MATRIX_CSV} here; is it a run folder?")
+    from continual.report.tables import load_tables  # reads this module's files: imported when called
+
+    return load_tables(folder)["metrics"]
+
+
+def _method_order(run: RunFolder) -> list[str]:
+    found = run.methods_with_results()
+    try:
+        config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    listed = [key for m in (config or {}).get("methods") or [] if (key := item_key(m)) in found]
+    return listed + [m for m in found if m not in listed]
