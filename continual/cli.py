@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                             "(several folders of one sequence, e.g. seeds, give mean ± std)")
     report.add_argument("folders", type=Path, nargs="+", metavar="RUN_FOLDER", help="<out>/<sequence name>")
     report.add_argument("--out", type=Path, help="where to write (default: the first run folder)")
+    report.add_argument("--latex", action="store_true", help="also tables.tex: the final metrics as booktabs "
+                        "tables to \\input in a paper (needs \\usepackage{booktabs})")
+    report.add_argument("--format", dest="formats", metavar="png,pdf,svg", help="also the figures as files, "
+                        "figures/<name>.<format>, sized for a paper (one or two columns, 8 pt, fonts embedded)")
     return parser
 
 
@@ -217,15 +221,25 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from continual.plots import FORMATS
     from continual.report import ReportError, write_report
     from continual.run_folder import DiskFull
 
+    formats = args.formats.split(",") if args.formats is not None else []
+    if unknown := [f for f in formats if f not in FORMATS]:  # checked before anything is read or written
+        print(f"error: --format: unknown format {', '.join(map(repr, unknown))} (choose from "
+              f"{', '.join(FORMATS)}, comma-separated)", file=sys.stderr)
+        return 2
     try:
-        out = write_report(args.folders, args.out)
+        out = write_report(args.folders, args.out, latex=args.latex, formats=formats)
     except (ReportError, DiskFull) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"report in {out / 'index.html'} (and summary.md, summary.csv)")
+    also = ["summary.md", "summary.csv"] + (["tables.tex"] if args.latex else [])
+    if formats:
+        also.append(f"figures/*.{{{','.join(dict.fromkeys(formats))}}}" if len(set(formats)) > 1
+                    else f"figures/*.{formats[0]}")
+    print(f"report in {out / 'index.html'} (and {', '.join(also)})")
     return 0
 
 

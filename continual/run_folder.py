@@ -6,6 +6,7 @@
     <method>/accuracy_matrix.json   the same rows as a JSON list of records
     <method>/metrics.json           per step: average accuracy over seen tasks, forgetting, BWT; timings
     <method>/curves.png             accuracy of each task and probe against the step (drawn by the report)
+    <method>/events.out.tfevents.*  TensorBoard's scalars (continual/monitor.py): `tensorboard --logdir <out>`
     checkpoints/start.pt            step 0, shared by every method (continual/checkpoints.py says what is in it)
     checkpoints/<method>/step-K.pt  after step K
     cache/<method>/                 large recomputable files (LDIFS's anchor taps on disk), removed at the end
@@ -45,8 +46,10 @@ from continual.methods.options import item_key
 
 CONFIG = "config.yaml"
 MATRIX_CSV, MATRIX_JSON, METRICS, CURVES = "accuracy_matrix.csv", "accuracy_matrix.json", "metrics.json", "curves.png"
+EVENTS = "events.out.tfevents.*"  # TensorBoard's event files, as its writer names them: one per process
 INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT = "index.html", "summary.md", "summary.csv", "environment.json"
-REPORT_FILES = (INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT)
+TABLES_TEX, FIGURES = "tables.tex", "figures"  # `continual report --latex`, `--format`: figures/<name>.<format>
+REPORT_FILES = (INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT, TABLES_TEX)
 
 
 _UMASK = os.umask(0)
@@ -416,7 +419,7 @@ class RunFolder:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
 
-        ours = (MATRIX_CSV, MATRIX_JSON, METRICS, CURVES, ".*.tmp")
+        ours = (MATRIX_CSV, MATRIX_JSON, METRICS, CURVES, EVENTS, ".*.tmp")
         for folder in self._method_folders():
             remove(folder, ours)
         checkpoints = self.checkpoints()
@@ -431,6 +434,8 @@ class RunFolder:
             remove(cache, ())
         for name in REPORT_FILES:
             (self.path / name).unlink(missing_ok=True)
+        if (self.path / FIGURES).is_dir():
+            remove(self.path / FIGURES, ("*.png", "*.pdf", "*.svg", ".*.tmp"))
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         self.config.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import yaml
 
 from continual.cli import main
 from continual.config import ConfigError, load_sequence
-from continual.report.tables import settings, variant_labels
+from continual.report.tables import method_labels, settings
 
 SEQ = {"name": "var", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
        "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
@@ -45,7 +45,8 @@ def test_labelled_variants_run_side_by_side_and_resume(tmp_path, capsys):
 def test_legends_and_settings_name_what_differs():
     config = {"methods": [{"l2sp": {"lambda": 0.1}}, {"l2sp": {"lambda": 1000.0, "label": "l2sp-1000"}},
                           {"ldifs": {"lambda": 10.0, "cache": "auto"}}]}
-    assert variant_labels(config) == {"l2sp": "l2sp (lambda 0.1)", "l2sp-1000": "l2sp-1000 (lambda 1000)"}
+    assert method_labels(config) == {"l2sp": "l2sp (λ = 0.1)", "l2sp-1000": "l2sp-1000 (λ = 1000)",
+                                     "ldifs": "ldifs (λ = 10)"}
     flat = settings(config)
     assert flat["methods.l2sp-1000.lambda"] == 1000.0 and flat["methods.l2sp-1000.method"] == "l2sp"
     assert "methods.l2sp-1000.label" not in flat and "methods.l2sp.method" not in flat

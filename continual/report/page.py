@@ -1,6 +1,8 @@
-"""The report page: index.html (figures embedded), summary.md and summary.csv for one or more run folders.
+"""The report page: index.html (figures embedded), summary.md and summary.csv for one or more run folders,
+and on request what a paper takes: tables.tex (report/latex.py) and the figures as files.
 
     write_report([Path("reports/mnist-fashion-animals")])   # -> index.html, summary.md, summary.csv there
+    write_report([...], latex=True, formats=["pdf"])        # and tables.tex, figures/*.pdf
 
 Numbers come from `report/tables.py`, figures from `continual/plots.py`. Reads files only: no torch, no
 models (torch is consulted for the GPU name only when the calling process has already imported it,
@@ -20,6 +22,7 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +30,9 @@ import pandas as pd
 import yaml
 
 from continual import metrics, plots
+from continual.report.latex import tables_tex
 from continual.report.tables import ReportError, Summary, read_run
-from continual.run_folder import ENVIRONMENT, INDEX, SUMMARY_CSV, SUMMARY_MD, atomic_write
+from continual.run_folder import ENVIRONMENT, FIGURES, INDEX, SUMMARY_CSV, SUMMARY_MD, TABLES_TEX, atomic_write
 
 # How each summary metric is labelled in the tables, in table order.
 LABELS = {
@@ -47,14 +51,18 @@ TRANSFER = ["zscl_transfer", "zscl_avg", "zscl_last", "forward_transfer"]
 PACKAGES = ["torch", "torchvision", "open_clip_torch", "avalanche-lib", "numpy", "pandas", "matplotlib", "continual"]
 
 
-def write_report(run_folders: list[Path], out: Path | None = None, *, record_environment: bool = False) -> Path:
+def write_report(run_folders: list[Path], out: Path | None = None, *, record_environment: bool = False,
+                 latex: bool = False, formats: Iterable[str] = ()) -> Path:
     """Write index.html, summary.md and summary.csv for one or more run folders of one sequence into `out`
     (default: the first run folder) and return `out`. ReportError, with nothing written, when a folder
-    is not a run folder or the folders hold different sequences. `record_environment` (set by a run's
-    live report) saves the software and machine of the running process as environment.json in each
-    run folder, so that a report written later, elsewhere, still names the machine that ran."""
+    is not a run folder, the folders hold different sequences or a format is unknown. `record_environment`
+    (set by a run's live report) saves the software and machine of the running process as environment.json
+    in each run folder, so that a report written later, elsewhere, still names the machine that ran.
+    For a paper: `latex` also writes tables.tex (booktabs tables, report/latex.py), and `formats` (any of
+    png, pdf, svg) the figures as figures/<name>.<format>, at a paper's sizes (plots.py)."""
     if not run_folders:
         raise ReportError("no run folder given")
+    formats = figure_formats(formats)
     runs = [read_run(f) for f in run_folders]
     first = runs[0]
     for run in runs[1:]:
@@ -66,11 +74,30 @@ def write_report(run_folders: list[Path], out: Path | None = None, *, record_env
         for run in runs:
             atomic_write(run.folder / ENVIRONMENT, json.dumps(environment(), indent=1))
     report = _Report(runs)
+    # Everything is drawn before the first file is written: a drawing that fails leaves no half report.
+    files = {SUMMARY_CSV: report.summary.to_csv(index=False, float_format="%.6f"), SUMMARY_MD: report.markdown(),
+             INDEX: report.html()}
+    if latex:
+        files[TABLES_TEX] = tables_tex(report)
+    for fig in report.figure_list() if formats else []:
+        for fmt, content in _draw(fig.fn, *fig.args, formats=formats, paper=True, **fig.kwargs).items():
+            files[f"{FIGURES}/{fig.name}.{fmt}"] = content
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / SUMMARY_CSV, report.summary.to_csv(index=False, float_format="%.6f"))
-    atomic_write(out / SUMMARY_MD, report.markdown())
-    atomic_write(out / INDEX, report.html())
+    if formats:
+        (out / FIGURES).mkdir(exist_ok=True)
+    for name, content in files.items():
+        atomic_write(out / name, content)
     return out
+
+
+def figure_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
+    """Figure formats as given (a list, or a comma list `png,pdf`), checked and without repeats; ReportError
+    naming the unknown ones."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    unknown = [f for f in items if f not in plots.FORMATS]
+    if unknown:
+        raise ReportError(f"unknown figure format {', '.join(map(repr, unknown))} (known: {', '.join(plots.FORMATS)})")
+    return tuple(dict.fromkeys(items))
 
 
 def environment() -> dict:
@@ -140,7 +167,9 @@ class _Report(Summary):
 
     # --- tables
 
-    def _metric_table(self, names: list[str], *, higher_better: dict[str, bool], label, sign=()) -> _Table:
+    def metric_table(self, names: list[str], *, higher_better: dict[str, bool], label, sign=()) -> _Table:
+        """One row per method (its key), a column per metric: mean ± std as _fmt writes it; bold: the best
+        mean of each column (ties all bold), where more than one method has a value."""
         headers = ["method", *(label(n) for n in names)]
         rows, bold = [], set()
         for method in self.methods:
@@ -156,8 +185,8 @@ class _Report(Summary):
     def main_table(self) -> _Table:
         names = MAIN + [f"concept_delta:{p}" for p in self.probes]
         better = {n: metrics.FINAL[n][1] for n in MAIN} | {n: True for n in names if n.startswith("concept")}
-        table = self._metric_table(names, higher_better=better, sign={"bwt", *names[len(MAIN):]},
-                                   label=lambda n: LABELS.get(n) or "Δ " + n.split(":", 1)[1].removeprefix("probe:"))
+        table = self.metric_table(names, higher_better=better, sign={"bwt", *names[len(MAIN):]},
+                                  label=lambda n: LABELS.get(n) or "Δ " + n.split(":", 1)[1].removeprefix("probe:"))
         table.headers.insert(1, "status")
         for row, method in zip(table.rows, self.methods):
             worse = self.learned_worse(method)
@@ -181,15 +210,15 @@ class _Report(Summary):
         return [f"{task} ({len(changes)} of {len(self.runs)} runs)" for task, changes in found.items()]
 
     def transfer_table(self) -> _Table:
-        return self._metric_table(TRANSFER, higher_better={n: metrics.FINAL[n][1] for n in TRANSFER},
-                                  label=LABELS.get, sign={"forward_transfer"})
+        return self.metric_table(TRANSFER, higher_better={n: metrics.FINAL[n][1] for n in TRANSFER},
+                                 label=LABELS.get, sign={"forward_transfer"})
 
     def per_task_table(self) -> _Table:
         names = [f"plasticity:{t}" for t in self.tasks] + [f"forgetting:{t}" for t in self.tasks[:-1]]
         better = {n: n.startswith("plasticity") for n in names}
-        return self._metric_table(names, higher_better=better,
-                                  label=lambda n: f"{n.split(':')[0]} {self.tasks.index(n.split(':', 1)[1]) + 1}: "
-                                                  f"{n.split(':', 1)[1]}")
+        return self.metric_table(names, higher_better=better,
+                                 label=lambda n: f"{n.split(':')[0]} {self.tasks.index(n.split(':', 1)[1]) + 1}: "
+                                                 f"{n.split(':', 1)[1]}")
 
     def matrix_table(self, mean: pd.DataFrame, std: pd.DataFrame) -> _Table:
         n = len(self.runs)
@@ -223,8 +252,15 @@ class _Report(Summary):
 
     # --- figures
 
-    def figures(self) -> list[tuple[str, str, bytes]]:
-        """(title, caption, png) in page order."""
+    def figure_list(self) -> list[_Figure]:
+        """Every figure of the report, in page order: the summary, the curves, a heatmap per method."""
+        if self._figures is None:
+            self._figures = self._figure_list()
+        return self._figures
+
+    _figures: list[_Figure] | None = None
+
+    def _figure_list(self) -> list[_Figure]:
         mean, std = self.mean, self.std
         runs = (f"mean over the {len(self.runs)} runs that reached each step, shaded ± std" if len(self.runs) > 1
                 else "one run")
@@ -233,36 +269,47 @@ class _Report(Summary):
                                    "acc_std": self.value(m, "final_average_accuracy")[1],
                                    "forgetting": self.value(m, "forgetting")[0],
                                    "forgetting_std": self.value(m, "forgetting")[1]} for m in self.methods}).T
-        out.append(("Accuracy against forgetting", "Final average accuracy A_T against average forgetting F_T "
-                    "after the last task, one point per method" + (" (bars: ± std over runs)" if len(self.runs) > 1
-                                                                    else "") + ".",
-                    _draw(plots.summary_png, points, methods=self.methods, labels=self.labels)))
-        out.append(("Forgetting curves", f"Accuracy on each task after every step ({runs}). Grey: before the "
-                    "task is learned (transfer); ★ and the dotted line: the step it is learned; the grey dotted "
-                    "line below: chance (a uniform guess among the classes it is scored on).",
-                    _draw(plots.forgetting_curves_png, mean, std, methods=self.methods, tasks=self.tasks,
-                                                n_steps=self.n_steps, labels=self.labels, chance=self.chance)))
+        out.append(_Figure("accuracy_vs_forgetting", "Accuracy against forgetting",
+                           "Final average accuracy A_T against average forgetting F_T after the last task, one point "
+                           "per method" + (" (bars: ± std over runs)" if len(self.runs) > 1 else "") + ".",
+                           plots.summary_figure, (points,), {"methods": self.methods, "labels": self.labels}))
+        out.append(_Figure("forgetting_curves", "Forgetting curves",
+                           f"Accuracy on each task after every step ({runs}). Grey: before the task is learned "
+                           "(transfer); ★ and the dotted line: the step it is learned; the grey dotted line below: "
+                           "chance (a uniform guess among the classes it is scored on).",
+                           plots.forgetting_curves_figure, (mean, std),
+                           {"methods": self.methods, "tasks": self.tasks, "n_steps": self.n_steps,
+                            "labels": self.labels, "chance": self.chance}))
         if self.probes:
             deltas = {m: (f[[p for p in self.probes if p in f]] - f[[p for p in self.probes if p in f]].loc[0])
                       for m, f in mean.items() if 0 in f.index}
             # The std of Δ over runs: Δ is computed per run first (step 0 differs across seeds).
             d_std = self._delta_std()
-            out.append(("Concept forgetting", "Probe accuracy minus the pre-trained model's (step 0), in "
-                        f"percentage points, after every step ({runs}); below zero: forgotten.",
-                        _draw(plots.concept_curves_png, deltas, d_std, methods=self.methods, probes=self.probes,
-                                                 n_steps=self.n_steps, labels=self.labels)))
-        return out
-
-    def heatmaps(self) -> list[tuple[str, bytes, _Table]]:
-        mean, std = self.mean, self.std
-        out = []
+            out.append(_Figure("concept_forgetting", "Concept forgetting",
+                               "Probe accuracy minus the pre-trained model's (step 0), in percentage points, after "
+                               f"every step ({runs}); below zero: forgotten.",
+                               plots.concept_curves_figure, (deltas, d_std),
+                               {"methods": self.methods, "probes": self.probes, "n_steps": self.n_steps,
+                                "labels": self.labels}))
         for method in self.methods:
             if method not in mean:
                 continue
-            title = method + (f" (mean of {len(self.runs)} runs)" if len(self.runs) > 1 else "")
-            png = _draw(plots.heatmap_png, mean[method], title=title, tasks=self.tasks, n_steps=self.n_steps)
-            out.append((method, png, self.matrix_table(mean[method], std[method])))
+            title = self.labels.get(method, method) + (f" (mean of {len(self.runs)} runs)" if len(self.runs) > 1
+                                                        else "")
+            out.append(_Figure(f"accuracy_matrix_{method}", f"accuracy matrix of {method}",
+                               "Accuracy on each task, then probe (columns), after each step (rows); boxed: the step "
+                               "a task is learned.", plots.heatmap_figure, (mean[method],),
+                               {"title": title, "tasks": self.tasks, "n_steps": self.n_steps}, method=method))
         return out
+
+    def figures(self) -> list[tuple[str, str, bytes]]:
+        """(title, caption, png) of the page's figures but the heatmaps, in page order."""
+        return [(f.title, f.caption, f.png()) for f in self.figure_list() if f.method is None]
+
+    def heatmaps(self) -> list[tuple[str, bytes, _Table]]:
+        """(method, png, its matrix as a table) per method with a matrix."""
+        return [(f.method, f.png(), self.matrix_table(self.mean[f.method], self.std[f.method]))
+                for f in self.figure_list() if f.method is not None]
 
     # --- files
 
@@ -355,17 +402,37 @@ class _Report(Summary):
         return "\n".join(parts)
 
 
-# PNGs by a hash of their inputs. While a run goes the report is redrawn after every step, and only the
+@dataclass
+class _Figure:
+    """A figure of the report: its file name (figures/<name>.<format>), title and caption on the page, and
+    the drawing (`fn(*args, **kwargs)`, a plots.py function that returns a matplotlib Figure)."""
+
+    name: str
+    title: str
+    caption: str
+    fn: object
+    args: tuple
+    kwargs: dict
+    method: str | None = None  # a method's heatmap
+
+    def png(self) -> bytes:
+        """As the page shows it: the page's sizes, PNG."""
+        return _draw(self.fn, *self.args, **self.kwargs)["png"]
+
+
+# Drawings by a hash of their inputs. While a run goes the report is redrawn after every step, and only the
 # figures of the method that is training change: the others come from here (a drawing is ~0.1-0.5 s).
-_DRAWN: dict[str, bytes] = {}
+_DRAWN: dict[str, dict[str, bytes]] = {}
 
 
-def _draw(fn, *args, **kwargs) -> bytes:
-    key = hashlib.sha256(pickle.dumps((fn.__name__, args, sorted(kwargs.items())))).hexdigest()
+def _draw(fn, *args, formats: tuple[str, ...] = ("png",), **kwargs) -> dict[str, bytes]:
+    """{format: bytes} of the figure `fn(*args, **kwargs)`, drawn once and saved in each format."""
+    key = hashlib.sha256(pickle.dumps((fn.__name__, args, sorted(kwargs.items()), formats))).hexdigest()
     if key not in _DRAWN:
         while len(_DRAWN) >= 64:  # the oldest drawings go first (dicts keep insertion order)
             del _DRAWN[next(iter(_DRAWN))]
-        _DRAWN[key] = fn(*args, **kwargs)
+        fig = fn(*args, **kwargs)
+        _DRAWN[key] = {fmt: plots.figure_bytes(fig, fmt) for fmt in formats}
     return _DRAWN[key]
 
 

@@ -19,7 +19,8 @@ import pandas as pd
 import yaml
 
 from continual import metrics
-from continual.methods.options import item_key
+from continual.methods.options import (EWCOptions, L2SPOptions, LDIFSOptions, LwFOptions, ReplayOptions, WiseFTOptions,
+                                       item_key)
 from continual.run_folder import RunFolder
 
 
@@ -257,22 +258,53 @@ def chance(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(values, columns=run.tasks).rename_axis("step")
 
 
-def variant_labels(config: dict) -> dict[str, str]:
-    """Legend entries for methods listed more than once under labels (`ldifs`, `ldifs-100`): each key with
-    the options in which it differs from the method's other entries, `ldifs-100 (lambda 100)`. Other
-    methods keep their key."""
-    entries = {}  # key -> (method name, options)
+# The options that define a method's entry, shown in its legend entries, heatmap titles and LaTeX rows with
+# the symbols papers use: (option as YAML names it, how it is shown, shown only where it is not the default).
+# The default where an entry sets none is its options class's (methods/options.py: pydantic only, no torch).
+DEFINING = {
+    "ldifs": (LDIFSOptions, [("lambda", "λ = {}", False)]),
+    "l2sp": (L2SPOptions, [("lambda", "λ = {}", False)]),
+    "ewc": (EWCOptions, [("lambda", "λ = {}", False), ("mode", "{}", True)]),  # `online` is another method
+    "wise_ft": (WiseFTOptions, [("alpha", "α = {}", False)]),
+    "lwf": (LwFOptions, [("alpha", "α = {}", False), ("temperature", "T = {}", True)]),
+    "replay": (ReplayOptions, [("memory_size", "memory {}", False)]),
+}
+
+
+def method_labels(config: dict) -> dict[str, str]:
+    """Every method key of config.yaml -> its legend entry: the key with the options that define it
+    (DEFINING) and, for a method listed more than once, any other option in which its entries differ:
+    `ldifs (λ = 10)`, `ldifs-paper (λ = 100, distance paper)`, `wise_ft (α = 0.5)`, `replay (memory 300)`.
+    A method with no such option keeps its bare key (`finetune`)."""
+    entries = {}  # key -> (method name, options as listed)
     for item in config.get("methods") or []:
-        if isinstance(item, dict) and len(item) == 1 and (key := item_key(item)) is not None:
-            (name, options), = item.items()
-            entries[key] = (name, {k: v for k, v in (options or {}).items() if k != "label"})
+        if (key := item_key(item)) is None:
+            continue
+        name, options = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+        entries[key] = (name, {k: v for k, v in options.items() if k != "label"} if isinstance(options, dict) else {})
     labels = {}
     for key, (name, options) in entries.items():
+        cls, defining = DEFINING.get(name, (None, []))
+        shown = []
+        for option, text, unless_default in defining:
+            default = _default(cls, option)
+            value = options.get(option, default)
+            if value is not None and not (unless_default and value == default):
+                shown.append(text.format(_shown(value)))
         others = [o for k, (n, o) in entries.items() if n == name and k != key]
-        differ = [k for k in options if any(o.get(k) != options[k] for o in others)]
-        if differ:
-            labels[key] = f"{key} ({', '.join(f'{k} {options[k]:g}' if isinstance(options[k], float) else f'{k} {options[k]}' for k in differ)})"
+        shown += [f"{k} {_shown(v)}" for k, v in options.items()
+                  if k not in {d[0] for d in defining} and any(o.get(k) != v for o in others)]
+        labels[key] = f"{key} ({', '.join(shown)})" if shown else key
     return labels
+
+
+def _default(cls, option: str):
+    """The default of an option (by its YAML name, `lambda` for `lambda_`) of a pydantic options class."""
+    return next((f.default for name, f in cls.model_fields.items() if (f.alias or name) == option), None)
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def check_repetitions(runs: list[Run]) -> None:
@@ -316,7 +348,8 @@ class Summary:
         self.tasks = self.first.tasks
         self.n_steps = self.first.n_steps
         self.methods = list(dict.fromkeys(m for r in runs for m in r.methods))
-        self.labels = variant_labels(self.first.config)  # legend entries of a method's variants
+        # Legend entries, heatmap titles, LaTeX rows: `ldifs (λ = 10)` (the tables keep the bare key).
+        self.labels = {m: m for m in self.methods} | method_labels(self.first.config)
         self.chance = chance(self.first)  # task -> chance accuracy by step, or None (older runs)
         self.probes = list(dict.fromkeys(p for r in runs for p in r.probes))
         tables = [_tables(r) for r in runs]
