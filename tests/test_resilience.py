@@ -41,8 +41,12 @@ class Diverges(Finetune):
 
 
 class Interrupted(Finetune):
+    """Ctrl-C (or SIGTERM, which the CLI turns into it) while training the second task."""
+
     def fit_task(self, model, task, *, step, trainer):
-        raise KeyboardInterrupt
+        if step == 2:
+            raise KeyboardInterrupt
+        return super().fit_task(model, task, step=step, trainer=trainer)
 
 
 HOLD = """
@@ -93,17 +97,24 @@ def test_a_diverging_method_fails_alone(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_leaves_consistent_files_and_says_so(tmp_path, capsys, monkeypatch):
-    implemented_by(monkeypatch, "finetune", Interrupted)
-    seq = write_seq(tmp_path, methods=["finetune"])
+    implemented_by(monkeypatch, "ldifs", Interrupted)
+    seq = write_seq(tmp_path, methods=["finetune", "ldifs"])
     assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 130
     err = capsys.readouterr().err
     assert "interrupted: results up to the last completed step are in" in err
     assert f"to continue from there: continual run {seq} --out {tmp_path / 'out'} --resume" in err
-    folder = tmp_path / "out" / "tiny" / "finetune"
+    folder = tmp_path / "out" / "tiny" / "ldifs"
     doc = json.loads((folder / "metrics.json").read_text())
-    assert doc["steps_done"] == 0 and not doc["complete"]
+    assert doc["steps_done"] == 1 and not doc["complete"]
     assert not (folder.parent / ".lock").exists()
     assert not list(folder.glob(".*.tmp"))
+    # The report is drawn on the way out (the live report draws every 2 minutes, and at the end): the method
+    # that finished shows as complete, the interrupted one with the steps it has on disk.
+    status = {}
+    for line in (folder.parent / "summary.md").read_text().splitlines():  # the first table: method, status, ...
+        if line.startswith(("| finetune", "| ldifs")):
+            status.setdefault(line.split("|")[1].strip(), line.split("|")[2].strip())
+    assert status == {"finetune": "complete", "ldifs": "1 of 2 steps"}
 
 
 def test_sigterm_while_still_importing_says_how_to_resume(tmp_path):

@@ -106,7 +106,10 @@ def _booktabs(report: _Report, table, headers: list[str], *, caption: str, label
     tex = styler.to_latex(hrules=True, column_format="l" + "r" * len(headers), position_float="centering",
                           caption=caption, label=f"tab:{_label(report.first.name)}-{label}")
     # Compact, as papers set their tables: \small, and 4 pt between columns instead of 6 (both end with the float).
-    return tex.replace("\\centering\n", "\\centering\n\\small\n\\setlength{\\tabcolsep}{4pt}\n", 1)
+    tex = tex.replace("\\centering\n", "\\centering\n\\small\n\\setlength{\\tabcolsep}{4pt}\n", 1)
+    # A caption above a table: the standard classes leave no space under it (\belowcaptionskip 0 pt), so the
+    # caption's last line touched the top rule.
+    return tex.replace("\\begin{tabular}", "\\smallskip\n\\begin{tabular}", 1)
 
 
 def _label(name: str) -> str:

@@ -5,8 +5,9 @@
 
 After each step the runner has written the method's numbers; this draws its curves.png, and the
 comparison report (index.html, summary.md, summary.csv) when `every` seconds have passed since the last
-drawing, and at the end (also when some methods failed; not on Ctrl-C, nor when the run never wrote a
-step). A drawing takes ~1.4 s; after every step it cost 20 of the default sequence's 430 s. A figure or
+drawing, and at the end: also when some methods failed, and on Ctrl-C or SIGTERM (a pre-empted job), so
+that the report shows every step on disk (it showed a method that had finished as "0 of 3 steps"); not
+when the run never wrote a step, nor on a full disk. A drawing takes ~1.4 s; after every step it cost 20 of the default sequence's 430 s. A figure or
 report that fails to draw warns instead of stopping the run: hours of training outweigh a picture, the
 numbers are on disk, curves.png is drawn again after the method's next step and `continual report`
 redraws the comparison.
@@ -35,7 +36,7 @@ class LiveReport:
 
     def __exit__(self, kind, err, traceback) -> None:
         # Only where the runner reported a step: under torchrun, rank 0 (the other ranks write nothing).
-        if self.steps and (kind is None or not issubclass(kind, (KeyboardInterrupt, DiskFull))):
+        if self.steps and (kind is None or not issubclass(kind, DiskFull)):
             # The runner has released the folder's lock: hold it again while drawing, so that a run that
             # took the folder in between never finds this run's report in it (it draws its own).
             try:
