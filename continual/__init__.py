@@ -21,9 +21,11 @@ SUBPACKAGES = ("report", "sweeps")  # reached as attributes of `continual`, impo
 
 
 def run(sequence: str | Path | dict, *, out: str | Path = "runs", methods: list[str] | None = None,
-        overrides: list[str] = (), progress: bool = True, resume: bool = False, overwrite: bool = False) -> Path:
+        overrides: list[str] = (), progress: bool = True, resume: bool = False, overwrite: bool = False,
+        tensorboard: bool = True) -> Path:
     """Run a sequence (a YAML path or a dict of the same shape); returns the run folder. A folder that
-    already holds a run needs `resume=True` (continue it) or `overwrite=True` (start again)."""
+    already holds a run needs `resume=True` (continue it) or `overwrite=True` (start again). `tensorboard`:
+    each method writes TensorBoard scalars into its folder (`tensorboard --logdir <out>` shows them)."""
     from continual.config import load_sequence
     from continual.report import LiveReport
     from continual.runner import run_sequence
@@ -32,7 +34,7 @@ def run(sequence: str | Path | dict, *, out: str | Path = "runs", methods: list[
     source = "<dict>" if isinstance(sequence, dict) else str(sequence)
     with LiveReport(Path(out) / seq.name) as live:
         return run_sequence(seq, out=out, methods=methods, source=source, progress=progress, resume=resume,
-                            overwrite=overwrite, on_step=live.step)
+                            overwrite=overwrite, on_step=live.step, tensorboard=tensorboard)
 
 
 def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None = None):

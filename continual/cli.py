@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the file, e.g. --set training.lr=3e-4 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars (by default each "
+                     "method writes them into its folder: tensorboard --logdir runs/)")
     again = run.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run in the output folder from each "
                        "method's last completed step (the sequence must be the same)")
@@ -159,7 +161,7 @@ def _run_sequence(args: argparse.Namespace) -> int:
         with LiveReport(args.out / seq.name) as live:
             folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence),
                                   progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
-                                  on_step=live.step)
+                                  on_step=live.step, tensorboard=not args.no_tensorboard)
     except (RunLocked, RunExists, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -217,6 +219,8 @@ def _resume_command(args: argparse.Namespace) -> str:
         words += ["--methods", args.methods]
     for item in args.overrides:
         words += ["--set", item]
+    if args.no_tensorboard:
+        words.append("--no-tensorboard")
     return shlex.join(words + ["--resume"])
 
 

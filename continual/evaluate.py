@@ -8,26 +8,28 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from continual import distributed
+from continual import distributed, progress
 from continual.datasets.tasks import Split, TaskData
 from continual.models import Backbone, Head, TaskModel
 
 
 @torch.inference_mode()
 def _features(backbone: Backbone, images: torch.Tensor, *, batch_size: int, device: torch.device,
-              bf16: bool) -> torch.Tensor:
+              bf16: bool, bar=None) -> torch.Tensor:
     if distributed.active():
-        return _shared_features(backbone, images, batch_size=batch_size, device=device, bf16=bf16)
+        return _shared_features(backbone, images, batch_size=batch_size, device=device, bf16=bf16, bar=bar)
     chunks = []
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(images), batch_size):
             x = backbone.preprocess(images[start : start + batch_size].to(device, non_blocking=True))
             chunks.append(backbone(x).float())
+            if bar is not None:
+                bar.update(len(x))
     return torch.cat(chunks)
 
 
 def _shared_features(backbone: Backbone, images: torch.Tensor, *, batch_size: int, device: torch.device,
-                     bf16: bool) -> torch.Tensor:
+                     bf16: bool, bar=None) -> torch.Tensor:
     """Under torchrun: the same batches, spread over the ranks and gathered, so every rank holds every
     feature (a linear probe fits on all of a split's; the accuracies are then the same on every rank)."""
     out = torch.empty(len(images), backbone.feature_dim, device=device)
@@ -38,18 +40,21 @@ def _shared_features(backbone: Backbone, images: torch.Tensor, *, batch_size: in
 
     def store(start: int, stop: int, outputs: list[torch.Tensor]) -> None:
         out[start:stop] = outputs[0]
+        if bar is not None:
+            bar.update(stop - start)
 
     distributed.each_batch(len(images), batch_size, compute, store, like=[((backbone.feature_dim,), torch.float32)])
     return out
 
 
 def extract_features(backbone: Backbone, split: Split, *, batch_size: int, device: torch.device,
-                     bf16: bool = False) -> torch.Tensor:
-    """(N, D) float32 features of a split in eval mode, as an ordinary tensor (usable with autograd)."""
+                     bf16: bool = False, bar=None) -> torch.Tensor:
+    """(N, D) float32 features of a split in eval mode, as an ordinary tensor (usable with autograd);
+    `bar` (a progress.bar) is advanced by each batch's images."""
     was_training = backbone.training
     backbone.eval()
     try:
-        return _features(backbone, split.images, batch_size=batch_size, device=device, bf16=bf16).clone()
+        return _features(backbone, split.images, batch_size=batch_size, device=device, bf16=bf16, bar=bar).clone()
     finally:
         backbone.train(was_training)
 
@@ -109,7 +114,7 @@ class Evaluation:
 
 def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *, learned: int, head_init: str,
              zero_shot_probes: dict[str, Head] | None, batch_size: int, device: torch.device,
-             bf16: bool = False, class_incremental: bool = False) -> Evaluation:
+             bf16: bool = False, class_incremental: bool = False, show_progress: bool = False) -> Evaluation:
     """One row of the accuracy matrix after `learned` tasks have been trained.
 
     A learned task is scored with its own head. A task not yet learned is scored with the head it would
@@ -120,15 +125,23 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
     `class_incremental`: task j's test images are predicted among the classes of every task seen so far
     (tasks 1..learned), by the heads of those tasks side by side (the grown head); a task not yet learned,
     among the classes of tasks 1..j, its own head being the one it would start with now.
+
+    `show_progress`: a bar over the images whose features this pass computes.
     """
     encoder = model.backbone.for_inference()  # e.g. BatchNorm folded into convolutions, once per evaluation
-    features = lambda split: extract_features(encoder, split, batch_size=batch_size, device=device, bf16=bf16)  # noqa: E731
+    probing = [j >= learned and head_init == "linear_probe" for j in range(len(tasks))]  # a head fit on train
+    images = sum(len(t.test.labels) + len(t.train.labels) * fit for t, fit in zip(tasks, probing))
+    images += sum(len(p.train.labels) + len(p.test.labels) for p in probes)
+    shown = progress.bar(images, "evaluating " + (f"after step {learned}" if learned else "the pre-trained model"),
+                         enabled=show_progress)
+    features = lambda split: extract_features(encoder, split, batch_size=batch_size, device=device, bf16=bf16,  # noqa: E731
+                                              bar=shown)
     normalize = model.backbone.normalize_features
     row: dict[str, float] = {}
     future: dict[str, Head] = {}
     heads: list[Head] = []
     for j, task in enumerate(tasks):
-        if j >= learned and head_init == "linear_probe":
+        if probing[j]:
             future[task.name] = fit_linear_head(features(task.train), task.train.labels, len(task.class_names),
                                                 normalize=normalize)
             heads.append(future[task.name])
@@ -147,4 +160,5 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
         row[f"probe:{probe.name}"] = accuracy(head, test, probe.test.labels)
         if zero_shot_probes:
             row[f"probe:{probe.name}:zero_shot"] = accuracy(zero_shot_probes[probe.name], test, probe.test.labels)
+    shown.close()
     return Evaluation(row=row, future_heads=future)

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from continual import checkpoints, distributed, methods, models, seeds
+from continual import checkpoints, distributed, methods, models, progress, seeds
 from continual.config import ConfigError, DataSpec, Sequence, dump_sequence
 from continual.datasets import DataError, prompts
 from continual.datasets.tasks import TaskData, load_task
 from continual.evaluate import Evaluation, evaluate
 from continual.methods import METHODS, NEEDS
 from continual.models import Backbone, Head, TaskModel
+from continual.monitor import Events
 from continual.run_folder import RunFolder, check_output
 from continual.train import Trainer, use_bf16
 
@@ -57,25 +58,30 @@ def resolve_device(name: str, *, source: str = "<sequence>") -> torch.device:
     return device
 
 
-def load_inputs(seq: Sequence, *, source: str, device: torch.device, references: set[str] | None = None) -> Loaded:
+def load_inputs(seq: Sequence, *, source: str, device: torch.device, references: set[str] | None = None,
+                show_progress: bool = False) -> Loaded:
     """Model and data, or a ConfigError naming the key at fault; of the `references:`, only those named in
-    `references` (None: all of them), so a run without ZSCL needs no ImageNet on disk."""
-    try:
-        backbone = models.build_backbone(seq.model)  # to the device after the data: decoding workers are
-    except models.ModelError as err:                  # forked, and a fork is safest before CUDA starts
-        raise ConfigError(source, [(f"model.{err.key}", err.message)]) from None
-    loaded = {}
-    for group in ("tasks", "probes", "references"):
-        loaded[group] = []
-        for i, spec in enumerate(getattr(seq, group)):
-            if group == "references" and references is not None and spec.name not in references:
-                continue
+    `references` (None: all of them), so a run without ZSCL needs no ImageNet on disk. `show_progress`: a
+    bar over the model and the datasets (decoding a large one into the store shows its own)."""
+    specs = [(group, i, spec) for group in ("tasks", "probes", "references") for i, spec in enumerate(getattr(seq, group))
+             if not (group == "references" and references is not None and spec.name not in references)]
+    with progress.bar(1 + len(specs), "loading", enabled=show_progress, unit="part") as shown:
+        shown.set_postfix_str(f"model {seq.model.family}" + (f" {seq.model.arch}" if seq.model.arch else ""))
+        try:
+            backbone = models.build_backbone(seq.model)  # to the device after the data: decoding workers are
+        except models.ModelError as err:                  # forked, and a fork is safest before CUDA starts
+            raise ConfigError(source, [(f"model.{err.key}", err.message)]) from None
+        loaded = {"tasks": [], "probes": [], "references": []}
+        for group, i, spec in specs:
+            shown.update(1)
+            shown.set_postfix_str(f"{group[:-1]} {spec.name}: {spec.dataset}")
             try:
                 loaded[group].append(load_task(spec, image_size=backbone.image_size, data_root=seq.root,
                                                seed=seq.seed, download=seq.download))
             except DataError as err:
                 key = f"{group}[{i}].{err.key}" if err.key else f"{group}[{i}]"
                 raise ConfigError(source, [(key, err.message)]) from None
+        shown.update(1)
     return Loaded(backbone=backbone.to(device), tasks=loaded["tasks"], probes=loaded["probes"],
                   references=loaded["references"])
 
@@ -84,7 +90,7 @@ def prepare_data(seq: Sequence, *, source: str) -> None:
     """Decode and store every image the sequence's tasks and probes select (what `load_inputs` does at a
     run's start), so that runs start without decoding: `continual data prepare`."""
     began = time.perf_counter()
-    inputs = load_inputs(seq, source=source, device=torch.device("cpu"))  # the model only for its input size
+    inputs = load_inputs(seq, source=source, device=torch.device("cpu"), show_progress=True)  # the model: its input size
     for group, loaded in (("task", inputs.tasks), ("probe", inputs.probes), ("reference", inputs.references)):
         for task in loaded:
             images = task.train.images
@@ -125,12 +131,13 @@ MEETS: dict[str, Callable[[Backbone], object]] = {
 
 def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] | None = None,
                  source: str = "<sequence>", progress: bool = True, resume: bool = False,
-                 overwrite: bool = False, on_step: OnStep | None = None) -> Path:
+                 overwrite: bool = False, on_step: OnStep | None = None, tensorboard: bool = True) -> Path:
     """Run every method of `seq` (or only `methods`) and return the run folder <out>/<seq.name>.
 
     A folder that already holds a run is refused unless `resume` (continue each method from its newest
     checkpoint; the sequence must be the same) or `overwrite` (discard it and start again). `on_step`
-    is called after every step's files are written."""
+    is called after every step's files are written. `tensorboard`: each method also writes TensorBoard
+    scalars into its folder (continual/monitor.py)."""
     listed = [o.key for o in seq.methods]  # labels, else names
     names = methods or listed
     unknown = [n for n in names if n not in METHODS and n not in listed]
@@ -145,7 +152,8 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
         raise ConfigError("--methods", [(str(e["loc"][0]) if e["loc"] else "", f"{e['msg']}: list the method in the "
                                          "sequence file with its options") for e in err.errors()]) from None
     run = RunFolder(Path(out) / seq.name)
-    how = dict(source=source, progress=progress, resume=resume, overwrite=overwrite, on_step=on_step)
+    how = dict(source=source, progress=progress, resume=resume, overwrite=overwrite, on_step=on_step,
+               tensorboard=tensorboard)
     if not distributed.launched():
         check_output(Path(out), seq.name)  # before loading anything: a folder we cannot write is said at once
         return _run(seq, names, added, run=run, device=resolve_device(seq.training.device, source=source), **how)
@@ -167,7 +175,7 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
 
 
 def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device: torch.device, source: str,
-         progress: bool, resume: bool, overwrite: bool, on_step: OnStep | None) -> Path:
+         progress: bool, resume: bool, overwrite: bool, on_step: OnStep | None, tensorboard: bool) -> Path:
     """`run_sequence` once the output and the device are known, in one process or in each rank (there rank 0
     alone writes, and the other ranks wait for it where they need what it wrote)."""
     shared = distributed.active()
@@ -176,7 +184,7 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
 
     def load() -> Loaded:
         if main:
-            return load_inputs(seq, source=source, device=device, references=wanted)
+            return load_inputs(seq, source=source, device=device, references=wanted, show_progress=progress)
         with warnings.catch_warnings():  # rank 0 says them
             warnings.simplefilter("ignore")
             return load_inputs(seq, source=source, device=device, references=wanted)
@@ -219,13 +227,13 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
                 start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen",
                                      class_incremental=seq.setting == "class_incremental") if resume else None
             if start is None:
-                start = Start.measure(seq, inputs, device=device)
+                start = Start.measure(seq, inputs, device=device, show_progress=progress and main)
                 distributed.on_main(lambda: start.save(run, inputs))
         failed = {}
         for name in names:
             try:
                 run_method(seq, name, inputs, start, run=run, device=device, progress=progress, resume=resume,
-                           complete=name in complete, on_step=on_step)
+                           complete=name in complete, on_step=on_step, tensorboard=tensorboard)
             except FloatingPointError as err:  # this method diverged (on every rank alike); the others still run
                 failed[name] = str(err)
                 distributed.on_main(lambda: run.record_failure(name, failed[name]))
@@ -310,7 +318,7 @@ class Start:
     seconds: float
 
     @classmethod
-    def measure(cls, seq: Sequence, inputs: Loaded, *, device: torch.device) -> Start:
+    def measure(cls, seq: Sequence, inputs: Loaded, *, device: torch.device, show_progress: bool = False) -> Start:
         began = time.perf_counter()
         model = TaskModel(copy.deepcopy(inputs.backbone), freeze_batchnorm=seq.training.batchnorm == "frozen",
                           class_incremental=seq.setting == "class_incremental").to(device)
@@ -325,7 +333,7 @@ class Start:
         evaluation = evaluate(model, inputs.tasks, inputs.probes, learned=0, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
                               device=device, bf16=use_bf16(seq.training, device),
-                              class_incremental=model.class_incremental)
+                              class_incremental=model.class_incremental, show_progress=show_progress)
         return cls(model, evaluation, zero_shot_probes, time.perf_counter() - began)
 
     def save(self, run: RunFolder, inputs: Loaded) -> None:
@@ -394,9 +402,10 @@ def seed_step(seed: int, step: int) -> None:
 
 def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *, run: RunFolder, device: torch.device,
                progress: bool = True, resume: bool = False, complete: bool = False,
-               on_step: OnStep | None = None) -> None:
+               on_step: OnStep | None = None, tensorboard: bool = True) -> None:
     """Train `name` on every task in turn, evaluating everything after each step, writing into `run`.
-    `complete`: it finished in `run` before (a resume), so it is kept as it is and `start` may be None."""
+    `complete`: it finished in `run` before (a resume), so it is kept as it is and `start` may be None.
+    `tensorboard`: TensorBoard scalars too, in the method's folder (continual/monitor.py)."""
     tasks, probes = inputs.tasks, inputs.probes
     main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes (`write`, `keep`)
     if complete:  # never retrained, whether or not checkpoints are kept
@@ -414,6 +423,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
     def write(rows, timings):
         run.write_step(name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings,
                        classes=[len(t.class_names) for t in tasks], setting=seq.setting)
+        if trainer.events is not None:  # the rows not written there yet, then all of it to disk
+            trainer.events.rows(rows, timings, tasks=task_names)
         if on_step is not None:
             on_step(name, len(rows) - 1, len(tasks))
 
@@ -438,10 +449,12 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             done, rows, timings, result = resumed
             if main:
                 print(f"{name}: resuming after step {done}/{len(tasks)}", file=sys.stderr)
-    # Rewritten from the checkpoint: a kill may have come before the files.
-    distributed.on_main(lambda: write(rows, timings))
+    if tensorboard and main:  # its optimiser steps and rows go on from the checkpoint's
+        trainer.events = Events.for_method(run.method(name), timings=timings, resume=resume)
     once = METHODS[seq.method(name).name].once  # joint: trains at the last step only
     try:
+        # Rewritten from the checkpoint: a kill may have come before the files.
+        distributed.on_main(lambda: write(rows, timings))
         for step, task in enumerate(tasks[done:], start=done + 1):
             if task.name in result.future_heads:  # linear_probe: the head fit on the features as they are now
                 model.heads[task.name] = copy.deepcopy(result.future_heads[task.name])
@@ -452,6 +465,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                 distributed.on_main(lambda: write(rows, timings))
                 continue
             seed_step(seq.seed, step)
+            if trainer.events is not None:  # where this task's training points start: the steps trained so far
+                trainer.events.step = sum(t.get("train_steps", 0) for t in timings)
             stats = method.fit_task(model, task, step=step, trainer=trainer)
             began = time.perf_counter()
             # A method that trains the text tower (FLYP) scores probes zero-shot with its own text heads.
@@ -459,7 +474,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             result = evaluate(model, tasks, probes, learned=step, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
                               device=device, bf16=use_bf16(seq.training, device),
-                              class_incremental=model.class_incremental)
+                              class_incremental=model.class_incremental, show_progress=progress and main)
             rows.append(result.row)
             timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
                             "train_steps": stats.steps, "losses": stats.losses,
@@ -472,6 +487,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                                   stacklevel=2)
             distributed.on_main(lambda: keep(step, rows, timings, result))
     finally:
+        if trainer.events is not None:  # on disk, also when stopped by an error or Ctrl-C
+            trainer.events.close()
         if main:
             shutil.rmtree(scratch, ignore_errors=True)
             with contextlib.suppress(OSError):

@@ -17,6 +17,7 @@ from continual.augment import augment
 from continual.augment import generator as augmentation_generator
 from continual.datasets.tasks import TaskData
 from continual.models import TaskModel
+from continual.monitor import Events, Reporter
 
 @dataclass
 class Batch:
@@ -64,8 +65,9 @@ class Trainer:
     training: object  # config.TrainingConfig (duck-typed, so this module needs no config import)
     device: torch.device
     progress: bool = True
-    log_every: int = 10  # progress-bar refresh: reading a loss forces a device sync, so not every step
+    log_every: int = 10  # progress bar and TensorBoard points: reading a loss syncs the device, so not every step
     scratch: Path | None = None  # where a method may keep large files it can recompute (LDIFS's anchor cache)
+    events: Events | None = None  # the method's TensorBoard scalars (continual/monitor.py); None: none written
 
     @property
     def autocast(self) -> torch.autocast:
@@ -174,6 +176,8 @@ class Trainer:
         step = _distributed_step(model, loss_terms, params) if shared else None
         start = time.perf_counter()
         bar = tqdm(total=total, desc=label or task.name, unit="step", disable=not self.progress, leave=True)
+        # scale: under torchrun, rank 0's share of each batch read as if it were the whole batch
+        report = Reporter(bar, show=self.progress, events=self.events, scale=distributed.world() if shared else 1)
         sums: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         draws = augmentation_generator(getattr(t, "augment", "none"))  # None (and nothing drawn) for none
@@ -186,6 +190,7 @@ class Trainer:
             on_device = order.to(images.device)
             for b, x in enumerate(self.batches(images, on_device, steps, shared=shared)):
                 idx = order[b * t.batch_size : (b + 1) * t.batch_size]
+                trained = len(idx)  # images in the whole batch, under torchrun too
                 dev_idx = on_device[b * t.batch_size : (b + 1) * t.batch_size]
                 if shared:  # this rank's rows of the global batch
                     whole, rows = len(idx), distributed.share(len(idx))
@@ -209,6 +214,7 @@ class Trainer:
                 if t.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
                 optimizer.step()
+                report.stepped(images=trained, lr=optimizer.param_groups[0]["lr"])  # before the schedule moves it
                 schedule.step()
                 if after_step is not None:
                     after_step(epoch * per_epoch + b + 1)
@@ -217,10 +223,8 @@ class Trainer:
                 if not first:
                     first = {k: v.detach() for k, v in terms.items()}
                 bar.update(1)
-                if self.progress and ((b + 1) % self.log_every == 0 or b + 1 == steps):
-                    scale = distributed.world() if shared else 1  # rank 0's share, as if it were the whole batch
-                    shown = {k: f"{float(v) * scale / (b + 1):.3f}" for k, v in sums.items()}
-                    bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", **shown)
+                if report.reads and ((b + 1) % self.log_every == 0 or b + 1 == steps):
+                    report.read(sums, count=b + 1, epoch=f"{epoch + 1}/{epochs}")
         bar.close()
         if shared:  # the whole batches' terms: each rank's weighted share, summed over the ranks
             keys = list(sums)

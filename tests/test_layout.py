@@ -56,7 +56,8 @@ LAYERS = [
     ("training", ["continual.methods.finetune", "continual.methods.ldifs", "continual.methods.avalanche",
                   "continual.methods.l2sp", "continual.methods.wise_ft", "continual.methods.frozen",
                   "continual.methods.lp_ft", "continual.methods.flyp", "continual.methods.zscl", "continual.methods.joint",
-                  "continual.train", "continual.evaluate", "continual.checkpoints", "continual.distributed"]),
+                  "continual.train", "continual.evaluate", "continual.checkpoints", "continual.distributed",
+                  "continual.monitor", "continual.progress"]),
     ("models and data", ["continual.models", "continual.datasets.tasks", "continual.datasets.source",
                          "continual.datasets.embedded", "continual.datasets.torchvision_sets",
                          "continual.datasets.folders", "continual.datasets.listed", "continual.datasets.store",
@@ -88,7 +89,8 @@ def imports_of(path: Path) -> list[str]:
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module == "continual":  # `from continual import seeds`
-            found += [f"continual.{a.name}" for a in node.names]
+            found += [f"continual.{a.name}" for a in node.names  # modules, not names (`__version__`)
+                      if (PACKAGE / a.name).is_dir() or (PACKAGE / f"{a.name}.py").is_file()]
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.append(node.module)
             if node.module.startswith("continual."):  # `from continual.methods import finetune`: a submodule
@@ -194,7 +196,8 @@ def test_overwrite_removes_what_a_run_wrote_and_nothing_else(tmp_path):
 
     folder = tmp_path / "tiny"
     (folder / "finetune").mkdir(parents=True)
-    for name in ("summary.md", "finetune/metrics.json", "notes.txt"):
+    (folder / "figures").mkdir()
+    for name in ("summary.md", "tables.tex", "figures/forgetting_curves.pdf", "finetune/metrics.json", "notes.txt"):
         (folder / name).write_text("x")
     config = dump_sequence(load_sequence(SEQ))
     (folder / "config.yaml").write_text(config)  # a run of ours: only then is anything removed

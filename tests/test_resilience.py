@@ -114,7 +114,7 @@ def test_ctrl_c_leaves_consistent_files_and_says_so(tmp_path, capsys, monkeypatc
     for line in (folder.parent / "summary.md").read_text().splitlines():  # the first table: method, status, ...
         if line.startswith(("| finetune", "| ldifs")):
             status.setdefault(line.split("|")[1].strip(), line.split("|")[2].strip())
-    assert status == {"finetune": "complete", "ldifs": "1 of 2 steps"}
+    assert status == {"finetune": "complete", "ldifs": "incomplete (1 of 2 steps)"}
 
 
 def test_sigterm_while_still_importing_says_how_to_resume(tmp_path):

@@ -1,5 +1,7 @@
 """End to end through the CLI entry point: a tiny real sequence, every file checked."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -29,11 +31,29 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
+    """The tiny run, with progress bars; what it printed is kept in stderr.txt next to the sequence."""
     tmp = tmp_path_factory.mktemp("run")
     seq = tmp / "tiny.yaml"
     seq.write_text(yaml.safe_dump(TINY))
-    assert main(["run", str(seq), "--out", str(tmp / "out"), "--quiet"]) == 0
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["run", str(seq), "--out", str(tmp / "out")]) == 0
+    (tmp / "stderr.txt").write_text(err.getvalue())
     return tmp / "out" / "tiny"
+
+
+def test_every_slow_part_shows_progress(run_folder):
+    """Loading, step 0's evaluation, LDIFS's anchor cache, training and every evaluation show a bar (they
+    were silent for minutes on a large dataset)."""
+    err = (run_folder.parents[1] / "stderr.txt").read_text()
+    lines = err.replace("\r", "\n").splitlines()
+    for label in ("loading", "evaluating the pre-trained model", "evaluating after step 1", "evaluating after step 2",
+                  "ldifs 1:low: anchor features (memory)", "ldifs 2:high: anchor features (memory)",
+                  "finetune 1:low", "ldifs 2:high"):
+        assert any(line.startswith(label) for line in lines), label
+    assert any(line.startswith("loading") and "task high: digits" in line for line in lines)
+    # A bar counts the images whose features the pass computes: 30 + 30 test images, the 48 training images of the
+    # task not learned yet (its linear probe), 32 + 20 of the probe.
+    assert any(line.startswith("evaluating after step 1") and "/160 [" in line for line in lines)
 
 
 def test_every_file_is_written_with_the_right_shape(run_folder):

@@ -39,6 +39,7 @@ from continual.augment import generator as augmentation_generator
 from continual.datasets.source import resize_uint8
 from continual.datasets.tasks import TaskData
 from continual.models import TaskModel
+from continual.monitor import Reporter
 from continual.train import FitStats, Trainer, epoch_means
 
 with warnings.catch_warnings():  # avalanche's optional solvers warn at import; nothing we use needs them
@@ -192,9 +193,10 @@ class _Strategy(SupervisedTemplate):
         # steps_per_task: as many passes as it takes, the last cut short by stop_training() in optimizer_step
         self.train_epochs = self.trainer.training.epochs if steps is None else math.ceil(steps / per_epoch)
         total = self.train_epochs * per_epoch if steps is None else steps
-        self.total = total
+        self.total, self.per_epoch = total, per_epoch
         self.schedule = self.trainer.make_schedule(self.optimizer, total)
         self.bar = tqdm(total=total, desc=self.label, unit="step", disable=not self.trainer.progress)
+        self.report = Reporter(self.bar, show=self.trainer.progress, events=self.trainer.events)
         self.iterations = 0
         self.first: dict[str, torch.Tensor] = {}  # each loss term on the task's first batch
         # training.augment, drawn as Trainer.fit draws it: None (and nothing drawn) for none
@@ -231,6 +233,8 @@ class _Strategy(SupervisedTemplate):
         if self.trainer.training.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.trainer.training.grad_clip)
         self.optimizer.step()
+        # the images of the batch (replayed ones too) and the lr of this step, before the schedule moves it
+        self.report.stepped(images=len(self.mbatch[0]), lr=self.optimizer.param_groups[0]["lr"])
         self.schedule.step()
         terms = {"ce": self._ce}
         if self.penalty:
@@ -244,8 +248,9 @@ class _Strategy(SupervisedTemplate):
         if self.iterations == self.total:
             self.stop_training()  # ends the (last) pass: steps_per_task reached
         self.bar.update(1)
-        if self.trainer.progress and self.epoch_iterations % self.trainer.log_every == 0:
-            self.bar.set_postfix({k: f"{float(v) / self.epoch_iterations:.3f}" for k, v in self.sums.items()})
+        every, last = self.trainer.log_every, self.epoch_iterations == self.per_epoch or self.iterations == self.total
+        if self.report.reads and (self.epoch_iterations % every == 0 or last):  # as Trainer.fit reads its sums
+            self.report.read(self.sums, count=self.epoch_iterations)
 
 
 class _AvalancheMethod:

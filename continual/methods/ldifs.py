@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from continual import checkpoints, distributed
+from continual import checkpoints, distributed, progress
 from continual.datasets.tasks import TaskData
 from continual.methods.options import LDIFSOptions
 from continual.models import Backbone, ModelError, TaskModel
@@ -114,8 +114,10 @@ class AnchorCache:
 
     @classmethod
     def build(cls, anchor: FrozenBackbone, images: torch.Tensor, *, key: str, where: str, folder: Path | None,
-              batch_size: int, device: torch.device, names: list[str] | None = None) -> AnchorCache:
-        """`names`: only those taps (LDIFS's `taps:`), in that order; None: all of them."""
+              batch_size: int, device: torch.device, names: list[str] | None = None, label: str = "",
+              show_progress: bool = False) -> AnchorCache:
+        """`names`: only those taps (LDIFS's `taps:`), in that order; None: all of them. `show_progress`: a
+        bar over the images, described by `label`."""
         began = time.perf_counter()
         n = len(images)
         # The anchor's inference form (BatchNorm folded into convolutions: 1.3x faster on CPU, taps equal
@@ -154,15 +156,23 @@ class AnchorCache:
                 else:
                     store[start : start + len(tap)] = tap.to(store.device, store.dtype)
 
-        with torch.inference_mode():
+        shown = progress.bar(n, f"{label}: anchor features ({where})" if label else f"anchor features ({where})",
+                             enabled=show_progress)
+
+        def stored(start: int, outputs: list[torch.Tensor]) -> None:
+            if taps is not None:  # None: a rank other than 0, with the cache on rank 0's disk
+                put(start, outputs)
+            shown.update(len(outputs[0]))
+
+        with torch.inference_mode(), shown:
             if shared:
                 distributed.each_batch(n, batch_size,
                                        lambda a, b: taps_of(anchor.backbone.preprocess(images[a:b].to(device))),
-                                       lambda a, b, outputs: taps is not None and put(a, outputs),
+                                       lambda a, b, outputs: stored(a, outputs),
                                        like=[(tuple(t.shape[1:]), t.dtype) for t in probe])
             else:
                 for start in range(0, n, batch_size):
-                    put(start, taps_of(anchor.backbone.preprocess(images[start : start + batch_size].to(device))))
+                    stored(start, taps_of(anchor.backbone.preprocess(images[start : start + batch_size].to(device))))
         if shared and paths:  # rank 0 wrote the files: the others map them once they are on disk
             distributed.on_main(lambda: [tap.flush() for tap in taps])
             if taps is None:
@@ -269,7 +279,8 @@ class LDIFS:
                     self.cache.close()
                 self.cache = AnchorCache.build(self.anchor, task.train.images, key=key, where=self.options.cache,
                                                folder=trainer.scratch, batch_size=trainer.training.eval_batch_size,
-                                               device=trainer.device, names=self.tap_names)
+                                               device=trainer.device, names=self.tap_names,
+                                               label=f"ldifs {step}:{task.name}", show_progress=trainer.progress)
             extra = {"anchor_cache": self.cache.where, "anchor_cache_mb": round(self.cache.nbytes / 2**20, 1),
                      "anchor_cache_seconds": round(self.cache.seconds, 3)}
         stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"ldifs {step}:{task.name}")
