@@ -132,33 +132,35 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
     probing = [j >= learned and head_init == "linear_probe" for j in range(len(tasks))]  # a head fit on train
     images = sum(len(t.test.labels) + len(t.train.labels) * fit for t, fit in zip(tasks, probing))
     images += sum(len(p.train.labels) + len(p.test.labels) for p in probes)
-    shown = progress.bar(images, "evaluating " + (f"after step {learned}" if learned else "the pre-trained model"),
-                         enabled=show_progress)
-    features = lambda split: extract_features(encoder, split, batch_size=batch_size, device=device, bf16=bf16,  # noqa: E731
-                                              bar=shown)
-    normalize = model.backbone.normalize_features
-    row: dict[str, float] = {}
-    future: dict[str, Head] = {}
-    heads: list[Head] = []
-    for j, task in enumerate(tasks):
-        if probing[j]:
-            future[task.name] = fit_linear_head(features(task.train), task.train.labels, len(task.class_names),
-                                                normalize=normalize)
-            heads.append(future[task.name])
-        else:
-            heads.append(model.heads[task.name])
-        if not class_incremental:
-            row[task.name] = accuracy(heads[j], features(task.test), task.test.labels)
-    offset = 0
-    for j, task in enumerate(tasks if class_incremental else []):
-        seen = heads[: max(learned, j + 1)]
-        row[task.name] = accuracy(seen, features(task.test), task.test.labels + offset)
-        offset += len(task.class_names)
-    for probe in probes:
-        test = features(probe.test)
-        head = fit_linear_head(features(probe.train), probe.train.labels, len(probe.class_names), normalize=normalize)
-        row[f"probe:{probe.name}"] = accuracy(head, test, probe.test.labels)
-        if zero_shot_probes:
-            row[f"probe:{probe.name}:zero_shot"] = accuracy(zero_shot_probes[probe.name], test, probe.test.labels)
-    shown.close()
+    with progress.bar(images, "evaluating " + (f"after step {learned}" if learned else "the pre-trained model"),
+                      enabled=show_progress) as shown:
+        def features(split: Split) -> torch.Tensor:
+            return extract_features(encoder, split, batch_size=batch_size, device=device, bf16=bf16, bar=shown)
+
+        normalize = model.backbone.normalize_features
+        row: dict[str, float] = {}
+        future: dict[str, Head] = {}
+        heads: list[Head] = []
+        for j, task in enumerate(tasks):
+            if probing[j]:
+                future[task.name] = fit_linear_head(features(task.train), task.train.labels, len(task.class_names),
+                                                    normalize=normalize)
+                heads.append(future[task.name])
+            else:
+                heads.append(model.heads[task.name])
+            if not class_incremental:
+                row[task.name] = accuracy(heads[j], features(task.test), task.test.labels)
+        offset = 0
+        for j, task in enumerate(tasks if class_incremental else []):
+            seen = heads[: max(learned, j + 1)]
+            row[task.name] = accuracy(seen, features(task.test), task.test.labels + offset)
+            offset += len(task.class_names)
+        for probe in probes:
+            test = features(probe.test)
+            head = fit_linear_head(features(probe.train), probe.train.labels, len(probe.class_names),
+                                   normalize=normalize)
+            row[f"probe:{probe.name}"] = accuracy(head, test, probe.test.labels)
+            if zero_shot_probes:
+                zero_shot = zero_shot_probes[probe.name]
+                row[f"probe:{probe.name}:zero_shot"] = accuracy(zero_shot, test, probe.test.labels)
     return Evaluation(row=row, future_heads=future)

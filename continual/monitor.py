@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from continual import metrics
+from continual.run_folder import EVENTS
 
 
 class MonitorWarning(UserWarning):
@@ -52,8 +53,12 @@ class Events:
     points after it are dropped by the one, and written again at the same steps (the same cadence) for the
     other. Accuracy rows share the files but count steps 0..T: those at steps >= P, only when P <= done (a
     method of few optimiser steps, or none, as `frozen`), are dropped by the Python reader too, so they are
-    written again, which replaces them for the Rust one. A row at most G was written and flushed right after
-    its checkpoint, before the kill. With no checkpoint (done = 0) nothing of before is kept: P = 0."""
+    written again, which replaces them for the Rust one. Which rows the files already hold: the runner writes
+    a step's row here, flushed, before its accuracy_matrix.csv, so the rows in that file before the resume
+    rewrites it (`rows_on_disk`) are here (a kill between a checkpoint and its files leaves both without the
+    step's row, which is then written); with no event file at all (the run began with --no-tensorboard),
+    none is. With no checkpoint (done = 0) nothing of before is kept: P = 0; a fresh start purges from 0 too,
+    so that events an interrupted --overwrite left behind never mix with the new ones."""
 
     def __init__(self, folder: str | Path, *, step: int = 0, purge_step: int | None = None, first_row: int = 0):
         self.folder = Path(folder)
@@ -64,15 +69,16 @@ class Events:
         self._failed = False
 
     @classmethod
-    def for_method(cls, folder: str | Path, *, timings: list[dict], resume: bool) -> Events:
+    def for_method(cls, folder: str | Path, *, timings: list[dict], resume: bool, rows_on_disk: int = 0) -> Events:
         """The events of a method starting after the steps in `timings` (step 0's alone when it starts afresh),
-        in a run that is `resume`d or not (then its folder holds no events: `--overwrite` removes them)."""
+        in a run that is `resume`d or not; `rows_on_disk`: the rows its accuracy_matrix.csv held before."""
         done = len(timings) - 1
         step = sum(t.get("train_steps", 0) for t in timings)
-        if not resume:
-            return cls(folder, step=step)
-        purge = step + 1 if done else 0
-        return cls(folder, step=step, purge_step=purge, first_row=min(purge, done + 1))
+        if not resume or not done:
+            return cls(folder, step=step, purge_step=0)
+        purge = step + 1
+        written = rows_on_disk if any(Path(folder).glob(EVENTS)) else 0
+        return cls(folder, step=step, purge_step=purge, first_row=min(purge, written, done + 1))
 
     def scalars(self, values: dict[str, float | None], *, step: int) -> None:
         """Each value at `step`; None and non-finite ones (a row's NaN cells) are left out."""

@@ -419,7 +419,7 @@ class RunFolder:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
 
-        ours = (MATRIX_CSV, MATRIX_JSON, METRICS, CURVES, EVENTS, ".*.tmp")
+        ours = (EVENTS, MATRIX_CSV, MATRIX_JSON, METRICS, CURVES, ".*.tmp")  # what marks a method folder: last
         for folder in self._method_folders():
             remove(folder, ours)
         checkpoints = self.checkpoints()
@@ -639,7 +639,8 @@ def load_run(folder: str | Path) -> dict[str, pd.DataFrame]:
 
 def load_metrics(folder: str | Path) -> pd.DataFrame:
     """Per-step metrics of every method in a run folder, tidy: method, step, metric, value (the same frame
-    as continual.report.load_tables(folder)["metrics"]), methods in config.yaml's order."""
+    as continual.report.load_tables(folder)["metrics"]), methods in config.yaml's order. FileNotFoundError
+    when the folder holds no results; continual.report.ReportError when its config.yaml is unreadable."""
     if not RunFolder(folder).methods_with_results():
         raise FileNotFoundError(f"{folder}: no <method>/{MATRIX_CSV} here; is it a run folder?")
     from continual.report.tables import load_tables  # reads this module's files: imported when called

@@ -421,10 +421,11 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
     task_names = [t.name for t in tasks]
 
     def write(rows, timings):
+        # TensorBoard's first (the rows not there yet, flushed): a row in the files is then in the events too
+        if trainer.events is not None:
+            trainer.events.rows(rows, timings, tasks=task_names)
         run.write_step(name, rows=rows, tasks=task_names, n_steps=len(tasks), timings=timings,
                        classes=[len(t.class_names) for t in tasks], setting=seq.setting)
-        if trainer.events is not None:  # the rows not written there yet, then all of it to disk
-            trainer.events.rows(rows, timings, tasks=task_names)
         if on_step is not None:
             on_step(name, len(rows) - 1, len(tasks))
 
@@ -450,7 +451,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             if main:
                 print(f"{name}: resuming after step {done}/{len(tasks)}", file=sys.stderr)
     if tensorboard and main:  # its optimiser steps and rows go on from the checkpoint's
-        trainer.events = Events.for_method(run.method(name), timings=timings, resume=resume)
+        trainer.events = Events.for_method(run.method(name), timings=timings, resume=resume,
+                                           rows_on_disk=_rows_on_disk(run, name))
     once = METHODS[seq.method(name).name].once  # joint: trains at the last step only
     try:
         # Rewritten from the checkpoint: a kill may have come before the files.
@@ -522,6 +524,14 @@ def _worse_message(method: str, task: str, rows: list[dict], stats, training) ->
             f"rate too high for this few updates ({stats.steps} optimiser steps at lr {training.lr:g}, "
             f"{min(training.warmup_steps, max(stats.steps - 1, 0))} of them warm-up). Try a lower training.lr, more "
             "epochs or more images per class; the report marks this step.")
+
+
+def _rows_on_disk(run: RunFolder, name: str) -> int:
+    """The rows of `name`'s accuracy_matrix.csv (0: none, or unreadable)."""
+    try:
+        return len(run.read_matrix(name))
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def _complete(run: RunFolder, name: str, *, n_steps: int) -> bool:

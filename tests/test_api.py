@@ -22,9 +22,11 @@ def test_version(capsys):
         main(["--version"])
     assert stop.value.code == 0
     assert capsys.readouterr().out.strip() == f"continual {continual.__version__}"
-    import importlib.metadata
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11
 
-    assert importlib.metadata.version("continual") == continual.__version__  # pyproject reads it from there
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())  # one version, the package's: pyproject reads it
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "continual.__version__"}
 
 
 def test_list_a_dataset_names_its_classes(capsys):
@@ -67,6 +69,8 @@ def test_list_reads_classes_from_files_under_set_paths(tmp_path, capsys):
     (["list", "imagefolder"], "add --set path=DIR"),
     (["list", "digits", "--set", "path=/tmp"], "--set: path: is for imagefolder only"),
     (["list", "--set", "training.lr=1"], "--set: training.lr=1: continual list takes data_root=DIR and path=DIR"),
+    (["list", "--set", "path=/tmp"], "--set: path: is imagefolder's folder"),
+    (["list", "digits", "--pretrained"], "--pretrained: lists models' tags: not with a DATASET"),
 ])
 def test_list_errors_name_what_is_wrong(words, says, capsys):
     assert main(words) == 2

@@ -186,6 +186,20 @@ def test_overwrite_removes_the_event_files_and_no_tensorboard_writes_none(resume
     assert not list(tmp_path.rglob("events.out.tfevents.*"))
 
 
+def test_a_resume_writes_the_rows_the_events_do_not_hold(tmp_path):
+    """Which accuracy rows a resumed method writes again: a step's row goes to the events before its
+    accuracy_matrix.csv, so the events hold the rows that file held before the resume (a kill between a checkpoint
+    and its files leaves both without that step's row); none when there is no event file."""
+    timings = [{"step": 0}, {"step": 1, "train_steps": 6}]
+    assert Events.for_method(tmp_path, timings=timings, resume=True, rows_on_disk=2).next_row == 0  # no events yet
+    (tmp_path / "events.out.tfevents.1.host.1.0").write_bytes(b"")
+    assert Events.for_method(tmp_path, timings=timings, resume=True, rows_on_disk=1).next_row == 1  # row 1 missing
+    resumed = Events.for_method(tmp_path, timings=timings, resume=True, rows_on_disk=2)
+    assert (resumed.next_row, resumed.purge_step, resumed.step) == (2, 7, 6)
+    fresh = Events.for_method(tmp_path, timings=timings[:1], resume=False)  # purges what an --overwrite left
+    assert (fresh.next_row, fresh.purge_step, fresh.step) == (0, 0, 0)
+
+
 def test_a_writer_that_fails_warns_once_and_the_run_goes_on(tmp_path):
     (tmp_path / "file").write_text("a file where the method's folder would be")
     events = Events(tmp_path / "file" / "method")
