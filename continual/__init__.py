@@ -37,13 +37,15 @@ def run(sequence: str | Path | dict, *, out: str | Path = "runs", methods: list[
                             overwrite=overwrite, on_step=live.step, tensorboard=tensorboard)
 
 
-def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None = None):
+def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None = None, latex: bool = False,
+          formats: list[str] = ()):
     """Run a sweep file's cells not yet done on its backend (local, slurm, ray), each one `continual run`,
     and return the tidy aggregate: one row per (sequence, grid point, method, metric) with mean, std and n
-    over seeds (also written to <out>/<name>/sweep.csv). See continual.sweeps for status and the parts."""
+    over seeds (also written to <out>/<name>/sweep.csv; `latex`: sweep.tex, `formats`: its figures as
+    figures/sweep-<key>.<format> for a paper). See continual.sweeps for status and the parts."""
     from continual.sweeps import sweep as _sweep
 
-    return _sweep(path, out=out, jobs=jobs)
+    return _sweep(path, out=out, jobs=jobs, latex=latex, formats=formats)
 
 
 def load_run(folder: str | Path):

@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="output root (default: the sweep file's `out`, next to it)")
     sweep.add_argument("--jobs", type=int, help="local backend: cells at once (default: one per visible GPU, else 1)")
     sweep.add_argument("--no-wait", action="store_true", help="slurm backend: return once the job array is submitted")
+    sweep.add_argument("--latex", action="store_true", help="also sweep.tex: the aggregate as a booktabs table to "
+                       "\\input in a paper (needs \\usepackage{booktabs})")
+    sweep.add_argument("--format", dest="formats", metavar="png,pdf,svg", help="also each swept number's figure as "
+                       "figures/sweep-<key>.<format>, two columns wide for a paper (8 pt, fonts embedded)")
 
     report = sub.add_parser("report", help="write index.html, summary.md and summary.csv for run folders "
                             "(several folders of one sequence, e.g. seeds, give mean ± std)")
@@ -112,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             return _prepare(args) if args.data_command == "prepare" else _stored(args.data_root)
         where = _list_settings(args.overrides)
         if args.dataset is not None:
+            if args.pretrained:
+                raise ConfigError("--pretrained", [("", "lists models' tags: not with a DATASET")])
             return _list_classes(args.dataset, **where)
+        if where["path"] is not None:
+            raise ConfigError("--set", [("path", "is imagefolder's folder: give it with `continual list imagefolder`")])
         return _list(pretrained=args.pretrained, data_root=where["data_root"])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -185,6 +193,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from continual import sweeps  # light: the cells run in their own processes
 
     words = args.words
+    formats = _figure_formats(args.formats)
     if len(words) == 2 and words[0] == "status":
         table = sweeps.status(words[1], out=args.out)
         for row in table.itertuples(index=False):
@@ -193,9 +202,11 @@ def _sweep(args: argparse.Namespace) -> int:
         print(", ".join(f"{counts.get(s, 0)} {s}" for s in sweeps.STATES))
         return 0
     if len(words) == 2 and words[0] == "report":
-        table = sweeps.report(words[1], out=args.out)
+        table = sweeps.report(words[1], out=args.out, latex=args.latex, formats=formats)
         spec, _ = sweeps.load_sweep(words[1], out=args.out)
-        print(f"{sweeps.root(words[1], spec, args.out) / 'sweep.csv'}" if not table.empty else "no cell is done yet")
+        also = ["sweep.md"] + (["sweep.tex"] if args.latex else []) + (["figures/"] if formats else [])
+        print(f"{sweeps.root(words[1], spec, args.out) / 'sweep.csv'} (and {', '.join(also)})" if not table.empty
+              else "no cell is done yet")
         return 0
     if len(words) != 1:
         raise ConfigError("sweep", [("", "expected `continual sweep SWEEP.yaml`, `continual sweep status SWEEP.yaml` "
@@ -206,7 +217,7 @@ def _sweep(args: argparse.Namespace) -> int:
     root = sweeps.root(words[0], spec, args.out)
     counts = sweeps.run(spec, cells, root, jobs=args.jobs, wait=not args.no_wait,
                         log=lambda line: print(line, file=sys.stderr))
-    written = sweeps.write_summary(spec, cells, sweeps.aggregate(cells), root)
+    written = sweeps.write_summary(spec, cells, sweeps.aggregate(cells), root, latex=args.latex, formats=formats)
     print(", ".join(f"{counts[s]} {s}" for s in sweeps.STATES) + (f"; aggregate in {written}" if written else ""))
     if args.no_wait and spec.backend == "slurm":
         return 0 if counts["failed"] == 0 else 1
@@ -224,16 +235,24 @@ def _resume_command(args: argparse.Namespace) -> str:
     return shlex.join(words + ["--resume"])
 
 
+def _figure_formats(text: str | None) -> tuple[str, ...]:
+    """`--format png,pdf` checked before anything runs, is read or written: ConfigError naming an unknown one."""
+    if not text:
+        return ()
+    from continual.report import ReportError
+    from continual.report.page import figure_formats  # matplotlib: only when figures are asked for
+
+    try:
+        return figure_formats(text)
+    except ReportError as err:
+        raise ConfigError("--format", [("", str(err))]) from None
+
+
 def _report(args: argparse.Namespace) -> int:
-    from continual.plots import FORMATS
     from continual.report import ReportError, write_report
     from continual.run_folder import DiskFull
 
-    formats = args.formats.split(",") if args.formats is not None else []
-    if unknown := [f for f in formats if f not in FORMATS]:  # checked before anything is read or written
-        print(f"error: --format: unknown format {', '.join(map(repr, unknown))} (choose from "
-              f"{', '.join(FORMATS)}, comma-separated)", file=sys.stderr)
-        return 2
+    formats = _figure_formats(args.formats)
     try:
         out = write_report(args.folders, args.out, latex=args.latex, formats=formats)
     except (ReportError, DiskFull) as err:
@@ -241,8 +260,7 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     also = ["summary.md", "summary.csv"] + (["tables.tex"] if args.latex else [])
     if formats:
-        also.append(f"figures/*.{{{','.join(dict.fromkeys(formats))}}}" if len(set(formats)) > 1
-                    else f"figures/*.{formats[0]}")
+        also.append(f"figures/*.{{{','.join(formats)}}}" if len(formats) > 1 else f"figures/*.{formats[0]}")
     print(f"report in {out / 'index.html'} (and {', '.join(also)})")
     return 0
 

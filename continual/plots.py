@@ -35,7 +35,7 @@ class Look:
     dpi: int
     text: float | None  # axis labels (ticks 1 pt smaller); None: matplotlib's default, as the page always had
     title: float  # a panel's title
-    subtitle: float  # the scatter's hint, a legend's entries on the page
+    subtitle: float  # the scatter's hint
     legend: float
     note: float  # legend titles, small print
     annotate: float  # the scatter's method names, the heatmap's numbers
@@ -412,25 +412,45 @@ def sweep_png(table: pd.DataFrame, *, key: str, others: list[str]) -> bytes:
     return _png(sweep_figure(table, key=key, others=others))
 
 
-def sweep_figure(table: pd.DataFrame, *, key: str, others: list[str]) -> Figure:
+def sweep_figure(table: pd.DataFrame, *, key: str, others: list[str], paper: bool = False) -> Figure:
     """Final average accuracy and forgetting against the swept value of `key` (mean ± std over seeds), one
-    line per sequence, method and value of the other grid keys. `table`: sweep.aggregate's rows."""
-    fig = Figure(figsize=(8.4, 3.4), dpi=110, layout="constrained")
+    line per sequence, method and value of the other grid keys. `table`: sweep.aggregate's rows. For a paper:
+    two columns wide, the legend under the panels, each line named `method, key = value` (its sequence first
+    where there are several)."""
+    look = PAPER if paper else PAGE
+    fig = Figure(figsize=(TWO_COLUMNS, 2.5) if paper else (8.4, 3.4), dpi=look.dpi, layout="constrained")
     axes = fig.subplots(1, 2)
     values = sorted(table[key].unique())
     log = all(isinstance(v, (int, float)) and v > 0 for v in values) and max(values) / min(values) >= 20
     lines = table.groupby(["sequence", "method", *others], sort=False, dropna=False)
+    several = table["sequence"].nunique() > 1
     for i, (group, rows) in enumerate(lines):
-        label = " ".join(map(str, group)) if len(lines) > 1 else str(group[1])
+        if paper:  # the other keys by their last part (`lr = 0.001`), as the legend entries write options
+            label = ", ".join([*([str(group[0])] if several else []), str(group[1]),
+                               *(f"{k.rsplit('.', 1)[-1]} = {_shown(v)}" for k, v in zip(others, group[2:]))])
+        else:
+            label = " ".join(map(str, group)) if len(lines) > 1 else str(group[1])
         for ax, metric in zip(axes, ("final_average_accuracy", "forgetting")):
             r = rows[rows["metric"] == metric].sort_values(key)
             ax.errorbar(r[key], r["mean"] * 100, yerr=r["std"].fillna(0) * 100, marker=MARKERS[i % len(MARKERS)],
-                        color=PALETTE[i % len(PALETTE)], capsize=3, label=label)
+                        color=PALETTE[i % len(PALETTE)], label=label,
+                        **({"capsize": 2, "markersize": look.marker, "linewidth": look.line, "elinewidth": 0.7}
+                           if paper else {"capsize": 3}))
     for ax, title in zip(axes, ("final average accuracy A_T (%)", "average forgetting F_T (pp)")):
-        ax.set_xlabel(key)
-        ax.set_ylabel(title)
+        ax.set_xlabel(key, **_size(look.text))
+        ax.set_ylabel(title, **_size(look.text))
         ax.grid(alpha=0.3)
+        _text_sizes(ax, look)
         if log:
             ax.set_xscale("log")
-    axes[0].legend(fontsize=8)
+    if paper:
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", fontsize=look.legend,
+                   ncols=_legend_columns(fig, names, fontsize=look.legend))
+    else:
+        axes[0].legend(fontsize=8)
     return fig
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

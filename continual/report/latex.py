@@ -13,6 +13,7 @@ escaped here first.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -26,6 +27,7 @@ FINAL = ["final_average_accuracy", "forgetting", "bwt"]
 ZSCL = ["zscl_transfer", "zscl_avg", "zscl_last"]
 HEADERS = {"final_average_accuracy": r"$A_T$", "forgetting": r"$F_T$", "bwt": "BWT", "zscl_transfer": "Transfer",
            "zscl_avg": "Avg", "zscl_last": "Last"}
+SWEEP = ["final_average_accuracy", "forgetting", "bwt", "zscl_transfer", "zscl_last"]  # sweep.md's columns
 
 # Text mode characters LaTeX reads as commands (OT1, pdflatex's default encoding, also prints < > | as other
 # glyphs), and the Unicode the report writes that pdflatex cannot typeset as text.
@@ -80,6 +82,73 @@ def tables_tex(report: _Report) -> str:
     return "\n".join(parts)
 
 
+def sweep_tex(table: pd.DataFrame, *, name: str, keys: list[str], labels: dict[tuple, str] | None = None) -> str:
+    r"""The contents of sweep.tex (`continual sweep report --latex`): `table`, a sweep's aggregate (sweeps.aggregate:
+    sequence, the grid `keys`, method, metric, mean, std, n), as one booktabs table of sweep.md's metrics, a row
+    per (sequence, grid point, method) in the table's order: mean $\pm$ std over seeds in %, `(n=k)` where fewer
+    seeds than the most any row has gave a value, the best of each column within each sequence in bold (page.py's
+    rule: ties all bold, where more than one row has a value). `labels`: (sequence, *grid values, method) ->
+    the method's legend entry (report/tables.py method_labels), else its key. Five metric columns besides the
+    grid's do not fit a column of a two-column paper: the float is a `table*`, the page's width."""
+    from continual.report.page import _fmt  # page.py imports this module
+
+    main = table[table["metric"].isin(SWEEP)]
+    index = ["sequence", *keys, "method"]
+    groups = list(main.groupby(index, sort=False, dropna=False))
+    full = int(main["n"].max())
+    values = [{r.metric: (r.mean, r.std, int(r.n)) for r in rows.itertuples(index=False)} for _, rows in groups]
+    rows, bold, breaks, fewer = [], set(), [], False
+    for i, ((sequence, *point, method), cells) in enumerate(zip((g for g, _ in groups), values)):
+        if i and sequence != groups[i - 1][0][0]:
+            breaks.append(i)
+        texts = []
+        for metric in SWEEP:
+            mean, std, n = cells.get(metric, (float("nan"), float("nan"), 0))
+            text = _fmt(mean, std, n, sign=metric == "bwt")  # signed, as tables.tex writes BWT
+            if 0 < n < full and mean == mean:
+                text, fewer = f"{text} (n={n})", True
+            texts.append(number(text))
+        rows.append([escape(sequence), *(escape(_value(v)) for v in point),
+                     escape((labels or {}).get((sequence, *point, method), method)), *texts])
+    for start, end in zip([0, *breaks], [*breaks, len(rows)]):  # the best of each column, per sequence
+        for j, metric in enumerate(SWEEP):
+            means = [values[i].get(metric, (float("nan"),))[0] for i in range(start, end)]
+            finite = [v for v in means if v == v]
+            if len(finite) > 1:
+                best = max(finite) if metrics.FINAL[metric][1] else min(finite)
+                bold |= {(start + i, len(index) + j) for i, v in enumerate(means) if v == best}
+    over = rf"mean $\pm$ std over {full} seeds" if full > 1 else "one seed"
+    caption = (f"{escape(name)}: final metrics in \\% for each sequence, grid point and method ({over}). $A_T$: final "
+               "average accuracy; $F_T$: average forgetting; BWT: backward transfer; Transfer and Last: ZSCL's "
+               "(Zheng et al.\\ 2023).")
+    if fewer:
+        caption += " (n=$k$): over $k$ seeds only."
+    if any(c == "--" for row in rows for c in row[len(index):]):
+        caption += " --: no value."
+    caption += " Bold: the best of each column" + (" within each sequence." if breaks else ".")
+    short = _short_keys(keys)
+    columns = ["Sequence", *(escape(short[k]) for k in keys), "Method"] + [HEADERS[m] + _arrow(m) for m in SWEEP]
+    head = [f"% sweep.tex of the sweep {name}, written by `continual sweep report --latex`.",
+            r"% Needs \usepackage{booktabs}; then \input{sweep.tex}. A table* (the page's width in a two-column paper)."]
+    head += [f"% Columns: {short[k]} = the grid's {k}." for k in keys if short[k] != k]
+    return "\n".join(head + ["", booktabs(rows, columns, bold=bold, align="l" + "r" * len(keys) + "l" + "r" * len(SWEEP),
+                                          caption=caption, label=f"tab:{_label(name)}-sweep", breaks=breaks,
+                                          wide=True)])
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """Each grid key as a column header, named as the cells' folders name it (`lr`, `ldifs.lambda`): the full key
+    (`training.lr`) is ~2 em wider than its values, and the table already fills a page's width. The full keys
+    where two would read alike."""
+    short = {k: ".".join(k.split(".")[-2:]) if k.startswith("methods.") else k.split(".")[-1] for k in keys}
+    return short if len(set(short.values())) == len(keys) else {k: k for k in keys}
+
+
+def _value(value) -> str:
+    """A grid value as the legend entries write options: `0.1`, `100` for 100.0 (`:g` where it loses nothing)."""
+    return f"{value:g}" if isinstance(value, float) and float(f"{value:g}") == value else str(value)
+
+
 def _probe_header(column: str) -> str:
     name = column.removeprefix("probe:")
     return r"$\Delta$ " + (escape(name.removesuffix(":zero_shot")) + " (zero-shot)" if name.endswith(":zero_shot")
@@ -90,23 +159,42 @@ def _booktabs(report: _Report, table, headers: list[str], *, caption: str, label
     """A `table` float of `table` (page.py's _Table: method keys, cells as _fmt writes them, bold cells) with
     `headers` (LaTeX) for its metric columns, the better direction marked in each."""
     # metric_table's headers are the metric keys (label=str): concept_delta:<probe> is higher-better too.
-    arrows = [r" $\uparrow$" if metrics.FINAL.get(key, (None, True))[1] else r" $\downarrow$"
-              for key in table.headers[1:]]
-    columns = ["Method"] + [h + a for h, a in zip(headers, arrows)]
+    columns = ["Method"] + [h + _arrow(key) for h, key in zip(headers, table.headers[1:])]
     rows = [[escape(report.labels.get(row[0], row[0]))] + [number(c) for c in row[1:]] for row in table.rows]
     if any(c == "--" for row in rows for c in row[1:]):
         caption += " --: no value (the method did not complete)."
     caption += " Bold: the best of each column."
+    return booktabs(rows, columns, bold=table.bold, align="l" + "r" * len(headers), caption=caption,
+                    label=f"tab:{_label(report.first.name)}-{label}")
+
+
+def _arrow(metric: str) -> str:
+    """The better direction of a metric (continual.metrics.FINAL; concept_delta:<probe> is higher-better)."""
+    return r" $\uparrow$" if metrics.FINAL.get(metric, (None, True))[1] else r" $\downarrow$"
+
+
+def booktabs(rows: list[list[str]], columns: list[str], *, bold: set[tuple[int, int]], align: str, caption: str,
+             label: str, breaks: Iterable[int] = (), wide: bool = False) -> str:
+    """A `table` float (`table*`, the page's width in two columns, where `wide`): `columns` (the header) over
+    `rows`, every text already LaTeX, booktabs rules, the caption above. `bold`: the (row, column) cells set in
+    bold; `align`: the tabular's column format (`lrr`); `label`: its \\label key; `breaks`: the rows a \\midrule
+    goes above (a new group of rows)."""
     frame = pd.DataFrame(rows, columns=columns)
     # The whole cell bold, its $\pm$ and minus too (\boldmath); a tabular cell is a group, so both end with it.
     props = pd.DataFrame("", index=frame.index, columns=frame.columns)
-    for i, j in table.bold:
+    for i, j in bold:
         props.iloc[i, j] = "bfseries: ; boldmath: ;"
     styler = frame.style.hide(axis="index").apply(lambda _: props, axis=None)
-    tex = styler.to_latex(hrules=True, column_format="l" + "r" * len(headers), position_float="centering",
-                          caption=caption, label=f"tab:{_label(report.first.name)}-{label}")
+    tex = styler.to_latex(hrules=True, column_format=align, position_float="centering", caption=caption,
+                          label=label, environment="table*" if wide else None)
     # Compact, as papers set their tables: \small, and 4 pt between columns instead of 6 (both end with the float).
     tex = tex.replace("\\centering\n", "\\centering\n\\small\n\\setlength{\\tabcolsep}{4pt}\n", 1)
+    if breaks := set(breaks) - {0}:  # a row is one line (no cell holds a line break): a rule above each group
+        head, rest = tex.split("\\midrule\n", 1)
+        body, tail = rest.split("\\bottomrule", 1)
+        tex = (head + "\\midrule\n" + "".join(("\\midrule\n" if i in breaks else "") + line
+                                             for i, line in enumerate(body.splitlines(keepends=True)))
+               + "\\bottomrule" + tail)
     # A caption above a table: the standard classes leave no space under it (\belowcaptionskip 0 pt), so the
     # caption's last line touched the top rule.
     return tex.replace("\\begin{tabular}", "\\smallskip\n\\begin{tabular}", 1)

@@ -16,17 +16,19 @@ import itertools
 import json
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from continual.config import ConfigError, load_sequence
 from continual.config.loading import _problems, _read_yaml
 from continual.config.schema import SEQUENCE_NAME, Strict, _check_name
-from continual.run_folder import RunFolder
+from continual.run_folder import CONFIG, FIGURES, RunFolder, atomic_write
 
 STATES = ("pending", "running", "done", "failed")
 
@@ -250,33 +252,73 @@ def aggregate(cells: list[Cell]) -> pd.DataFrame:
     return over_seeds(frames, by=["sequence", *[k for k, _ in cells[0].point], "method", "metric"])
 
 
-def write_summary(spec: SweepFile, cells: list[Cell], table: pd.DataFrame, root: Path) -> Path | None:
-    """<root>/sweep.csv (`table`, the aggregate), sweep.md (its main metrics) and a figure per swept number;
-    None when no cell is done yet."""
+def write_summary(spec: SweepFile, cells: list[Cell], table: pd.DataFrame, root: Path, *, latex: bool = False,
+                  formats: Iterable[str] = ()) -> Path | None:
+    """<root>/sweep.csv (`table`, the aggregate), sweep.md (its main metrics) and a figure per swept number
+    (sweep-<key>.png); None when no cell is done yet. For a paper: `latex` also writes sweep.tex (one booktabs
+    table of sweep.md's metrics, report/latex.py), and `formats` (any of png, pdf, svg) each figure as
+    figures/sweep-<key>.<format>, two columns wide (plots.py). Everything is made before the first file is
+    written, and each file is written whole (atomic_write); a figure that fails is left out with a warning."""
+    from continual.report.latex import SWEEP, sweep_tex
+
+    formats = _formats(formats)  # ReportError naming an unknown one, before anything is written
     if table.empty:
         return None
-    root.mkdir(parents=True, exist_ok=True)
-    table.to_csv(root / "sweep.csv", index=False)
-    main = table[table["metric"].isin(["final_average_accuracy", "forgetting", "bwt", "zscl_transfer", "zscl_last"])]
+    main = table[table["metric"].isin(SWEEP)]
     wide = main.assign(value=[f"{100 * m:.1f} ± {100 * s:.1f} (n={n})" if n > 1 else f"{100 * m:.1f} (n=1)"
                               for m, s, n in zip(main["mean"], main["std"], main["n"])])
     index = [c for c in wide.columns if c not in ("metric", "mean", "std", "n", "value")]
     pivot = wide.pivot_table(index=index, columns="metric", values="value", aggfunc="first", sort=False).reset_index()
     lines = ["| " + " | ".join(map(str, pivot.columns)) + " |", "|" + "---|" * len(pivot.columns)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in pivot.itertuples(index=False)]
-    (root / "sweep.md").write_text(f"# {spec.name}\n\nMean ± std over seeds, in %.\n\n" + "\n".join(lines) + "\n")
+    files: dict[str, str | bytes] = {
+        "sweep.csv": table.to_csv(index=False),
+        "sweep.md": f"# {spec.name}\n\nMean ± std over seeds, in %.\n\n" + "\n".join(lines) + "\n"}
     keys = [k for k, _ in cells[0].point]
+    if latex:
+        files["sweep.tex"] = sweep_tex(table, name=spec.name, keys=keys, labels=_labels(cells))
     for key in keys:  # a figure per swept number: metric against its value
         numbers = table[key].dropna().unique()
         if len(numbers) > 1 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
             from continual import plots  # matplotlib: only when there is something to draw
 
+            stem, others = f"sweep-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}", [k for k in keys if k != key]
             try:
-                png = plots.sweep_png(table, key=key, others=[k for k in keys if k != key])
-                (root / f"sweep-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.png").write_bytes(png)
+                drawn = {f"{stem}.png": plots.sweep_png(table, key=key, others=others)}
+                if formats:  # for a paper: two columns wide, 8 pt, fonts embedded
+                    fig = plots.sweep_figure(table, key=key, others=others, paper=True)
+                    drawn |= {f"{FIGURES}/{stem}.{fmt}": plots.figure_bytes(fig, fmt) for fmt in formats}
             except Exception as err:  # a figure never stops a sweep
                 print(f"warning: {root}: figure for {key} not drawn: {type(err).__name__}: {err}", file=sys.stderr)
+                continue
+            files |= drawn
+    root.mkdir(parents=True, exist_ok=True)
+    if any(n.startswith(f"{FIGURES}/") for n in files):
+        (root / FIGURES).mkdir(exist_ok=True)
+    for name, content in files.items():
+        atomic_write(root / name, content)
     return root / "sweep.csv"
+
+
+def _labels(cells: list[Cell]) -> dict[tuple, str]:
+    """(sequence, *grid values, method) -> the method's legend entry (`ldifs (λ = 10)`, report/tables.py
+    method_labels) from the config.yaml of a cell of that grid point."""
+    from continual.report.tables import method_labels
+
+    labels: dict[tuple, str] = {}
+    read = set()  # (sequence, *grid values) whose labels are known: one cell of a point is enough
+    for cell in cells:
+        point = (cell.name, *(v for _, v in cell.point))
+        if point in read or not (cell.run_folder / CONFIG).is_file():
+            continue
+        try:
+            config = yaml.safe_load((cell.run_folder / CONFIG).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(config, dict):
+            read.add(point)
+            labels |= {(*point, method): text for method, text in method_labels(config).items()}
+    return labels
 
 
 def root(path: str | Path, spec: SweepFile, out: str | Path | None = None) -> Path:
@@ -284,22 +326,37 @@ def root(path: str | Path, spec: SweepFile, out: str | Path | None = None) -> Pa
     return (Path(out if out is not None else Path(path).parent / spec.out) / spec.name).absolute()
 
 
-def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None = None, log=print) -> pd.DataFrame:
+def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None = None, log=print,
+          latex: bool = False, formats: Iterable[str] = ()) -> pd.DataFrame:
     """Run a sweep file's cells not yet done on its backend, wait for them, write the aggregate (sweep.csv,
-    sweep.md, figures) and return it: one row per (sequence, grid point, method, metric), mean, std, n."""
+    sweep.md, figures; `latex`, `formats`: as write_summary) and return it: one row per (sequence, grid point,
+    method, metric), mean, std, n."""
+    formats = _formats(formats)  # an unknown one refused before anything runs
     spec, cells = load_sweep(path, out=out)
     run(spec, cells, root(path, spec, out), jobs=jobs, log=log)
     table = aggregate(cells)
-    write_summary(spec, cells, table, root(path, spec, out))
+    write_summary(spec, cells, table, root(path, spec, out), latex=latex, formats=formats)
     return table
 
 
-def report(path: str | Path, *, out: str | Path | None = None) -> pd.DataFrame:
-    """The aggregate of the cells done so far, written to the sweep's folder and returned."""
+def report(path: str | Path, *, out: str | Path | None = None, latex: bool = False,
+           formats: Iterable[str] = ()) -> pd.DataFrame:
+    """The aggregate of the cells done so far, written to the sweep's folder and returned; `latex` also writes
+    sweep.tex, `formats` (png, pdf, svg) the figures for a paper (write_summary)."""
+    formats = _formats(formats)
     spec, cells = load_sweep(path, out=out)
     table = aggregate(cells)
-    write_summary(spec, cells, table, root(path, spec, out))
+    write_summary(spec, cells, table, root(path, spec, out), latex=latex, formats=formats)
     return table
+
+
+def _formats(formats: Iterable[str]) -> tuple[str, ...]:
+    """The figure formats checked (ReportError naming an unknown one); matplotlib is imported only when asked."""
+    if not formats:
+        return ()
+    from continual.report.page import figure_formats
+
+    return figure_formats(formats)
 
 
 def status(path: str | Path, *, out: str | Path | None = None) -> pd.DataFrame:
