@@ -4,7 +4,7 @@
     folder = continual.run("sequences/mnist-fashion-animals.yaml", methods=["finetune", "ldifs"])
     matrices = continual.load_run(folder)      # {method: accuracy matrix DataFrame, indexed by step}
     metrics = continual.load_metrics(folder)   # tidy: method, step, metric, value
-    continual.report.write_report([folder])   # index.html, summary.md, summary.csv
+    continual.report.write_report([folder], latex=True, formats=["pdf"])  # + tables.tex, figures/*.pdf
     table = continual.sweep("sweeps/lambda.yaml")  # every cell of a sweep file, mean ± std over seeds
 
 `continual.report` (the report of run folders: write_report, load_tables, aggregate) and `continual.sweeps`
