@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
-from continual import distributed
+from continual import distributed, progress
 from continual.augment import augment
 from continual.augment import generator as augmentation_generator
 from continual.datasets.tasks import TaskData
@@ -175,7 +174,7 @@ class Trainer:
         shared = distributed.active()
         step = _distributed_step(model, loss_terms, params) if shared else None
         start = time.perf_counter()
-        bar = tqdm(total=total, desc=label or task.name, unit="step", disable=not self.progress, leave=True)
+        bar = progress.bar(total, label or task.name, enabled=self.progress, unit="step", leave=True)
         # scale: under torchrun, rank 0's share of each batch read as if it were the whole batch
         report = Reporter(bar, show=self.progress, events=self.events, scale=distributed.world() if shared else 1)
         sums: dict[str, torch.Tensor] = {}

@@ -57,14 +57,14 @@ LAYERS = [
                   "continual.methods.l2sp", "continual.methods.wise_ft", "continual.methods.frozen",
                   "continual.methods.lp_ft", "continual.methods.flyp", "continual.methods.zscl", "continual.methods.joint",
                   "continual.train", "continual.evaluate", "continual.checkpoints", "continual.distributed",
-                  "continual.monitor", "continual.progress"]),
+                  "continual.monitor"]),
     ("models and data", ["continual.models", "continual.datasets.tasks", "continual.datasets.source",
                          "continual.datasets.embedded", "continual.datasets.torchvision_sets",
                          "continual.datasets.folders", "continual.datasets.listed", "continual.datasets.store",
                          "continual.augment"]),
     ("light", ["continual.config", "continual.datasets", "continual.methods", "continual.seeds", "continual.metrics",
                "continual.network",
-               "continual.plots", "continual.run_folder", "continual.report"]),
+               "continual.plots", "continual.run_folder", "continual.report", "continual.progress"]),
 ]
 LIGHT = {"light"}
 

@@ -181,3 +181,19 @@ def test_open_clip_zero_shot_run_from_a_local_checkpoint(tmp_path, capsys, tiny_
     assert main(["run", str(seq), "--out", str(tmp_path / "out2"), "--quiet"]) == 2
     assert f"{seq}: model.arch: " in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_bar_written_to_a_log_adds_a_line_at_most_every_30_s(monkeypatch):
+    """In a Slurm job's log a bar redrawn ten times a second fills the file; there it writes a line every
+    LOG_SECONDS (with the count, rate and ETA), on a terminal it redraws in place."""
+    from continual import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, every in ((io.StringIO(), progress.LOG_SECONDS), (Terminal(), 0.1)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with progress.bar(10, "x", enabled=True) as bar:
+            assert bar.mininterval == every
+        assert "x:" in stream.getvalue()

@@ -42,6 +42,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from continual import progress
 from continual.datasets.catalog import DataError
 
 FORMAT = 1
@@ -298,7 +299,6 @@ class Store:
 
     def _fill(self, missing: np.ndarray, decode, filled: np.ndarray, *, workers: int | None) -> None:
         from torch.utils.data import DataLoader
-        from tqdm import tqdm
 
         workers = default_workers() if workers is None else workers
         if len(missing) < 256:
@@ -307,9 +307,8 @@ class Store:
                                  dataset=self.key.dataset, split=self.key.split)
         loader = DataLoader(writer, batch_size=32, num_workers=workers, collate_fn=_as_list,
                             multiprocessing_context="fork" if workers else None, prefetch_factor=4 if workers else None)
-        bar = tqdm(total=len(missing), desc=f"storing {self.key.dataset} {self.key.split} at {self.key.size} px",
-                   unit="img", disable=len(missing) < PROGRESS_FROM or not sys.stderr.isatty(), leave=False,
-                   file=sys.stderr)
+        bar = progress.bar(len(missing), f"storing {self.key.dataset} {self.key.split} at {self.key.size} px",
+                           enabled=len(missing) >= PROGRESS_FROM)
         fd = os.open(self.images_path, os.O_WRONLY)
         done: list[int] = []
         # Syncing 8,192 rows (1.2 GB at 224 px) takes seconds: a thread does it (then marks them), so that

@@ -31,9 +31,8 @@ from collections import defaultdict
 
 import torch
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
-from continual import checkpoints
+from continual import checkpoints, progress
 from continual.augment import augment
 from continual.augment import generator as augmentation_generator
 from continual.datasets.source import resize_uint8
@@ -195,7 +194,7 @@ class _Strategy(SupervisedTemplate):
         total = self.train_epochs * per_epoch if steps is None else steps
         self.total, self.per_epoch = total, per_epoch
         self.schedule = self.trainer.make_schedule(self.optimizer, total)
-        self.bar = tqdm(total=total, desc=self.label, unit="step", disable=not self.trainer.progress)
+        self.bar = progress.bar(total, self.label, enabled=self.trainer.progress, unit="step", leave=True)
         self.report = Reporter(self.bar, show=self.trainer.progress, events=self.trainer.events)
         self.iterations = 0
         self.first: dict[str, torch.Tensor] = {}  # each loss term on the task's first batch
