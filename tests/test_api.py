@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 import continual
 from continual.cli import main
 from continual.report import load_tables
-from continual.run_folder import RunFolder
+from test_report import write_run
 
 ROOT = Path(__file__).parents[1]
 
@@ -79,16 +78,10 @@ def test_list_errors_name_what_is_wrong(words, says, capsys):
 
 def _hand_written_run(folder: Path) -> Path:
     """Methods listed ldifs, finetune, ewc: not the folders' alphabetical order."""
-    folder.mkdir(parents=True)
     config = {"name": "toy", "seed": 0, "tasks": [{"name": "t1", "dataset": "digits"}, {"name": "t2", "dataset": "digits"}],
               "probes": [{"name": "p", "dataset": "digits"}], "methods": [{"ldifs": {"lambda": 10.0}}, "finetune", "ewc"]}
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     rows = [(0.5, 0.4, 0.8), (0.9, 0.5, 0.7), (0.6, 0.8, 0.6)]
-    for method in ("ewc", "finetune", "ldifs"):
-        RunFolder(folder).write_step(method, rows=[dict(zip(["t1", "t2", "probe:p"], r)) for r in rows],
-                                     tasks=["t1", "t2"], n_steps=2,
-                                     timings=[{"step": s, "fit_seconds": 1.0, "eval_seconds": 1.0} for s in range(3)])
-    return folder
+    return write_run(folder, config, {method: rows for method in ("ewc", "finetune", "ldifs")})
 
 
 def test_load_run_and_load_metrics_follow_the_sequence(tmp_path):

@@ -10,7 +10,6 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
-import yaml
 from PIL import Image
 
 from continual import plots
@@ -18,14 +17,13 @@ from continual.cli import main
 from continual.report import ReportError, write_report
 from continual.report.latex import escape
 from continual.report.tables import method_labels
-from continual.run_folder import RunFolder
+from test_report import write_run
 
 METHODS = [{"finetune": {}}, {"ldifs": {"lambda": 10.0}}, {"ldifs": {"label": "ldifs-100", "lambda": 100.0}},
            {"wise_ft": {"alpha": 0.5}}, {"replay": {"memory_size": 300}}, {"ewc": {"lambda": 100.0}}]
 CONFIG = {"name": "pub_seq", "seed": 0,
           "tasks": [{"name": "t1", "dataset": "digits"}, {"name": "t2", "dataset": "digits"}],
           "probes": [{"name": "my_probe", "dataset": "digits"}], "methods": METHODS}
-COLUMNS = ["t1", "t2", "probe:my_probe"]
 
 # Rows (t1, t2, probe) after steps 0, 1, 2, per seed and method. With T = 2: A_T = mean of the last row,
 # F_T = R[1, t1] - R[2, t1] = -BWT, Δ = P[2] - P[0], ZSCL Transfer = R[1, t2], Avg = mean of R[1:], Last = A_T.
@@ -61,14 +59,7 @@ FIGURES = {"accuracy_vs_forgetting": plots.COLUMN, "forgetting_curves": plots.TW
 
 
 def _write_run(root, seed):
-    folder = root / "pub_seq"
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(dict(CONFIG, seed=seed), sort_keys=False))
-    for method, rows in ROWS[seed].items():
-        RunFolder(folder).write_step(method, rows=[dict(zip(COLUMNS, r)) for r in rows], tasks=["t1", "t2"],
-                                     n_steps=2, timings=[{"step": s, "fit_seconds": 1.0, "eval_seconds": 1.0}
-                                                         for s in range(len(rows))])
-    return folder
+    return write_run(root / "pub_seq", dict(CONFIG, seed=seed), ROWS[seed])
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +229,7 @@ def test_paper_figures_use_8_point_type_and_show_the_labels(runs):
     from continual.report.tables import read_run
 
     report = _Report([read_run(r) for r in runs])
-    spec = next(f for f in report.figure_list() if f.name == "forgetting_curves")
+    spec = next(f for f in report.figure_list if f.name == "forgetting_curves")
     fig = spec.fn(*spec.args, **spec.kwargs, paper=True)
     plots.figure_bytes(fig, "png")  # ticks are made when drawn
     texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text"))

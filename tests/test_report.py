@@ -26,17 +26,25 @@ ROWS = {
 }
 
 
-def _write_run(root, seed):
-    folder = root / "toy"
+def write_run(folder, config: dict, rows: dict[str, list[tuple]], *, timings=None):
+    """A run folder as `continual run` writes it, by hand: config.yaml, and each method's rows (one tuple a step:
+    its tasks' accuracies, then its probes'); `timings(number of rows)` gives its timings (default: 1 s each)."""
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(dict(CONFIG, seed=seed), sort_keys=False))
-    for method, rows in ROWS[seed].items():
-        RunFolder(folder).write_step(method, rows=[dict(zip(["t1", "t2", "probe:p"], r)) for r in rows],
-                   tasks=["t1", "t2"], n_steps=2,
-                   timings=[{"step": 0, "fit_seconds": 0.0, "eval_seconds": 5.0}] +
-                           [{"step": s, "fit_seconds": 10.0 + seed, "eval_seconds": 2.0, "train_steps": 4,
-                             "losses": {"ce": 0.5 + seed}} for s in range(1, len(rows))])
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    tasks = [t["name"] for t in config["tasks"]]
+    columns = tasks + [f"probe:{p['name']}" for p in config.get("probes", [])]
+    timings = timings or (lambda n: [{"step": s, "fit_seconds": 1.0, "eval_seconds": 1.0} for s in range(n)])
+    for method, matrix in rows.items():
+        RunFolder(folder).write_step(method, rows=[dict(zip(columns, r)) for r in matrix], tasks=tasks,
+                                     n_steps=len(tasks), timings=timings(len(matrix)))
     return folder
+
+
+def _write_run(root, seed):
+    return write_run(root / "toy", dict(CONFIG, seed=seed), ROWS[seed], timings=lambda n: (
+        [{"step": 0, "fit_seconds": 0.0, "eval_seconds": 5.0}] +
+        [{"step": s, "fit_seconds": 10.0 + seed, "eval_seconds": 2.0, "train_steps": 4, "losses": {"ce": 0.5 + seed}}
+         for s in range(1, n)]))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from continual import metrics
+from continual.report.tables import best
 
 if TYPE_CHECKING:
     from continual.report.page import _Report
@@ -113,10 +114,7 @@ def sweep_tex(table: pd.DataFrame, *, name: str, keys: list[str], labels: dict[t
     for start, end in zip([0, *breaks], [*breaks, len(rows)]):  # the best of each column, per sequence
         for j, metric in enumerate(SWEEP):
             means = [values[i].get(metric, (float("nan"),))[0] for i in range(start, end)]
-            finite = [v for v in means if v == v]
-            if len(finite) > 1:
-                best = max(finite) if metrics.FINAL[metric][1] else min(finite)
-                bold |= {(start + i, len(index) + j) for i, v in enumerate(means) if v == best}
+            bold |= {(start + i, len(index) + j) for i in best(means, higher_better=metrics.FINAL[metric][1])}
     over = rf"mean $\pm$ std over {full} seeds" if full > 1 else "one seed"
     caption = (f"{escape(name)}: final metrics in \\% for each sequence, grid point and method ({over}). $A_T$: final "
                "average accuracy; $F_T$: average forgetting; BWT: backward transfer; Transfer and Last: ZSCL's "

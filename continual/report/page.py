@@ -12,6 +12,7 @@ i.e. inside `continual run`).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import importlib.metadata
@@ -31,7 +32,7 @@ import yaml
 
 from continual import metrics, plots
 from continual.report.latex import tables_tex
-from continual.report.tables import ReportError, Summary, read_run
+from continual.report.tables import ReportError, Summary, best, read_run
 from continual.run_folder import ENVIRONMENT, FIGURES, INDEX, SUMMARY_CSV, SUMMARY_MD, TABLES_TEX, atomic_write
 
 # How each summary metric is labelled in the tables, in table order.
@@ -79,7 +80,7 @@ def write_report(run_folders: list[Path], out: Path | None = None, *, record_env
              INDEX: report.html()}
     if latex:
         files[TABLES_TEX] = tables_tex(report)
-    for fig in report.figure_list() if formats else []:
+    for fig in report.figure_list if formats else []:
         for fmt, content in _draw(fig.fn, *fig.args, formats=formats, paper=True, **fig.kwargs).items():
             files[f"{FIGURES}/{fig.name}.{fmt}"] = content
     out.mkdir(parents=True, exist_ok=True)
@@ -176,10 +177,7 @@ class _Report(Summary):
             rows.append([method] + [_fmt(*self.value(method, n), sign=n in sign) for n in names])
         for j, name in enumerate(names, start=1):
             means = [self.value(m, name)[0] for m in self.methods]
-            finite = [v for v in means if v == v]
-            if len(finite) > 1:
-                best = max(finite) if higher_better[name] else min(finite)
-                bold |= {(i, j) for i, v in enumerate(means) if v == best}
+            bold |= {(i, j) for i in best(means, higher_better=higher_better[name])}
         return _Table(headers, rows, bold)
 
     def main_table(self) -> _Table:
@@ -252,15 +250,9 @@ class _Report(Summary):
 
     # --- figures
 
+    @functools.cached_property
     def figure_list(self) -> list[_Figure]:
         """Every figure of the report, in page order: the summary, the curves, a heatmap per method."""
-        if self._figures is None:
-            self._figures = self._figure_list()
-        return self._figures
-
-    _figures: list[_Figure] | None = None
-
-    def _figure_list(self) -> list[_Figure]:
         mean, std = self.mean, self.std
         runs = (f"mean over the {len(self.runs)} runs that reached each step, shaded ± std" if len(self.runs) > 1
                 else "one run")
@@ -304,12 +296,12 @@ class _Report(Summary):
 
     def figures(self) -> list[tuple[str, str, bytes]]:
         """(title, caption, png) of the page's figures but the heatmaps, in page order."""
-        return [(f.title, f.caption, f.png()) for f in self.figure_list() if f.method is None]
+        return [(f.title, f.caption, f.png()) for f in self.figure_list if f.method is None]
 
     def heatmaps(self) -> list[tuple[str, bytes, _Table]]:
         """(method, png, its matrix as a table) per method with a matrix."""
         return [(f.method, f.png(), self.matrix_table(self.mean[f.method], self.std[f.method]))
-                for f in self.figure_list() if f.method is not None]
+                for f in self.figure_list if f.method is not None]
 
     # --- files
 

@@ -219,6 +219,16 @@ def aggregate(frames: list[pd.DataFrame], *, by: list[str], value: str = "value"
     return out
 
 
+def best(means: list[float], *, higher_better: bool) -> list[int]:
+    """The positions of the best of `means` (all of them when tied), where more than one is a number: the
+    cells a table sets in bold."""
+    finite = [v for v in means if v == v]
+    if len(finite) < 2:
+        return []
+    top = max(finite) if higher_better else min(finite)
+    return [i for i, v in enumerate(means) if v == top]
+
+
 def settings(config: dict) -> dict[str, object]:
     """config.yaml as key paths -> values (`training.lr`, `tasks[0].classes[1]`, `methods.ldifs.lambda`),
     without NOT_SETTINGS. Methods are keyed by name (their order in the file changes nothing)."""
