@@ -60,7 +60,8 @@ def load_run(folder: str | Path):
 def load_metrics(folder: str | Path):
     """Per-step metrics of every method in a run folder, tidy as `continual.report.load_tables` gives them:
     one row per (method, step, metric) with its value, columns method, step, metric, value; metrics
-    average_accuracy, forgetting, bwt and concept_delta:<probe> (continual.metrics has the formulas).
+    average_accuracy, forgetting, bwt and, per probe column of accuracy_matrix.csv, concept_delta:probe:<probe>
+    (and concept_delta:probe:<probe>:zero_shot for CLIP); continual.metrics has the formulas.
     FileNotFoundError when the folder holds no results; continual.report.ReportError when its config.yaml
     is unreadable."""
     from continual.run_folder import load_metrics as _load

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check sequence files without running anything")
     validate.add_argument("files", type=Path, nargs="+")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a key of each file, as for run (repeatable): checks what run would run")
 
     listing = sub.add_parser("list", help="datasets (and whether their files are here), models and methods; "
                              "`continual list DATASET`: its classes")
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "validate":
-            return _validate(args.files)
+            return _validate(args.files, args.overrides)
         if args.command == "report":
             return _report(args)
         if args.command == "sweep":
@@ -281,11 +283,11 @@ def _stored(data_root: Path) -> int:
     return 0
 
 
-def _validate(files: list[Path]) -> int:
+def _validate(files: list[Path], overrides: list[str] = ()) -> int:
     status = 0
     for path in files:
         try:
-            seq = load_sequence(path)
+            seq = load_sequence(path, overrides)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             status = 2

@@ -215,7 +215,7 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
             run.create()
             held.enter_context(run.lock())
             run.write_config(run.claim(dump_sequence(ran), resume=resume, overwrite=overwrite,
-                                       may_differ=("keep_checkpoints",)))
+                                       may_differ=("keep_checkpoints", "training.log_every")))
             # Finished methods are kept as they are by a resume; with nothing else to train, step 0 is neither
             # measured again nor its checkpoint rewritten.
             return {name for name in names if resume and _complete(run, name, n_steps=len(inputs.tasks))}
@@ -417,7 +417,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
     model = copy.deepcopy(start.model)
     method = methods.build(seq.method(name), pretrained=inputs.backbone, context=_context(seq, inputs))
     scratch = run.cache(name)  # large recomputable files (LDIFS's anchor taps on disk), removed at the end
-    trainer = Trainer(seq.training, device=device, progress=progress and main, scratch=scratch)
+    trainer = Trainer(seq.training, device=device, progress=progress and main, scratch=scratch,
+                      log_every=seq.training.log_every)
     task_names = [t.name for t in tasks]
 
     def write(rows, timings):

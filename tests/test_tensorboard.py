@@ -2,7 +2,6 @@
 per step from the accuracy matrix, in each method's folder, continued by a resume without duplicates; read back
 as TensorBoard's two readers read them."""
 
-import functools
 import json
 import shutil
 
@@ -25,11 +24,11 @@ SEQ = {
     "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 12, "test_per_class": 6},
               {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 12, "test_per_class": 6}],
     "probes": [{"name": "p", "dataset": "digits", "classes": [8, 9], "train_per_class": 6, "test_per_class": 6}],
-    "training": {"batch_size": 4, "warmup_steps": 3, "lr": 1.0e-4},
+    "training": {"batch_size": 4, "warmup_steps": 3, "lr": 1.0e-4, "log_every": 4},
     "methods": ["frozen", {"ldifs": {"lambda": 10}}, {"ewc": {"lambda": 100}}],
     "download": False,
 }
-LOG_EVERY = 4  # under an epoch (6 steps): an epoch's points are a window of 4 steps, then one of 2
+LOG_EVERY = SEQ["training"]["log_every"]  # under an epoch (6 steps): an epoch's points are a window of 4 steps, then one of 2
 STEPS = [4, 6, 10, 12]  # the points of each task, in optimiser steps over the sequence
 TERMS = {"ldifs": ["ce", "ldifs"], "ewc": ["ce", "ewc"]}  # Trainer.fit's, Avalanche's
 
@@ -79,25 +78,21 @@ def resumed(tmp_path_factory):
             raise KeyboardInterrupt
         return adamw_step(self, *args, **kwargs)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "Trainer", functools.partial(Trainer, log_every=LOG_EVERY))
-        with pytest.MonkeyPatch.context() as stop:
-            stop.setattr(torch.optim.AdamW, "step", interrupted)
-            with pytest.raises(KeyboardInterrupt):
-                run_sequence(seq, out=out, progress=True)  # bars on here, off below: read alike
-        folder = out / "tiny"
-        before = every_file(folder / "frozen"), raw_points(folder / "ldifs")
-        run_sequence(seq, out=out, progress=False, resume=True)
+    with pytest.MonkeyPatch.context() as stop:
+        stop.setattr(torch.optim.AdamW, "step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_sequence(seq, out=out, progress=True)  # bars on here, off below: read alike
+    folder = out / "tiny"
+    before = every_file(folder / "frozen"), raw_points(folder / "ldifs")
+    run_sequence(seq, out=out, progress=False, resume=True)
     return folder, *before
 
 
 @pytest.fixture(scope="module")
 def folders(resumed, tmp_path_factory):
     """Each method's folder: ldifs (Trainer.fit) resumed, ewc (Avalanche's loop) in one go."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "Trainer", functools.partial(Trainer, log_every=LOG_EVERY))
-        ewc = run_sequence(load_sequence({**SEQ, "methods": ["ewc"]}), out=tmp_path_factory.mktemp("ewc"),
-                           progress=False)
+    ewc = run_sequence(load_sequence({**SEQ, "methods": ["ewc"]}), out=tmp_path_factory.mktemp("ewc"),
+                       progress=False)
     return {"ldifs": resumed[0] / "ldifs", "ewc": ewc / "ewc"}
 
 
@@ -224,3 +219,11 @@ def test_continual_run_and_the_cli_pass_tensorboard_on(tmp_path, monkeypatch):
     assert main(["run", str(path), "--out", str(tmp_path), "--quiet"]) == 0
     assert main(["run", str(path), "--out", str(tmp_path), "--quiet", "--no-tensorboard"]) == 0
     assert given == [True, False, True, False]
+
+
+def test_a_resume_may_change_the_cadence(resumed, tmp_path):
+    """training.log_every changes what is shown, not what is computed: a resume with another is not refused."""
+    folder = shutil.copytree(resumed[0], tmp_path / "tiny")
+    seq = load_sequence({**SEQ, "methods": ["frozen", "ldifs"], "training": {**SEQ["training"], "log_every": 1}})
+    assert run_sequence(seq, out=tmp_path, progress=False, resume=True) == folder
+    assert "log_every: 1" in (folder / "config.yaml").read_text()

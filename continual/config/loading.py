@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import typing
 import warnings
 from collections.abc import Hashable
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from continual.config.schema import DataSpec, ModelConfig, Sequence, local_path, shown
+from continual.config.schema import DataSpec, ModelConfig, Sequence, did_you_mean, local_path, shown
 from continual.datasets.catalog import (DATASETS, DataError, class_folders, folder_classes, imagefolder_classes,
                                         package_dir, resisc45_dir, resolve_classes)
 from continual.methods import METHODS, NEEDS
@@ -303,7 +304,7 @@ _OUT_OF_RANGE = ("greater_than", "greater_than_equal", "less_than", "less_than_e
 def _message(err: dict) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        return "unknown key"
+        return "unknown key" + did_you_mean(str(err["loc"][-1]), _known_keys(err["loc"][:-1]))
     if kind == "missing":
         return "required key is missing"
     if kind in _EXPECTED:
@@ -311,7 +312,40 @@ def _message(err: dict) -> str:
     if kind == "string_too_short" and err["ctx"].get("min_length") == 1:
         return "must not be empty"
     msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    if kind == "literal_error" and isinstance(err["input"], str):  # `family: efficientnet_lit0`
+        choices = re.findall(r"'([^']*)'", err["ctx"].get("expected", ""))
+        return f"{msg}, got {shown(err['input'])}{did_you_mean(err['input'], choices)}"
     return f"{msg}, got {shown(err['input'])}" if kind in _OUT_OF_RANGE else msg
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the schema takes in the mapping at `loc` (pydantic's loc of an unknown key, less the key):
+    followed through the Sequence model's fields, a method entry's options class (`methods[1].ldifs`) and
+    lists; [] where it cannot tell."""
+    model: type[BaseModel] = Sequence
+    parts = list(loc)
+    if len(parts) >= 3 and parts[0] == "methods" and isinstance(parts[1], int) and parts[2] in METHODS:
+        model, parts = METHODS[parts[2]].options, parts[3:]
+    for part in parts:
+        if isinstance(part, int):
+            continue
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        field = fields.get(part) or model.model_fields.get(part)
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return [f.alias or name for name, f in model.model_fields.items() if name != "name" or model is Sequence]
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model a field's annotation holds (`TrainingConfig`, `list[DataSpec]`, `X | None`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
 
 
 def _problems(err: ValidationError) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ Every default carries a comment saying why it is that value. Only pydantic and t
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -33,6 +34,12 @@ class Strict(BaseModel):
 # 12 MiB at 2048. The models here take 224 (EfficientNet-Lite0, CLIP ViT-B) to 518 (DINOv2) px, and
 # open_clip's largest config asks for 512; beyond 1024 a size is a typo that would ask for terabytes.
 MAX_IMAGE_SIZE = 1024
+
+
+def did_you_mean(word: str, known) -> str:
+    """` (did you mean `epochs`?)` when `word` is a near miss of one of `known` (difflib's ratio), else ''."""
+    close = difflib.get_close_matches(word, [k for k in known if k != word], n=1, cutoff=0.75)
+    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 def local_path(text: str) -> Path:
@@ -141,7 +148,7 @@ class DataSpec(Strict):
     @classmethod
     def _known_dataset(cls, name: str) -> str:
         if name not in DATASETS:
-            raise ValueError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
+            raise ValueError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)} (known: {', '.join(DATASETS)})")
         return name
 
     @field_validator("path")
@@ -197,6 +204,10 @@ class TrainingConfig(Strict):
     # activations stay in cache); on a GPU use hundreds.
     eval_batch_size: int = Field(default=64, gt=0, le=65536)
     device: str = "auto"  # auto = cuda when available, else cpu
+    # The progress bar's numbers and TensorBoard's loss, lr and images/s points: every this many optimiser
+    # steps, and at each epoch's end. Each reads the loss terms from the device (a sync), hence not every step;
+    # set 1 for tasks of a few dozen steps. What is shown only: results do not depend on it, a resume may change it.
+    log_every: int = Field(default=10, gt=0, le=10**6)
     # bf16 autocast for forward and loss (weights, gradients and optimiser stay float32). auto = bf16 on
     # CUDA, fp32 on CPU: CPUs without bf16 units (most laptops) run bf16 slower than fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -231,7 +242,7 @@ def _method_item(item: Any) -> Any:
         shape = f"a mapping with {len(item)} keys ({', '.join(map(str, item))})" if isinstance(item, dict) else shown(item)
         raise ValueError(f"expected a method name or a one-key mapping `name: {{options}}`, got {shape}")
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+        raise ValueError(f"unknown method {name!r}{did_you_mean(name, METHODS)} (known: {', '.join(METHODS)})")
     if not isinstance(options, dict):
         raise ValueError(f"the options of {name} must be a mapping (e.g. `{name}: {{...}}`), got {shown(options)}")
     if "name" in options:
