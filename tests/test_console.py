@@ -113,3 +113,18 @@ def test_readme_names_the_metrics_as_the_api_spells_them(tmp_path):
     line = next(line for line in readme.splitlines() if line.startswith("metrics = continual.load_metrics"))
     documented = set(re.findall(r"\b(?:average_accuracy|forgetting|bwt|concept_delta:[\w:<>]+)", line))
     assert {n.replace("<probe>", "held") for n in documented if "zero_shot" not in n} == names
+
+
+def test_bars_of_labelled_variants_show_the_label(tmp_path):
+    """Two entries of one method: each bar names its entry (`ldifs-100 1:a`), not the method twice."""
+    import contextlib
+    import io
+
+    doc = {**GOOD, "tasks": [{**GOOD["tasks"][0], "train_per_class": 4}],
+           "methods": [{"ldifs": {"lambda": 10}}, {"ldifs": {"lambda": 100, "label": "ldifs-100"}},
+                       {"finetune": {"label": "ft"}}]}
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["run", str(write(tmp_path, doc)), "--out", str(tmp_path / "out"), "--no-tensorboard"]) == 0
+    lines = err.getvalue().replace("\r", "\n").splitlines()
+    for label in ("ldifs 1:a", "ldifs-100 1:a", "ldifs-100 1:a: anchor features", "ft 1:a"):
+        assert any(line.startswith(label) for line in lines), (label, lines)

@@ -16,7 +16,7 @@ class Finetune:
         self.options = options
 
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
-        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"finetune {step}:{task.name}")
+        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
         return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y)}

@@ -59,7 +59,7 @@ class FLYP:
         self.text.train()
         try:
             stats = trainer.fit(model, task, loss_terms=self.loss_terms, extra_parameters=list(self.text.parameters()),
-                                label=f"flyp {step}:{task.name}")
+                                label=f"{self.options.key} {step}:{task.name}")
         finally:
             self.text.eval()
         self.refresh_heads(model, device=trainer.device)

@@ -49,7 +49,8 @@ class Joint:
             head.linear.bias.copy_(torch.cat([h.linear.bias for h in heads]))
         # The same backbone (trained in place) with the one union head.
         learner = TaskModel(model.backbone, {"joint": head}, freeze_batchnorm=model.freeze_batchnorm)
-        stats = trainer.fit(learner, union, loss_terms=self.loss_terms, label=f"joint {step}: all {len(tasks)} tasks")
+        stats = trainer.fit(learner, union, loss_terms=self.loss_terms,
+                            label=f"{self.options.key} {step}: all {len(tasks)} tasks")
         with torch.no_grad():
             for t, h, offset in zip(tasks, heads, offsets):
                 h.linear.weight.copy_(head.linear.weight[offset : offset + len(t.class_names)])

@@ -27,7 +27,7 @@ class L2SP:
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         self.pairs = [(p, self.start[name].to(p.device)) for name, p in model.backbone.named_parameters()
                       if p.requires_grad]
-        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"l2sp {step}:{task.name}")
+        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
         distance = sum((p.float() - p0.float()).pow(2).sum() for p, p0 in self.pairs)

@@ -280,10 +280,11 @@ class LDIFS:
                 self.cache = AnchorCache.build(self.anchor, task.train.images, key=key, where=self.options.cache,
                                                folder=trainer.scratch, batch_size=trainer.training.eval_batch_size,
                                                device=trainer.device, names=self.tap_names,
-                                               label=f"ldifs {step}:{task.name}", show_progress=trainer.progress)
+                                               label=f"{self.options.key} {step}:{task.name}",
+                                               show_progress=trainer.progress)
             extra = {"anchor_cache": self.cache.where, "anchor_cache_mb": round(self.cache.nbytes / 2**20, 1),
                      "anchor_cache_seconds": round(self.cache.seconds, 3)}
-        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"ldifs {step}:{task.name}")
+        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
         stats.extra.update(extra)
         return stats
 

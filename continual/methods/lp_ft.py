@@ -39,7 +39,7 @@ class LPFT:
             head = fit_linear_head(features, task.train.labels, len(task.class_names),
                                    normalize=model.backbone.normalize_features)
         model.heads[task.name] = head.to(trainer.device)
-        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"lp_ft {step}:{task.name}")
+        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
         return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y)}

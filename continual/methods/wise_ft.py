@@ -30,7 +30,7 @@ class WiseFT:
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         anchor = (self.pretrained if self.options.anchor == "pretrained"
                   else copy.deepcopy(model.backbone.state_dict()))
-        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"wise_ft {step}:{task.name}")
+        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
         interpolate(model.backbone, anchor, alpha=self.options.alpha)
         stats.extra["wise_ft_alpha"] = self.options.alpha
         return stats

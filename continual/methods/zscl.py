@@ -102,7 +102,7 @@ class ZSCL:
         trained = trainer.trainable_parameters(model, task.name)
         self.anchor = [(p, p.detach().clone()) for p in trained]
         ensemble = None if self.options.we_freq is None else WeightEnsemble(trained, every=self.options.we_freq)
-        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"zscl {step}:{task.name}",
+        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}",
                             after_step=None if ensemble is None else ensemble.after_step)
         if ensemble is not None:
             ensemble.copy_to_params()  # the averaged model ends the task, as ZSCL saves and evaluates it
