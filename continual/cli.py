@@ -7,6 +7,7 @@ Start-up stays light: this module and the schema import no torch and no avalanch
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -83,10 +84,14 @@ def _parser() -> argparse.ArgumentParser:
                             "(several folders of one sequence, e.g. seeds, give mean ± std)")
     report.add_argument("folders", type=Path, nargs="+", metavar="RUN_FOLDER", help="<out>/<sequence name>")
     report.add_argument("--out", type=Path, help="where to write (default: the first run folder)")
-    report.add_argument("--latex", action="store_true", help="also tables.tex: the final metrics as booktabs "
-                        "tables to \\input in a paper (needs \\usepackage{booktabs})")
+    report.add_argument("--latex", action=argparse.BooleanOptionalAction, help="also tables.tex: the final metrics "
+                        "as booktabs tables to \\input in a paper (needs \\usepackage{booktabs}); --no-latex: "
+                        "no more (default: as the report in the output folder was last asked, report.json)")
     report.add_argument("--format", dest="formats", metavar="png,pdf,svg", help="also the figures as files, "
-                        "figures/<name>.<format>, sized for a paper (one or two columns, 8 pt, fonts embedded)")
+                        "figures/<name>.<format>, sized for a paper (one or two columns, 8 pt, fonts embedded); "
+                        "`none`: no more (default: as last asked, report.json)")
+    report.add_argument("--methods", help="comma-separated methods to show, in this order (rows, legends, "
+                        "heatmaps; default: every method that ran in the folders)")
     return parser
 
 
@@ -101,7 +106,44 @@ def _shown_as_ours(show):
     return show_warning
 
 
+# A reader that left before the output ended (`continual list | head -1`): 128 + SIGPIPE, the status the shell
+# reports for a program the closed pipe killed (`yes | head -1` under `set -o pipefail`), so a script tells it
+# from success (0), a failed run (1) and bad input (2). Python's own recipe exits 1, which a failed run uses.
+READER_LEFT = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; every command's output may go to a pipe whose reader leaves early: then it stops
+    quietly with READER_LEFT (Python's recipe, docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # here, not at the interpreter's exit, where a closed pipe is a traceback
+    except BrokenPipeError:
+        _stop_writing_to_closed_pipes()
+        return READER_LEFT
+
+
+def _stop_writing_to_closed_pipes() -> None:
+    """Point stdout (and stderr, if its pipe is closed too) at /dev/null, so that what is left in their
+    buffers does not fail again when the interpreter flushes them at exit."""
+    try:
+        sys.stderr.flush()
+        closed = [sys.stdout]  # stderr may still be a terminal: keep it then
+    except OSError:
+        closed = [sys.stdout, sys.stderr]
+    for stream in closed:
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a notebook's or a test's stream)
+            continue
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     previous = warnings.showwarning  # restored below: main() may be called in-process (tests, notebooks)
     warnings.showwarning = _shown_as_ours(previous)
@@ -162,9 +204,21 @@ def _run_sequence(args: argparse.Namespace) -> int:
     if methods is not None and len(set(methods)) < len(methods):
         raise ConfigError("--methods", [(m, "listed twice") for m in dict.fromkeys(methods) if methods.count(m) > 1])
 
+    from continual.run_folder import DiskFull, RunExists, RunFolder, RunLocked, check_output
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # under torchrun, rank 0 says it (runner.run_sequence)
+        try:  # before importing torch (seconds): an --out that cannot be used, or that holds a run, is said at once
+            check_output(args.out, seq.name)
+            RunFolder(args.folder).check_free(seq.name, resume=args.resume, overwrite=args.overwrite)
+        except (RunLocked, RunExists) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except DiskFull as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+
     from continual.checkpoints import CheckpointError
     from continual.report import LiveReport
-    from continual.run_folder import DiskFull, RunExists, RunLocked
     from continual.runner import MethodsFailed, run_sequence  # torch-heavy: only when running
 
     try:
@@ -252,17 +306,28 @@ def _figure_formats(text: str | None) -> tuple[str, ...]:
 
 def _report(args: argparse.Namespace) -> int:
     from continual.report import ReportError, write_report
+    from continual.report.outputs import recorded
+    from continual.report.tables import UnknownMethods
     from continual.run_folder import DiskFull
 
-    formats = _figure_formats(args.formats)
+    formats = None if args.formats is None else () if args.formats == "none" else _figure_formats(args.formats)
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    if methods is not None and not methods:  # `--methods ""`: an empty list must not mean "all"
+        raise ConfigError("--methods", [("", "no method named")])
+    if methods is not None and len(set(methods)) < len(methods):
+        raise ConfigError("--methods", [(m, "listed twice") for m in dict.fromkeys(methods) if methods.count(m) > 1])
     try:
-        out = write_report(args.folders, args.out, latex=args.latex, formats=formats)
+        out = write_report(args.folders, args.out, latex=args.latex, formats=formats, methods=methods)
+    except UnknownMethods as err:
+        print(f"error: --methods: {err}", file=sys.stderr)
+        return 2
     except (ReportError, DiskFull) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    also = ["summary.md", "summary.csv"] + (["tables.tex"] if args.latex else [])
-    if formats:
-        also.append(f"figures/*.{{{','.join(formats)}}}" if len(formats) > 1 else f"figures/*.{formats[0]}")
+    latex, shown = recorded(out)  # what was written: the options given, or those the report was last asked
+    also = ["summary.md", "summary.csv"] + (["tables.tex"] if latex else [])
+    if shown:
+        also.append(f"figures/*.{{{','.join(shown)}}}" if len(shown) > 1 else f"figures/*.{shown[0]}")
     print(f"report in {out / 'index.html'} (and {', '.join(also)})")
     return 0
 

@@ -42,6 +42,7 @@ import yaml
 
 from continual import metrics
 from continual.config import ConfigError
+from continual.files import BadFile, open_regular, read_json
 from continual.methods.options import item_key
 
 CONFIG = "config.yaml"
@@ -49,7 +50,8 @@ MATRIX_CSV, MATRIX_JSON, METRICS, CURVES = "accuracy_matrix.csv", "accuracy_matr
 EVENTS = "events.out.tfevents.*"  # TensorBoard's event files, as its writer names them: one per process
 INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT = "index.html", "summary.md", "summary.csv", "environment.json"
 TABLES_TEX, FIGURES = "tables.tex", "figures"  # `continual report --latex`, `--format`: figures/<name>.<format>
-REPORT_FILES = (INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT, TABLES_TEX)
+REPORT_RECORD = "report.json"  # which of those the report was asked for, so that every rewrite redraws them
+REPORT_FILES = (INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT, TABLES_TEX, REPORT_RECORD)
 
 
 _UMASK = os.umask(0)
@@ -319,9 +321,12 @@ class RunFolder:
 
     def record_failure(self, method: str, error: str) -> None:
         """Mark a method's results as failed (its rows so far stay as they are), for the report and the user."""
-        path = self.method(method) / METRICS
-        doc = json.loads(path.read_text()) if path.exists() else {"method": method, "steps": []}
+        try:
+            doc = self.read_metrics(method) or {"method": method, "steps": []}
+        except (OSError, ValueError):  # damaged: the error is what matters now
+            doc = {"method": method, "steps": []}
         doc.update(complete=False, error=error)
+        path = self.method(method) / METRICS
         make_folder(path.parent)
         atomic_write(path, json.dumps(doc, indent=1, allow_nan=False))
 
@@ -331,17 +336,24 @@ class RunFolder:
         return pd.read_csv(self.method(method) / MATRIX_CSV, index_col="step")
 
     def read_metrics(self, method: str) -> dict | None:
+        """A method's metrics.json, None when it has none; a BadFile (ValueError) when it is damaged (not
+        JSON, nested too deeply, not an object), an OSError when it cannot be read."""
         path = self.method(method) / METRICS
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.exists():
+            return None
+        doc = read_json(path)
+        if not isinstance(doc, dict):
+            raise BadFile(f"{path} holds a JSON {type(doc).__name__}, not the object continual writes")
+        return doc
 
     def progress(self) -> str:
         """How far each method got, e.g. "finetune 3/3 steps, ldifs 1/3 steps"."""
         done = []
         for path in sorted(self.path.glob(f"*/{METRICS}")):
             try:
-                doc = json.loads(path.read_text())
+                doc = read_json(path)
                 done.append(f"{path.parent.name} {doc['steps_done']}/{doc['steps_total']} steps")
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError):  # TypeError: a JSON list or number
                 done.append(f"{path.parent.name} unreadable")
         return ", ".join(done) or "no step finished yet"
 
@@ -353,20 +365,10 @@ class RunFolder:
         (except keys in `may_differ`). Methods may be added on resume (each method's options must be the
         same as before); the config then lists the run's methods, then the new ones."""
         new = yaml.safe_load(config_text)
-        on_disk = self._our_config(new["name"])
-        if on_disk is None:
-            if self._holds_results() and not overwrite:  # an --overwrite interrupted after config.yaml went
-                raise RunExists(f"{self.path} holds results of a run but no {CONFIG} (an interrupted --overwrite?), "
-                                "so they cannot be checked against this sequence; add --overwrite to discard "
-                                "them, or choose another --out")
+        on_disk = self._run_here(new["name"], resume=resume, overwrite=overwrite)
+        if on_disk is None or overwrite:
             self._discard()
             return config_text
-        if overwrite:
-            self._discard()
-            return config_text
-        if not resume:
-            raise RunExists(f"{self.path} already holds a run of '{new['name']}' ({self.progress()}); "
-                            "add --resume to continue it, --overwrite to discard it, or choose another --out")
         on_disk = _as_today(on_disk)
         old_methods = {item_key(item): item for item in on_disk["methods"]}  # by label, else by name
         new_methods = {item_key(item): item for item in new["methods"]}
@@ -380,15 +382,37 @@ class RunFolder:
         merged = {**old_methods, **new_methods}  # the run's order, then methods new to it
         return yaml.safe_dump({**new, "methods": list(merged.values())}, sort_keys=False)
 
+    def check_free(self, name: str, *, resume: bool, overwrite: bool) -> None:
+        """The RunExists that `claim` would raise for a run of `name`, said before the model and data are
+        loaded (seconds to minutes) rather than after; nothing is read but the folder's own files, nothing
+        written. `claim` decides again under the lock. A folder another run holds is left to its lock,
+        whose RunLocked says who holds it, rather than a RunExists that says to add --resume."""
+        if self.lock_holder() is None:
+            self._run_here(name, resume=resume, overwrite=overwrite)
+
+    def _run_here(self, name: str, *, resume: bool, overwrite: bool) -> dict | None:
+        """The config of our run of `name` in this folder (None: none), or RunExists where a new run may not
+        start here: a run without --resume or --overwrite, results without a config, another's config."""
+        on_disk = self._our_config(name)
+        if on_disk is None and self._holds_results() and not overwrite:  # an --overwrite stopped after config.yaml went
+            raise RunExists(f"{self.path} holds results of a run but no {CONFIG} (an interrupted --overwrite?), "
+                            "so they cannot be checked against this sequence; add --overwrite to discard "
+                            "them, or choose another --out")
+        if on_disk is not None and not resume and not overwrite:
+            raise RunExists(f"{self.path} already holds a run of '{name}' ({self.progress()}); "
+                            "add --resume to continue it, --overwrite to discard it, or choose another --out")
+        return on_disk
+
     def _our_config(self, name: str) -> dict | None:
         """The config.yaml of our run of `name` here, None when there is none; a config.yaml that is not
         one (another tool's, another sequence's, unreadable) is never resumed or overwritten: RunExists."""
         if not self.config.exists():
             return None
         try:
-            doc = yaml.safe_load(self.config.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-            doc, why = None, f"cannot be read ({' '.join(str(err).split())[:120]})"
+            with open_regular(self.config) as f:  # a FIFO there would block a plain read forever
+                doc = yaml.safe_load(f.read().decode())
+        except (OSError, ValueError, yaml.YAMLError, RecursionError) as err:  # ValueError: BadFile, not UTF-8
+            doc, why = None, f"cannot be read ({' '.join(str(err).split())[:120]})"  # RecursionError: nested deeply
         else:
             why = "was not written by continual"
         methods = doc.get("methods") if isinstance(doc, dict) else None
@@ -652,7 +676,8 @@ def _method_order(run: RunFolder) -> list[str]:
     found = run.methods_with_results()
     try:
         config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):  # damaged: the folders' order
         config = {}
-    listed = [key for m in (config or {}).get("methods") or [] if (key := item_key(m)) in found]
+    methods = config.get("methods") if isinstance(config, dict) else None
+    listed = [key for m in methods if (key := item_key(m)) in found] if isinstance(methods, list) else []
     return listed + [m for m in found if m not in listed]

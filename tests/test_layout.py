@@ -63,7 +63,7 @@ LAYERS = [
                          "continual.datasets.folders", "continual.datasets.listed", "continual.datasets.store",
                          "continual.augment"]),
     ("light", ["continual.config", "continual.datasets", "continual.methods", "continual.seeds", "continual.metrics",
-               "continual.network",
+               "continual.network", "continual.files",
                "continual.plots", "continual.run_folder", "continual.report", "continual.progress"]),
 ]
 LIGHT = {"light"}

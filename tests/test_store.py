@@ -3,6 +3,7 @@ two processes at once, bad files, a full disk, and `continual data prepare | lis
 import json
 import re
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -104,22 +105,53 @@ def test_a_changed_file_or_size_opens_another_store(tmp_path):
     assert len(stores(tmp_path / "data")) == 6
 
 
-@pytest.mark.parametrize("damage", ["truncate", "manifest", "filled"])
+def _huge_npy_header(path: Path) -> None:
+    """filled.npy whose header claims 10**11 rows (np.load would try to allocate 93 GiB)."""
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"'shape': (16,), }", b"'shape': (99999999999,),}"))
+
+
+def _replace(path: Path, by) -> None:
+    path.unlink()
+    by(path)
+
+
+# Damage of every kind a file of the store can suffer (issue #23: a folder where images.u8 belongs was a
+# traceback); each store is rebuilt, as a truncated one always was.
+DAMAGE = {
+    "truncate": lambda f: os.truncate(f / "images.u8", 100),
+    "manifest": lambda f: (f / "manifest.json").write_text(
+        json.dumps(json.loads((f / "manifest.json").read_text()) | {"resize": "nearest"})),
+    "filled": lambda f: np.save(f / "filled.npy", np.ones(3, bool)),
+    "manifest nested too deeply": lambda f: (f / "manifest.json").write_text("[" * 100_000),
+    "manifest not an object": lambda f: (f / "manifest.json").write_text("[1, 2]"),
+    "manifest not UTF-8": lambda f: (f / "manifest.json").write_bytes(b"\xff\xfe{}"),
+    "filled an .npz": lambda f: (np.savez(f / "filled.npz", np.ones(16, bool)),
+                                 (f / "filled.npz").rename(f / "filled.npy")),
+    "filled a pickle": lambda f: np.save(f / "filled.npy", np.array([None] * 16, object)),
+    "filled claims 10**11 rows": lambda f: _huge_npy_header(f / "filled.npy"),
+    **{f"{name} a folder": (lambda name: lambda f: _replace(f / name, Path.mkdir))(name)
+       for name in ("images.u8", "filled.npy", "manifest.json")},
+    ".lock a folder": lambda f: (_replace(f / ".lock", Path.mkdir),
+                                 os.truncate(f / "images.u8", 100)),  # so that the rebuild takes the lock
+    **{f"{name} a FIFO": (lambda name: lambda f: _replace(f / name, os.mkfifo))(name)
+       for name in ("images.u8", "filled.npy", "manifest.json")},
+    "the store a file": lambda f: (shutil.rmtree(f), f.write_text("x")),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_store_is_rebuilt_not_reused(tmp_path, damage):
     write_folder(tmp_path / "f")
     pixels = load(tmp_path / "f", tmp_path / "data").train.images[:]
     tasks.clear_cache()
     (folder,) = [s.folder for s in stores(tmp_path / "data") if s.split == "train"]
-    if damage == "truncate":
-        os.truncate(folder / "images.u8", 100)
-    elif damage == "manifest":
-        manifest = json.loads((folder / "manifest.json").read_text())
-        (folder / "manifest.json").write_text(json.dumps(manifest | {"resize": "nearest"}))
-    else:
-        np.save(folder / "filled.npy", np.ones(3, bool))
+    DAMAGE[damage](folder)
+    assert len(stores(tmp_path / "data")) in (1, 2)  # `data list` skips what it cannot read, never hangs on a FIFO
     again = load(tmp_path / "f", tmp_path / "data").train.images[:]
     assert torch.equal(again, pixels)
     assert (folder / "images.u8").stat().st_size == 16 * 3 * 8 * 8
+    assert len(stores(tmp_path / "data")) == 2
 
 
 def test_a_corrupt_image_names_the_file_and_stores_nothing_of_it(tmp_path):

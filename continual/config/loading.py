@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 import sys
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from continual.config.schema import DataSpec, ModelConfig, Sequence, did_you_mean, local_path, shown
 from continual.datasets.catalog import (DATASETS, DataError, class_folders, folder_classes, imagefolder_classes,
                                         package_dir, resisc45_dir, resolve_classes)
+from continual.files import BadFile, read_json
 from continual.methods import METHODS, NEEDS
 from continual.methods.options import item_key
 
@@ -140,11 +140,22 @@ def _load_plugins(plugins) -> list[tuple[str, str]]:
                 spec.loader.exec_module(module)
             else:
                 importlib.import_module(plugin)
-        except Exception as err:  # anything the user's file raises: say which file, and what
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # anything the user's file raises, sys.exit() too: say which file, and what
             if name != plugin:
                 sys.modules.pop(name, None)
-            problems.append((f"plugins[{i}]", f"importing {plugin} failed: {type(err).__name__}: {err}"))
+            problems.append((f"plugins[{i}]", f"importing {plugin} failed: {_raised(err)}"))
     return problems
+
+
+def _raised(err: BaseException) -> str:
+    """What a plugin's import raised, in one line. SystemExit is named as the call that raised it: a
+    module that calls sys.exit() at import would otherwise end `run` and `validate` with its status, silently."""
+    if isinstance(err, SystemExit):
+        return f"it called sys.exit({err.code!r})" if err.code is not None else "it called sys.exit()"
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
 
 
 def dump_sequence(seq: Sequence) -> str:
@@ -616,7 +627,8 @@ HF_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # <org>/<repo>, as the hub 
 
 
 def _local_arch_problems(arch: str) -> list[tuple[str, str]]:
-    """An open_clip model the user brings: `local-dir:<folder>` or a model config JSON file."""
+    """An open_clip model the user brings: `local-dir:<folder>` or a model config JSON file, whose config
+    is read as models/clip.py reads it (`_model_config`), with the same messages."""
     if arch.startswith(LOCAL_DIR):
         folder = Path(arch[len(LOCAL_DIR):]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
@@ -624,9 +636,24 @@ def _local_arch_problems(arch: str) -> list[tuple[str, str]]:
                              "open_clip or downloaded from the hub, with its weights)")]
         if not any(next(folder.glob(ext), None) for ext in ("*.safetensors", "*.bin", "*.pth")):
             return [("arch", f"{arch}: no weights (.safetensors, .bin or .pth) in {folder}")]
-        return []
-    if not Path(arch).expanduser().is_file():
-        return [("arch", f"model config file not found: {arch!r}")]
+        path, nested = folder / "open_clip_config.json", True
+    else:
+        path, nested = Path(arch).expanduser(), False
+        if not path.is_file():
+            return [("arch", f"model config file not found: {arch!r}")]
+    try:
+        doc = read_json(path)
+    except BadFile as err:  # nested too deeply, not JSON, ...: the message names the file
+        return [("arch", f"cannot read the model config: {err}")]
+    except OSError as err:
+        return [("arch", f"cannot read the model config {str(path)!r}: {err.strerror or err}")]
+    cfg = doc.get("model_cfg") if nested and isinstance(doc, dict) else doc
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        where = " under model_cfg" if nested else ""
+        return [("arch", f"{str(path)!r} is not an open_clip model config: no {', '.join(missing)}{where}")]
+    if not all(isinstance(cfg[k], dict) for k in ("vision_cfg", "text_cfg")):
+        return [("arch", f"{str(path)!r} is not an open_clip model config: vision_cfg and text_cfg must be objects")]
     return []
 
 
@@ -690,11 +717,32 @@ def open_clip_architectures() -> set[str] | None:
 
 
 def _open_clip_config(arch: str) -> dict | None:
-    module = sys.modules.get("open_clip")
-    if module is not None:
+    """The model config of an open_clip `arch` (a name open_clip knows, a model config JSON file, a
+    local-dir's under model_cfg), or None where there is none or it cannot be read (_local_arch_problems
+    says why for the user's own)."""
+    if arch.startswith(LOCAL_DIR):
+        path, nested = Path(arch[len(LOCAL_DIR):]).expanduser() / "open_clip_config.json", True
+    elif arch.lower().endswith(".json"):
+        path, nested = Path(arch).expanduser(), False
+    elif (module := sys.modules.get("open_clip")) is not None:
         return module.get_model_config(arch)
-    package = package_dir("open_clip")
-    try:
-        return json.loads((package / "model_configs" / f"{arch}.json").read_text())
-    except (OSError, TypeError, ValueError):
+    elif (package := package_dir("open_clip")) is not None:
+        path, nested = package / "model_configs" / f"{arch}.json", False
+    else:
         return None
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError):  # ValueError: BadFile too (nested too deeply, not JSON, a FIFO)
+        return None
+    cfg = doc.get("model_cfg") if nested and isinstance(doc, dict) else doc
+    return cfg if isinstance(cfg, dict) else None
+
+
+def read_sequence(path: Path) -> dict:
+    """A sequence file's YAML as load_sequence reads it (relative paths anchored to its folder), for a caller
+    that validates one file under many overrides: load_sequence(read_sequence(path), overrides) checks what
+    load_sequence(path, overrides) checks, reading the file once (a sweep's grid points). Its problems and
+    warnings then name `<dict>`: the caller names the file."""
+    raw = _read_yaml(path)
+    _anchor_paths(raw, path.absolute().parent)
+    return raw

@@ -31,6 +31,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -44,6 +45,7 @@ import numpy as np
 
 from continual import progress
 from continual.datasets.catalog import DataError
+from continual.files import open_regular, read_json
 
 FORMAT = 1
 FOLDER = ".continual-store"  # under data_root
@@ -161,24 +163,27 @@ class Store:
 
     def _intact(self) -> bool:
         try:
-            manifest = json.loads(self.manifest_path.read_text())
-            filled = np.load(self.filled_path)
-            size = self.images_path.stat().st_size
-        except (FileNotFoundError, ValueError, EOFError):  # absent, or not what we write: rebuild
-            return False
+            manifest = read_json(self.manifest_path)
+            filled = _read_filled(self.filled_path, self.n)
+            images = os.stat(self.images_path)
+        except (FileNotFoundError, NotADirectoryError, ValueError):  # absent, or not what we write: rebuild
+            return False  # (ValueError: BadFile too, a folder or a FIFO where a file of ours belongs)
         except OSError as err:  # unreadable (another user's 0600 file, EIO, ESTALE): never rebuild over it
             raise DataError("dataset", f"{self.key.dataset}: cannot read the image store {self.folder}: "
                                        f"{err.strerror or err}") from None
-        return (manifest == self.key.manifest(self.n) and filled.shape == (self.n,) and filled.dtype == bool
-                and size == self.n * self.row_bytes)
+        return (manifest == self.key.manifest(self.n) and filled is not None and stat.S_ISREG(images.st_mode)
+                and images.st_size == self.n * self.row_bytes)
 
     def _create(self) -> None:
         """Empty files for the store (under the lock). Whatever was there is removed first: a store that
         is not intact is rebuilt, never patched. The manifest comes last, so its presence says the rest
         is there."""
-        for path in (self.manifest_path, self.filled_path, self.images_path):
-            path.unlink(missing_ok=True)
         try:
+            for path in (self.manifest_path, self.filled_path, self.images_path):
+                if path.is_dir() and not path.is_symlink():  # a folder where a file of ours belongs: damage too
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
             with open(self.images_path, "wb") as f:
                 f.truncate(self.n * self.row_bytes)  # sparse: disk is used as rows are written
             _atomic_save(self.filled_path, np.zeros(self.n, dtype=bool))
@@ -188,9 +193,14 @@ class Store:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        lock = self.folder / ".lock"
         try:
+            if os.path.lexists(self.folder) and not self.folder.is_dir():  # a file (or a dangling link) named as
+                self.folder.unlink()                                        # the store: damage, rebuilt
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+            if lock.is_dir() and not lock.is_symlink():  # a folder where the lock file belongs: damage too
+                shutil.rmtree(lock)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
             raise self._write_error(err) from None
         try:
@@ -221,8 +231,10 @@ class Store:
     def filled(self) -> np.ndarray:
         if self._filled is None or not self._filled.all():
             try:
-                self._filled = np.load(self.filled_path)
-            except (FileNotFoundError, ValueError, EOFError):  # being recreated: nothing counts as filled
+                self._filled = _read_filled(self.filled_path, self.n)
+            except OSError:
+                self._filled = None
+            if self._filled is None:  # being recreated (or damaged since it was opened): nothing counts as filled
                 return np.zeros(self.n, dtype=bool)
         return self._filled
 
@@ -426,6 +438,23 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _read_filled(path: Path, n: int) -> np.ndarray | None:
+    """filled.npy as _atomic_save writes it (bool, shape (n,)), or None for anything else: its header is
+    read first, so that a damaged one claiming 10**11 rows is refused, not allocated (np.load would try).
+    OSError when it cannot be read; a folder or a FIFO is a BadFile (a ValueError: damage)."""
+    with open_regular(path) as f:
+        try:
+            if np.lib.format.read_magic(f) != (1, 0):
+                return None
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        except ValueError:  # not an .npy file at all, or its header cut short
+            return None
+        if shape != (n,) or dtype != np.dtype(bool):
+            return None
+        data = f.read(n + 1)
+    return np.frombuffer(data, dtype=bool).copy() if len(data) == n else None
+
+
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -453,14 +482,20 @@ def list_stores(data_root: Path) -> list[Stored]:
     for manifest_path in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
         folder = manifest_path.parent
         try:
-            manifest = json.loads(manifest_path.read_text())
-            filled = int(np.load(folder / "filled.npy").sum())
+            manifest = read_json(manifest_path)
+            keys = ("dataset", "split", "size", "images")
+            fields = [manifest.get(k) for k in keys] if isinstance(manifest, dict) else []
+            if [type(v) for v in fields] != [str, str, int, int]:
+                continue  # damaged: rebuilt by the next run that needs it
+            filled = _read_filled(folder / "filled.npy", manifest["images"])
+            if filled is None:
+                continue
+            filled = int(filled.sum())
             used = sum(p.stat().st_blocks * 512 for p in folder.iterdir() if p.is_file())
             modified = max(p.stat().st_mtime for p in folder.iterdir() if p.is_file())
         except (OSError, ValueError, KeyError):
             continue
-        found.append(Stored(folder, manifest.get("dataset", "?"), manifest.get("split", "?"), manifest.get("size", 0),
-                            manifest.get("images", 0), filled, used, modified))
+        found.append(Stored(folder, *fields, filled, used, modified))
     return found
 
 

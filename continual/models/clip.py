@@ -4,7 +4,6 @@ and friends), which EfficientNet-only runs should not pay."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from continual.files import BadFile, read_json
 from continual.models.backbone import OPEN_CLIP, Backbone, Head, ModelError
 from continual.models.weights import as_state_dict, check_state_fits, check_values, one_line, read_checkpoint
 from continual.network import reachable as _reachable  # tests stand in for the network here
@@ -173,10 +173,10 @@ def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -
     kwargs = dict(force_image_size=image_size, pretrained_text=False, weights_only=True)
     path = None
     if pretrained is None:
-        clip = open_clip.create_model(arch, **kwargs)  # random init: tests and smoke runs only
+        clip = _create(open_clip, arch, **kwargs)  # random init: tests and smoke runs only
     elif os.path.isfile(pretrained):
         path = pretrained
-        clip = open_clip.create_model(arch, **kwargs)
+        clip = _create(open_clip, arch, **kwargs)
     elif os.path.isdir(pretrained):
         raise ModelError("pretrained", f"{pretrained!r} is a directory; expected an open_clip tag for {arch} "
                                        "or a checkpoint file")
@@ -218,6 +218,15 @@ def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -
     return _visual(clip, arch=arch, embed_dim=embed_dim)
 
 
+def _create(open_clip, arch: str, **kwargs) -> nn.Module:
+    """open_clip's model for `arch`, or ModelError: a user's model config can be JSON of the right keys and
+    still not one open_clip can build (`"vision_cfg": []`)."""
+    try:
+        return open_clip.create_model(arch, **kwargs)
+    except Exception as e:
+        raise ModelError("arch", f"cannot build open_clip {arch}: {one_line(e)}") from e
+
+
 def _visual(clip: nn.Module, *, arch: str, embed_dim: int) -> Backbone:
     size = clip.visual.preprocess_cfg["size"]
     height, width = (size, size) if isinstance(size, int) else size
@@ -233,8 +242,10 @@ def _visual(clip: nn.Module, *, arch: str, embed_dim: int) -> Backbone:
 def _model_config(path: Path, *, nested: bool) -> dict:
     """An open_clip model config read from `path` (under "model_cfg" in a local-dir's file), or ModelError."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+        doc = read_json(path)
+    except BadFile as err:  # nested too deeply, not JSON, a folder or a FIFO: the message names the file
+        raise ModelError("arch", f"cannot read the model config: {err}") from None
+    except OSError as err:
         raise ModelError("arch", f"cannot read the model config {str(path)!r}: {one_line(err)}") from None
     cfg = doc.get("model_cfg") if nested and isinstance(doc, dict) else doc
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
