@@ -77,12 +77,13 @@ def test_sweep_files_are_checked_before_anything_runs(files):
     refused({"backend": "pbs"}, r"bad\.yaml: backend: .*'local', 'slurm' or 'ray'")
     refused({"ray": {"adress": "auto"}}, r"bad\.yaml: ray\.adress: unknown key")
     refused({"resources": {"gpus": -1}}, r"bad\.yaml: resources\.gpus: must be greater than or equal to 0")
-    refused({"grid": {"methods.l2sp.lambda": []}}, r"bad\.yaml: grid: .*give at least one value")
-    refused({"grid": {"methods.ldifs.lambda": [1]}}, r"--set: methods\.ldifs\.lambda: no method entry 'ldifs'")
-    refused({"grid": {"training.lr": [-1]}}, r"tiny\.yaml: training\.lr: must be greater than 0")
-    refused({"methods": ["ewc"]}, r"bad\.yaml: methods: ewc not in tiny\.yaml's methods \(finetune, l2sp\)")
+    refused({"grid": {"methods.l2sp.lambda": []}}, r"bad\.yaml: grid\.methods\.l2sp\.lambda: give at least one value")
+    refused({"methods": None, "grid": {"methods.ldifs.lambda": [1]}},
+            r"bad\.yaml: grid\.methods\.ldifs\.lambda: no method entry 'ldifs' .*\(in .*tiny\.yaml\)")
+    refused({"grid": {"training.lr": [-1]}}, r"bad\.yaml: grid\.training\.lr: must be greater than 0, got -1 \(in .*tiny")
+    refused({"methods": ["l2sp", "ewc"]}, r"bad\.yaml: methods\[1\]: ewc is not one of tiny\.yaml's methods \(finetune, l2sp\)")
     refused({"sequences": ["nope.yaml"]}, r"bad\.yaml: sequences\[0\]: .*nope\.yaml not found")
-    refused({"grid": {"data_root": ["/tmp/a b", "/tmp/a_b"]}}, r"bad\.yaml: grid: two cells would share")
+    refused({"grid": {"data_root": ["/tmp/a b", "/tmp/a_b"]}}, r"bad\.yaml: grid\.data_root\[1\]: .* would share the folder")
 
 
 def test_the_lambda_figure_draws_each_method_against_the_swept_value():
@@ -117,9 +118,13 @@ def test_a_cell_running_in_another_process_is_shown_and_left_to_it(files):
     assert sweeps.state(cell)[0] == "pending"
 
 
-def test_the_readme_sweep_file_is_valid_as_written():
+def test_the_readme_sweep_file_is_valid_as_written(tmp_path):
+    import shutil
     from pathlib import Path
 
     text = (Path(__file__).parents[1] / "README.md").read_text().split("## Sweeps\n", 1)[1]
-    spec = sweeps.SweepFile.model_validate(yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0]))
-    assert (spec.backend, spec.resources.gpus, spec.slurm.max_requeues, spec.ray.address) == ("local", 1, 3, None)
+    (tmp_path / "sweep.yaml").write_text(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    shutil.copytree(Path(__file__).parents[1] / "sequences", tmp_path / "sequences")
+    spec, cells = sweeps.load_sweep(tmp_path / "sweep.yaml")  # the whole file's checks, as `continual sweep` makes
+    assert (spec.backend, spec.resources.gpus, spec.slurm.max_requeues, spec.max_cells) == ("slurm", 1, 3, 1000)
+    assert len(cells) == 12 and not (tmp_path / "runs").exists()

@@ -93,15 +93,21 @@ def run_local(cells: list, *, jobs: int | None = None, log=print) -> None:
 
 
 def visible_gpus() -> list[str]:
+    return gpus_here() or []
+
+
+def gpus_here() -> list[str] | None:
+    """The GPUs local cells are given, one each: CUDA_VISIBLE_DEVICES where it is set, else those nvidia-smi
+    lists; None where neither tells (no nvidia-smi, or it failed: a GPU torch sees may still be there)."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return [g for g in listed.split(",") if g.strip()]
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
                              text=True, timeout=10)
-        return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
     except (OSError, subprocess.SubprocessError):
-        return []
+        return None
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else None
 
 
 def _extra(module: str, backend: str):
@@ -185,7 +191,13 @@ def run_ray(spec, cells: list, *, log=print) -> None:
     res = spec.resources
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=spec.ray.address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=spec.ray.address, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as err:  # `auto` with no cluster on this machine, a head that does not answer
+            said = str(err).split(". ")[0].rstrip(".")
+            raise ConfigError(spec._source or "ray", [("ray.address", f"{spec.ray.address}: {said}; start one "
+                                                      "(`ray start --head`), or set address: null to start Ray here "
+                                                      "for the sweep")]) from None
     try:
         have = ray.cluster_resources()
         need = {"CPU": res.cpus, "GPU": res.gpus, "memory": res.mem_gb * 2**30}
