@@ -9,6 +9,9 @@ for a paper (`continual report --format`): a column (3.5 in) or the page width o
 from __future__ import annotations
 
 import io
+import numbers
+import textwrap
+import zlib
 from dataclasses import dataclass
 
 import matplotlib
@@ -89,9 +92,9 @@ def curves_figure(matrix: pd.DataFrame, *, title: str, n_steps: int) -> Figure:
     columns = [c for c in matrix.columns if c != "step"]
     tasks = [c for c in columns if not c.startswith("probe:")]
     for i, col in enumerate(columns):
-        color = PALETTE[i % len(PALETTE)]
+        color, marker, _ = STYLES[i % len(STYLES)]  # more than 8 columns: colour and marker still tell them apart
         probe = col.startswith("probe:")
-        ax.plot(matrix["step"], matrix[col], color=color, linestyle="--" if probe else "-", marker="o",
+        ax.plot(matrix["step"], matrix[col], color=color, linestyle="--" if probe else "-", marker=marker,
                 markersize=3, label=col)
         if not probe:
             learned = tasks.index(col) + 1
@@ -109,17 +112,49 @@ def curves_figure(matrix: pd.DataFrame, *, title: str, n_steps: int) -> Figure:
     return fig
 
 
-# Report figures. Accuracies are drawn in percent, as papers print them; every function takes the
-# method order so that a method keeps its colour and marker in every figure (and while a run goes).
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]  # a second cue besides colour, for greyscale print
+# Report figures. Accuracies are drawn in percent, as papers print them. A method's style (colour, marker, line
+# style) follows from its name, so that it is the same in every figure, and while a run goes.
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]  # a second cue besides colour, for greyscale print (not "*":
+# the curves' ★ marks where a task is learned)
+LINESTYLES = ["-", "--", "-.", ":"]
+
+
+def _style_slot(k: int) -> tuple[str, str, str]:
+    """Style number k: (colour, marker, line style). The first 64 differ pairwise in colour or marker (k = 8a + b:
+    colour b, marker b + a), each run of 8 in both, and from the 9th on in line style too; the 256 of
+    8 colours × 8 markers × 4 line styles are all different (k = 64c + 8a + b: line style a + c)."""
+    a, b, c = k // 8 % 8, k % 8, k // 64
+    return PALETTE[b], MARKERS[(a + b) % 8], LINESTYLES[(a + c) % 4]
+
+
+STYLES = [_style_slot(k) for k in range(len(PALETTE) * len(MARKERS) * len(LINESTYLES))]
+# The built-in methods have a style of their own each: the registry's names in its order (continual/methods
+# METHODS), copied so that a plugin registered first changes no style (test_report_fresh checks the copy).
+BUILT_IN = ["finetune", "ldifs", "frozen", "joint", "l2sp", "wise_ft", "lp_ft", "flyp", "zscl", "naive", "ewc", "lwf",
+            "replay"]
 
 
 def method_style(methods: list[str], labels: dict[str, str] | None = None) -> dict[str, dict]:
-    """method -> matplotlib line style (colour and marker), fixed by the method's position, and its legend
-    entry (`labels`: e.g. `ldifs (λ = 10)`, report/tables.py method_labels; else the method's key)."""
+    """method -> its matplotlib style (color, marker, linestyle) and legend entry (`labels`: e.g. `ldifs (λ = 10)`,
+    report/tables.py method_labels; else the method's key). Fixed by the name, never by the position: a built-in
+    method has its own of STYLES; any other key (a labelled variant, a plugin) one chosen by a hash of it among
+    the first 64 (distinct colour × marker pairs). Two that would share one take the next free style, built-ins
+    first, then the others in an order of their names only: every method of a figure differs from the others
+    (up to 256), and a method keeps its style whatever else is drawn, but for such a clash between two others."""
     labels = labels or {}
-    return {m: {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)], "label": labels.get(m, m)}
-            for i, m in enumerate(methods)}
+
+    def wish(name: str) -> tuple[int, str]:
+        if name in BUILT_IN:
+            return BUILT_IN.index(name), ""
+        return len(BUILT_IN) + zlib.crc32(name.encode()) % (64 - len(BUILT_IN)), name
+
+    slot: dict[str, int] = {}
+    for name in sorted(dict.fromkeys(methods), key=lambda n: (n not in BUILT_IN, *wish(n))):
+        k = wish(name)[0]
+        while k in slot.values() and len(slot) < len(STYLES):  # beyond 256 methods, styles repeat
+            k = (k + 1) % len(STYLES)
+        slot[name] = k
+    return {m: dict(zip(("color", "marker", "linestyle"), STYLES[slot[m]]), label=labels.get(m, m)) for m in methods}
 
 
 def heatmap_figure(matrix: pd.DataFrame, *, title: str, tasks: list[str], n_steps: int,
@@ -183,8 +218,8 @@ def _std(std: dict[str, pd.DataFrame], method: str, column: str, index) -> np.nd
 
 
 def _band(ax, x, mean, std, style: dict, label: str, *, look: Look) -> None:
-    ax.plot(x, mean, color=style["color"], marker=style["marker"], markersize=look.marker, linewidth=look.line,
-            label=label)
+    ax.plot(x, mean, color=style["color"], marker=style["marker"], linestyle=style["linestyle"],
+            markersize=look.marker, linewidth=look.line, label=label)
     if std is not None and np.isfinite(std).any():
         ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.15, linewidth=0)
 
@@ -238,6 +273,18 @@ def _legend_columns(fig: Figure, labels: list[str], *, fontsize: float, most: in
     return max(1, min(len(labels), most, fits))
 
 
+def _legend_below(fig: Figure, handles, names: list[str], *, look: Look, **kwargs) -> None:
+    """The legend under the panels, in as many columns as fit, the figure made taller by its rows beyond the
+    first (the height it was given holds one): with many methods (9 or more variants) the rows took the panels'
+    height, and constrained layout gave up on the figure (a UserWarning, "axes sizes collapsed to zero")."""
+    ncols = _legend_columns(fig, names, fontsize=look.legend)
+    rows = -(-len(names) // ncols)
+    if rows > 1:
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width, height + (rows - 1) * look.legend * 1.35 / 72)
+    fig.legend(handles, names, loc="outside lower center", fontsize=look.legend, ncols=ncols, **kwargs)
+
+
 def forgetting_curves_figure(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataFrame], *, methods: list[str],
                              tasks: list[str], n_steps: int, labels: dict[str, str] | None = None,
                              chance: pd.DataFrame | None = None, paper: bool = False) -> Figure:
@@ -266,9 +313,8 @@ def forgetting_curves_figure(mean: dict[str, pd.DataFrame], std: dict[str, pd.Da
         if k % ncols == 0:
             ax.set_ylabel("accuracy (%)", **_size(look.text))
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", fontsize=look.legend,
-               ncols=_legend_columns(fig, names, fontsize=look.legend),
-               title="★ learned here; grey: before it is learned", title_fontsize=look.note)
+    _legend_below(fig, handles, names, look=look, title="★ learned here; grey: before it is learned",
+                  title_fontsize=look.note)
     return fig
 
 
@@ -293,9 +339,9 @@ def concept_curves_figure(mean: dict[str, pd.DataFrame], std: dict[str, pd.DataF
         if k % ncols == 0:
             ax.set_ylabel("Δ accuracy (pp)" if paper else "Δ accuracy vs pre-trained (pp)", **_size(look.text))
     handles, names = axes[0].get_legend_handles_labels()
-    if paper:
-        fig.legend(handles, names, loc="outside lower center", fontsize=look.legend,
-                   ncols=_legend_columns(fig, names, fontsize=look.legend))
+    # On the page, beside the panels while the entries fit their height; else (and for a paper) under them.
+    if paper or len(names) * look.legend * 1.35 / 72 > fig.get_size_inches()[1] - 0.2:
+        _legend_below(fig, handles, names, look=look)
     else:
         fig.legend(handles, names, loc="outside right upper", fontsize=look.legend)
     return fig
@@ -356,7 +402,12 @@ def summary_figure(points: pd.DataFrame, *, methods: list[str], labels: dict[str
     ax.grid(alpha=0.3)
     _text_sizes(ax, look)
     if missing:
-        ax.text(0.0, -0.2, f"not shown (incomplete or missing): {', '.join(style[m]['label'] for m in missing)}",
+        # Wrapped to the figure's width (~0.55 em a character, from the axes' left edge ~0.7 in in): one line
+        # naming many methods was wider than the figure, and constrained layout then gave up on it with a
+        # UserWarning ("axes sizes collapsed to zero") on every redraw while a run's methods had not finished.
+        chars = max(20, int((fig.get_size_inches()[0] - 0.8) * 72 / (0.55 * look.note)))
+        ax.text(0.0, -0.2, textwrap.fill(f"not shown (incomplete or missing): "
+                                         f"{', '.join(style[m]['label'] for m in missing)}", chars),
                 transform=ax.transAxes, fontsize=look.note, va="top")
     if shown:
         _name_points(fig, ax, [(style[m]["label"], r["forgetting"], r["acc"]) for m, r in zip(names, shown)],
@@ -421,7 +472,7 @@ def sweep_figure(table: pd.DataFrame, *, key: str, others: list[str], paper: boo
     fig = Figure(figsize=(TWO_COLUMNS, 2.5) if paper else (8.4, 3.4), dpi=look.dpi, layout="constrained")
     axes = fig.subplots(1, 2)
     values = sorted(table[key].unique())
-    log = all(isinstance(v, (int, float)) and v > 0 for v in values) and max(values) / min(values) >= 20
+    log = all(is_number(v) and v > 0 for v in values) and max(values) / min(values) >= 20
     lines = table.groupby(["sequence", "method", *others], sort=False, dropna=False)
     several = table["sequence"].nunique() > 1
     for i, (group, rows) in enumerate(lines):
@@ -432,8 +483,9 @@ def sweep_figure(table: pd.DataFrame, *, key: str, others: list[str], paper: boo
             label = " ".join(map(str, group)) if len(lines) > 1 else str(group[1])
         for ax, metric in zip(axes, ("final_average_accuracy", "forgetting")):
             r = rows[rows["metric"] == metric].sort_values(key)
-            ax.errorbar(r[key], r["mean"] * 100, yerr=r["std"].fillna(0) * 100, marker=MARKERS[i % len(MARKERS)],
-                        color=PALETTE[i % len(PALETTE)], label=label,
+            color, marker, linestyle = STYLES[i % len(STYLES)]
+            ax.errorbar(r[key], r["mean"] * 100, yerr=r["std"].fillna(0) * 100, marker=marker, color=color,
+                        linestyle=linestyle, label=label,
                         **({"capsize": 2, "markersize": look.marker, "linewidth": look.line, "elinewidth": 0.7}
                            if paper else {"capsize": 3}))
     for ax, title in zip(axes, ("final average accuracy A_T (%)", "average forgetting F_T (pp)")):
@@ -445,8 +497,7 @@ def sweep_figure(table: pd.DataFrame, *, key: str, others: list[str], paper: boo
             ax.set_xscale("log")
     if paper:
         handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="outside lower center", fontsize=look.legend,
-                   ncols=_legend_columns(fig, names, fontsize=look.legend))
+        _legend_below(fig, handles, names, look=look)
     else:
         axes[0].legend(fontsize=8)
     return fig
@@ -454,3 +505,9 @@ def sweep_figure(table: pd.DataFrame, *, key: str, others: list[str], paper: boo
 
 def _shown(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def is_number(value) -> bool:
+    """A real number, Python's or numpy's (a grid of integers reads back from pandas as numpy.int64, which is no
+    `int`), and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))

@@ -80,7 +80,7 @@ def published(runs, tmp_path_factory):
 def test_the_cli_writes_exactly_the_files_asked_for(published):
     written = {str(p.relative_to(published)) for p in published.rglob("*") if p.is_file()}
     figures = {f"figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf", "svg")}
-    assert written == {"index.html", "summary.md", "summary.csv", "tables.tex"} | figures
+    assert written == {"index.html", "summary.md", "summary.csv", "tables.tex", "report.json"} | figures
 
 
 def test_no_figures_folder_and_no_latex_unless_asked(runs, tmp_path):
@@ -119,12 +119,13 @@ def test_legend_entries_name_the_options_that_define_a_method():
     assert escape("a--b & 50%") == r"a-{}-b \& 50\%"
 
 
-def test_the_page_keeps_its_figure_sizes_and_its_tables_the_bare_keys(published):
+def test_the_page_keeps_its_figure_sizes_and_names_methods_as_the_legends_do(published):
     page = (published / "index.html").read_text()
     pngs = re.findall(r'src="data:image/png;base64,([^"]*)"', page)
     first = Image.open(io.BytesIO(base64.b64decode(pngs[0])))  # the summary scatter, as the page always drew it
     assert first.size[0] == round(5.2 * plots.PAGE.dpi)
-    assert "| ldifs-100 |" in (published / "summary.md").read_text()  # the tables keep the bare key
+    assert "| ldifs-100 (λ = 100) |" in (published / "summary.md").read_text()  # named as in the legends
+    assert "<td class=text>ldifs-100 (λ = 100)</td>" in page and "<h3>ldifs-100 (λ = 100)</h3>" in page
 
 
 # --- tables.tex

@@ -30,7 +30,7 @@ def test_labelled_variants_run_side_by_side_and_resume(tmp_path, capsys):
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["methods"][:2] == [{"l2sp": {"lambda": 0.1}}, {"l2sp": {"label": "l2sp-1000", "lambda": 1000.0}}]
     summary = (folder / "summary.md").read_text()
-    assert "| l2sp |" in summary and "| l2sp-1000 |" in summary
+    assert "| l2sp (λ = 0.1) |" in summary and "| l2sp-1000 (λ = 1000) |" in summary
 
     # A resume adds the entry not run yet and keeps the finished ones; a changed λ under the same label is refused.
     assert main(["run", str(path), "--out", str(out), "--quiet", "--resume"]) == 0

@@ -3,6 +3,8 @@
     tables  run folders read back as tidy pandas tables, aggregated over runs (numbers only)
     page    index.html, summary.md, summary.csv (tables and figures)
     live    the report of a run while it goes (the runner's on_step callback)
+    outputs report.json: which of tables.tex and the figures a report was asked for, so every later write
+            rewrites them (and removes the ones it no longer draws)
 
 Reads files only: no torch, no models.
 """

@@ -28,7 +28,19 @@ FINAL = ["final_average_accuracy", "forgetting", "bwt"]
 ZSCL = ["zscl_transfer", "zscl_avg", "zscl_last"]
 HEADERS = {"final_average_accuracy": r"$A_T$", "forgetting": r"$F_T$", "bwt": "BWT", "zscl_transfer": "Transfer",
            "zscl_avg": "Avg", "zscl_last": "Last"}
-SWEEP = ["final_average_accuracy", "forgetting", "bwt", "zscl_transfer", "zscl_last"]  # sweep.md's columns
+SWEEP = ["final_average_accuracy", "forgetting", "bwt", "zscl_transfer", "zscl_last"]  # sweep.md's columns, then Δs
+
+
+def sweep_metrics(table: pd.DataFrame) -> list[str]:
+    """The metrics sweep.md and sweep.tex show of a sweep's aggregate: SWEEP, then each probe's Δ
+    (concept_delta:<probe column>, the concept forgetting LDIFS is about) in the order the table has them."""
+    probes = [m for m in dict.fromkeys(table["metric"]) if str(m).startswith("concept_delta:")] if len(table) else []
+    return SWEEP + probes
+
+
+def better(metric: str) -> bool:
+    """Higher is better (continual.metrics.FINAL; a probe's Δ, concept_delta:<probe>, too)."""
+    return metric.startswith("concept_delta:") or metrics.FINAL[metric][1]
 
 # Text mode characters LaTeX reads as commands (OT1, pdflatex's default encoding, also prints < > | as other
 # glyphs), and the Unicode the report writes that pdflatex cannot typeset as text.
@@ -85,15 +97,17 @@ def tables_tex(report: _Report) -> str:
 
 def sweep_tex(table: pd.DataFrame, *, name: str, keys: list[str], labels: dict[tuple, str] | None = None) -> str:
     r"""The contents of sweep.tex (`continual sweep report --latex`): `table`, a sweep's aggregate (sweeps.aggregate:
-    sequence, the grid `keys`, method, metric, mean, std, n), as one booktabs table of sweep.md's metrics, a row
+    sequence, the grid `keys`, method, metric, mean, std, n), as one booktabs table of sweep.md's metrics
+    (sweep_metrics: A_T, F_T, BWT, Transfer, Last, each probe's Δ), a row
     per (sequence, grid point, method) in the table's order: mean $\pm$ std over seeds in %, `(n=k)` where fewer
     seeds than the most any row has gave a value, the best of each column within each sequence in bold (page.py's
     rule: ties all bold, where more than one row has a value). `labels`: (sequence, *grid values, method) ->
-    the method's legend entry (report/tables.py method_labels), else its key. Five metric columns besides the
-    grid's do not fit a column of a two-column paper: the float is a `table*`, the page's width."""
+    the method's legend entry (report/tables.py method_labels), else its key. Five metric columns or more besides
+    the grid's do not fit a column of a two-column paper: the float is a `table*`, the page's width."""
     from continual.report.page import _fmt  # page.py imports this module
 
-    main = table[table["metric"].isin(SWEEP)]
+    shown = sweep_metrics(table)
+    main = table[table["metric"].isin(shown)]
     index = ["sequence", *keys, "method"]
     groups = list(main.groupby(index, sort=False, dropna=False))
     full = int(main["n"].max())
@@ -103,33 +117,35 @@ def sweep_tex(table: pd.DataFrame, *, name: str, keys: list[str], labels: dict[t
         if i and sequence != groups[i - 1][0][0]:
             breaks.append(i)
         texts = []
-        for metric in SWEEP:
+        for metric in shown:
             mean, std, n = cells.get(metric, (float("nan"), float("nan"), 0))
-            text = _fmt(mean, std, n, sign=metric == "bwt")  # signed, as tables.tex writes BWT
+            text = _fmt(mean, std, n, sign=metric == "bwt" or metric.startswith("concept_delta:"))  # as tables.tex
             if 0 < n < full and mean == mean:
                 text, fewer = f"{text} (n={n})", True
             texts.append(number(text))
         rows.append([escape(sequence), *(escape(_value(v)) for v in point),
                      escape((labels or {}).get((sequence, *point, method), method)), *texts])
     for start, end in zip([0, *breaks], [*breaks, len(rows)]):  # the best of each column, per sequence
-        for j, metric in enumerate(SWEEP):
+        for j, metric in enumerate(shown):
             means = [values[i].get(metric, (float("nan"),))[0] for i in range(start, end)]
-            bold |= {(start + i, len(index) + j) for i in best(means, higher_better=metrics.FINAL[metric][1])}
+            bold |= {(start + i, len(index) + j) for i in best(means, higher_better=better(metric))}
     over = rf"mean $\pm$ std over {full} seeds" if full > 1 else "one seed"
     caption = (f"{escape(name)}: final metrics in \\% for each sequence, grid point and method ({over}). $A_T$: final "
                "average accuracy; $F_T$: average forgetting; BWT: backward transfer; Transfer and Last: ZSCL's "
-               "(Zheng et al.\\ 2023).")
+               "(Zheng et al.\\ 2023)" + ("; $\\Delta$: probe accuracy minus the pre-trained model's (concept "
+                                           "forgetting)" if len(shown) > len(SWEEP) else "") + ".")
     if fewer:
         caption += " (n=$k$): over $k$ seeds only."
     if any(c == "--" for row in rows for c in row[len(index):]):
         caption += " --: no value."
     caption += " Bold: the best of each column" + (" within each sequence." if breaks else ".")
     short = _short_keys(keys)
-    columns = ["Sequence", *(escape(short[k]) for k in keys), "Method"] + [HEADERS[m] + _arrow(m) for m in SWEEP]
+    columns = ["Sequence", *(escape(short[k]) for k in keys), "Method"] + [
+        (HEADERS.get(m) or _probe_header(m.removeprefix("concept_delta:"))) + _arrow(m) for m in shown]
     head = [f"% sweep.tex of the sweep {name}, written by `continual sweep report --latex`.",
             r"% Needs \usepackage{booktabs}; then \input{sweep.tex}. A table* (the page's width in a two-column paper)."]
     head += [f"% Columns: {short[k]} = the grid's {k}." for k in keys if short[k] != k]
-    return "\n".join(head + ["", booktabs(rows, columns, bold=bold, align="l" + "r" * len(keys) + "l" + "r" * len(SWEEP),
+    return "\n".join(head + ["", booktabs(rows, columns, bold=bold, align="l" + "r" * len(keys) + "l" + "r" * len(shown),
                                           caption=caption, label=f"tab:{_label(name)}-sweep", breaks=breaks,
                                           wide=True)])
 
@@ -158,7 +174,7 @@ def _booktabs(report: _Report, table, headers: list[str], *, caption: str, label
     `headers` (LaTeX) for its metric columns, the better direction marked in each."""
     # metric_table's headers are the metric keys (label=str): concept_delta:<probe> is higher-better too.
     columns = ["Method"] + [h + _arrow(key) for h, key in zip(headers, table.headers[1:])]
-    rows = [[escape(report.labels.get(row[0], row[0]))] + [number(c) for c in row[1:]] for row in table.rows]
+    rows = [[escape(row[0])] + [number(c) for c in row[1:]] for row in table.rows]  # row[0]: the legend entry
     if any(c == "--" for row in rows for c in row[1:]):
         caption += " --: no value (the method did not complete)."
     caption += " Bold: the best of each column."

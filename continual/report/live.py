@@ -4,8 +4,9 @@
         run_sequence(seq, ..., on_step=live.step)
 
 After each step the runner has written the method's numbers; this draws its curves.png, and the
-comparison report (index.html, summary.md, summary.csv) when `every` seconds have passed since the last
-drawing, and at the end: also when some methods failed, and on Ctrl-C or SIGTERM (a pre-empted job), so
+comparison report (index.html, summary.md, summary.csv, and tables.tex and figures/ where the folder's
+report.json says `continual report --latex --format` asked for them) when `every` seconds have passed since
+the last drawing, and at the end: also when some methods failed, and on Ctrl-C or SIGTERM (a pre-empted job), so
 that the report shows every step on disk (it showed a method that had finished as "0 of 3 steps"); not
 when the run never wrote a step, nor on a full disk. A drawing takes ~1.4 s; after every step it cost 20 of the default sequence's 430 s. A figure or
 report that fails to draw warns instead of stopping the run: hours of training outweigh a picture, the

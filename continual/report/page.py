@@ -2,7 +2,8 @@
 and on request what a paper takes: tables.tex (report/latex.py) and the figures as files.
 
     write_report([Path("reports/mnist-fashion-animals")])   # -> index.html, summary.md, summary.csv there
-    write_report([...], latex=True, formats=["pdf"])        # and tables.tex, figures/*.pdf
+    write_report([...], latex=True, formats=["pdf"])        # and tables.tex, figures/*.pdf, from now on
+    write_report([...], methods=["ldifs", "finetune"])      # those methods only, in this order
 
 Numbers come from `report/tables.py`, figures from `continual/plots.py`. Reads files only: no torch, no
 models (torch is consulted for the GPU name only when the calling process has already imported it,
@@ -31,6 +32,8 @@ import pandas as pd
 import yaml
 
 from continual import metrics, plots
+from continual.files import read_json
+from continual.report import outputs
 from continual.report.latex import tables_tex
 from continual.report.tables import ReportError, Summary, best, read_run
 from continual.run_folder import ENVIRONMENT, FIGURES, INDEX, SUMMARY_CSV, SUMMARY_MD, TABLES_TEX, atomic_write
@@ -53,17 +56,22 @@ PACKAGES = ["torch", "torchvision", "open_clip_torch", "avalanche-lib", "numpy",
 
 
 def write_report(run_folders: list[Path], out: Path | None = None, *, record_environment: bool = False,
-                 latex: bool = False, formats: Iterable[str] = ()) -> Path:
+                 latex: bool | None = None, formats: Iterable[str] | None = None,
+                 methods: list[str] | None = None) -> Path:
     """Write index.html, summary.md and summary.csv for one or more run folders of one sequence into `out`
     (default: the first run folder) and return `out`. ReportError, with nothing written, when a folder
-    is not a run folder, the folders hold different sequences or a format is unknown. `record_environment`
-    (set by a run's live report) saves the software and machine of the running process as environment.json
-    in each run folder, so that a report written later, elsewhere, still names the machine that ran.
+    is not a run folder, the folders hold different sequences, a format is unknown or `methods` names a method
+    that ran in none of them (UnknownMethods). `record_environment` (set by a run's live report) saves the
+    software and machine of the running process as environment.json in each run folder, so that a report
+    written later, elsewhere, still names the machine that ran.
+    `methods`: the methods shown, in this order (rows, legends, heatmaps); default: every method that ran.
     For a paper: `latex` also writes tables.tex (booktabs tables, report/latex.py), and `formats` (any of
-    png, pdf, svg) the figures as figures/<name>.<format>, at a paper's sizes (plots.py)."""
+    png, pdf, svg) the figures as figures/<name>.<format>, at a paper's sizes (plots.py). Either left None is
+    as the report in `out` was last asked (its report.json, report/outputs.py): so every write of a report
+    (the live report's too) rewrites its tables.tex and figures, and removes those it no longer draws."""
     if not run_folders:
         raise ReportError("no run folder given")
-    formats = figure_formats(formats)
+    formats = None if formats is None else figure_formats(formats)
     runs = [read_run(f) for f in run_folders]
     first = runs[0]
     for run in runs[1:]:
@@ -71,10 +79,11 @@ def write_report(run_folders: list[Path], out: Path | None = None, *, record_env
             raise ReportError(f"{run.folder}: sequence {run.name!r} (tasks {', '.join(run.tasks)}) is not the "
                               f"sequence of {first.folder} ({first.name!r}, tasks {', '.join(first.tasks)})")
     out = Path(out) if out is not None else first.folder
+    report = _Report(runs, methods=methods)
+    latex, formats, before = outputs.asked(out, latex=latex, formats=formats, legacy=_legacy_files, tex=TABLES_TEX)
     if record_environment:
         for run in runs:
             atomic_write(run.folder / ENVIRONMENT, json.dumps(environment(), indent=1))
-    report = _Report(runs)
     # Everything is drawn before the first file is written: a drawing that fails leaves no half report.
     files = {SUMMARY_CSV: report.summary.to_csv(index=False, float_format="%.6f"), SUMMARY_MD: report.markdown(),
              INDEX: report.html()}
@@ -83,12 +92,26 @@ def write_report(run_folders: list[Path], out: Path | None = None, *, record_env
     for fig in report.figure_list if formats else []:
         for fmt, content in _draw(fig.fn, *fig.args, formats=formats, paper=True, **fig.kwargs).items():
             files[f"{FIGURES}/{fig.name}.{fmt}"] = content
-    out.mkdir(parents=True, exist_ok=True)
-    if formats:
-        (out / FIGURES).mkdir(exist_ok=True)
-    for name, content in files.items():
-        atomic_write(out / name, content)
+    outputs.write(out, files, latex=latex, formats=formats, before=before, tracked=_ours)
     return out
+
+
+# The names of the report's figures (figures/<name>.<format>): _Report.figure_list.
+_FIGURE_NAME = re.compile(r"^(accuracy_vs_forgetting|forgetting_curves|concept_forgetting|accuracy_matrix_.+)$")
+
+
+def _ours(name: str) -> bool:
+    """A file of the report's own names besides the page: tables.tex, figures/<one of its figures>.<format>."""
+    return name == TABLES_TEX or outputs.figure_file(name) and bool(_FIGURE_NAME.match(name[len(FIGURES) + 1:]
+                                                                                        .rpartition(".")[0]))
+
+
+def _legacy_files(out: Path) -> list[str]:
+    """The report's optional files in `out`, written before report.json recorded them."""
+    found = [TABLES_TEX] if (out / TABLES_TEX).is_file() else []
+    if (out / FIGURES).is_dir():
+        found += sorted(n for p in (out / FIGURES).iterdir() if _ours(n := f"{FIGURES}/{p.name}") and p.is_file())
+    return found
 
 
 def figure_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
@@ -169,12 +192,13 @@ class _Report(Summary):
     # --- tables
 
     def metric_table(self, names: list[str], *, higher_better: dict[str, bool], label, sign=()) -> _Table:
-        """One row per method (its key), a column per metric: mean ± std as _fmt writes it; bold: the best
-        mean of each column (ties all bold), where more than one method has a value."""
+        """One row per method (its legend entry, `ldifs (λ = 10)`, as in the figures and tables.tex), a column
+        per metric: mean ± std as _fmt writes it; bold: the best mean of each column (ties all bold), where more
+        than one method has a value."""
         headers = ["method", *(label(n) for n in names)]
         rows, bold = [], set()
         for method in self.methods:
-            rows.append([method] + [_fmt(*self.value(method, n), sign=n in sign) for n in names])
+            rows.append([self.labels[method]] + [_fmt(*self.value(method, n), sign=n in sign) for n in names])
         for j, name in enumerate(names, start=1):
             means = [self.value(m, name)[0] for m in self.methods]
             bold |= {(i, j) for i in best(means, higher_better=higher_better[name])}
@@ -239,7 +263,7 @@ class _Report(Summary):
             if len(self.timings) else {}
         rows = []
         for method in self.methods:
-            row = [method]
+            row = [self.labels[method]]
             for key, _ in cols:
                 digits = 0 if key in ("train_steps", "buffer_images") else 1
                 row.append(_fmt(*found[method, key], scale=1, digits=digits) if (method, key) in found else "—")
@@ -288,7 +312,7 @@ class _Report(Summary):
                 continue
             title = self.labels.get(method, method) + (f" (mean of {len(self.runs)} runs)" if len(self.runs) > 1
                                                         else "")
-            out.append(_Figure(f"accuracy_matrix_{method}", f"accuracy matrix of {method}",
+            out.append(_Figure(f"accuracy_matrix_{method}", f"accuracy matrix of {self.labels[method]}",
                                "Accuracy on each task, then probe (columns), after each step (rows); boxed: the step "
                                "a task is learned.", plots.heatmap_figure, (mean[method],),
                                {"title": title, "tasks": self.tasks, "n_steps": self.n_steps}, method=method))
@@ -332,7 +356,7 @@ class _Report(Summary):
         mean, std = self.mean, self.std
         for method in self.methods:
             if method in mean:
-                parts += [f"### {method}\n", self.matrix_table(mean[method], std[method]).markdown()]
+                parts += [f"### {self.labels[method]}\n", self.matrix_table(mean[method], std[method]).markdown()]
         parts += ["## Wall time\n", "Seconds per method, summed over steps 1..T (step 0, the pre-trained model's "
                   "evaluation, is shared by all methods and counted separately).\n", self.timing_table().markdown()]
         return "\n".join(parts)
@@ -354,8 +378,9 @@ class _Report(Summary):
                  "head); columns: tasks in sequence order, then probes. Boxed / bold: the step a task is learned."
                  "</p>"]
         for method, png, table in self.heatmaps():
-            body += [f"<section class=method><h3>{html.escape(method)}</h3>"
-                     f"<div class=pair>{_img(png, f'accuracy matrix of {method}')}{table.html()}</div></section>"]
+            name = self.labels[method]
+            body += [f"<section class=method><h3>{html.escape(name)}</h3>"
+                     f"<div class=pair>{_img(png, f'accuracy matrix of {name}')}{table.html()}</div></section>"]
         body += ["<h2>Wall time</h2>", "<p>Seconds per method, summed over steps 1..T; step 0 (evaluating the "
                  "pre-trained model) is shared by all methods and shown apart.</p>", self.timing_table().html()]
         body += ["<h2>Configuration</h2>", self._config_html()]
@@ -378,14 +403,11 @@ class _Report(Summary):
         parts = []
         for run in self.runs:
             path = run.folder / ENVIRONMENT
-            if path.is_file():
-                try:
-                    env, source = json.loads(path.read_text()), f"recorded by the run in {path}"
-                except ValueError:
-                    env = None
-            else:
+            try:
+                env, source = read_json(path), f"recorded by the run in {path}"
+            except (OSError, ValueError):  # none, or damaged (BadFile): what the report's process runs on, said so
                 env = None
-            if env is None:
+            if not isinstance(env, dict) or not all(isinstance(env.get(k, {}), dict) for k in ("versions", "machine")):
                 env, source = environment(), (f"{run.folder} recorded none; this is the process that wrote the "
                                               "report, not necessarily the one that ran")
             items = {**env.get("versions", {}), **env.get("machine", {})}

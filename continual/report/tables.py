@@ -108,6 +108,12 @@ def _task_columns(matrix: pd.DataFrame) -> list[str]:
 
 def _read_method(run_folder: RunFolder, name: str) -> MethodRun:
     if name not in run_folder.methods_with_results():
+        try:  # failed before its first step: metrics.json holds the error (RunFolder.record_failure)
+            doc = run_folder.read_metrics(name)
+        except (ValueError, OSError):
+            doc = None
+        if isinstance(doc, dict) and doc.get("error"):
+            return MethodRun(name, "failed", f"before its first step: {doc['error']}", doc=doc)
         return MethodRun(name, "missing", "no results written")
     try:
         matrix = run_folder.read_matrix(name)
@@ -346,19 +352,38 @@ def check_repetitions(runs: list[Run]) -> None:
                               f"only runs that differ in {', '.join(NOT_SETTINGS)} are averaged")
 
 
+class UnknownMethods(ReportError):
+    """`methods` asked of a report that names a method no run folder ran (`continual report --methods`)."""
+
+
+def ran(runs: list[Run]) -> list[str]:
+    """The methods that ran in at least one of `runs` (results, or an error recorded), in config.yaml's order:
+    config.yaml lists every method of the sequence, also those a `--methods` subset never asked for."""
+    return list(dict.fromkeys(m for r in runs for m, state in r.methods.items() if state.status != "missing"))
+
+
 class Summary:
     """The numbers of one or more runs of one sequence, computed once: summary metrics aggregated over
     runs (mean, std, n), mean and std accuracy matrices, timings, each method's status. ReportError
-    when the runs are not repetitions of one setting (check_repetitions)."""
+    when the runs are not repetitions of one setting (check_repetitions). The methods shown: `methods`, in
+    that order (UnknownMethods naming any that no run ran), else every method that ran (`ran`)."""
 
-    def __init__(self, runs: list[Run]):
+    def __init__(self, runs: list[Run], *, methods: list[str] | None = None):
         check_repetitions(runs)
         self.runs = runs
         self.first = runs[0]
         self.tasks = self.first.tasks
         self.n_steps = self.first.n_steps
-        self.methods = list(dict.fromkeys(m for r in runs for m in r.methods))
-        # Legend entries, heatmap titles, LaTeX rows: `ldifs (λ = 10)` (the tables keep the bare key).
+        known = ran(runs)
+        if methods is not None:
+            unknown = [m for m in methods if m not in known]
+            if unknown or not methods or len(set(methods)) < len(methods):
+                why = (f"{', '.join(map(repr, unknown))} did not run in {', '.join(str(r.folder) for r in runs)}"
+                       if unknown else "a method is named twice" if methods else "no method named")
+                raise UnknownMethods(f"{why} (the methods there: {', '.join(known) or 'none yet'})")
+        self.methods = list(methods) if methods is not None else known
+        # How every table row, legend entry, heatmap title and LaTeX row names a method: `ldifs (λ = 10)`
+        # (summary.csv, data, keeps the key).
         self.labels = {m: m for m in self.methods} | method_labels(self.first.config)
         self.chance = chance(self.first)  # task -> chance accuracy by step, or None (older runs)
         self.probes = list(dict.fromkeys(p for r in runs for p in r.probes))
@@ -367,7 +392,9 @@ class Summary:
             for key in ("matrix", "summary"):
                 t[key]["run"] = k
         self.summary = aggregate([t["summary"] for t in tables], by=["method", "metric"])
-        self.summary = self.summary[self.summary["method"].isin(self.methods)]
+        order = {m: i for i, m in enumerate(self.methods)}  # summary.csv's rows in the report's order
+        self.summary = self.summary[self.summary["method"].isin(self.methods)].sort_values(
+            "method", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
         self._values = {(m, k): (float(a), float(b), int(n)) for m, k, a, b, n in
                         self.summary[["method", "metric", "mean", "std", "n"]].itertuples(index=False)}
         self.matrix = pd.concat([t["matrix"] for t in tables], ignore_index=True)
