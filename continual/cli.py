@@ -75,10 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="output root (default: the sweep file's `out`, next to it)")
     sweep.add_argument("--jobs", type=int, help="local backend: cells at once (default: one per visible GPU, else 1)")
     sweep.add_argument("--no-wait", action="store_true", help="slurm backend: return once the job array is submitted")
-    sweep.add_argument("--latex", action="store_true", help="also sweep.tex: the aggregate as a booktabs table to "
-                       "\\input in a paper (needs \\usepackage{booktabs})")
+    sweep.add_argument("--latex", action=argparse.BooleanOptionalAction, help="also sweep.tex: the aggregate as a "
+                       "booktabs table to \\input in a paper (needs \\usepackage{booktabs}); --no-latex: no more "
+                       "(default: as the sweep's report was last asked, report.json)")
     sweep.add_argument("--format", dest="formats", metavar="png,pdf,svg", help="also each swept number's figure as "
-                       "figures/sweep-<key>.<format>, two columns wide for a paper (8 pt, fonts embedded)")
+                       "figures/sweep-<key>.<format>, two columns wide for a paper (8 pt, fonts embedded); `none`: no "
+                       "more (default: as last asked, report.json)")
 
     report = sub.add_parser("report", help="write index.html, summary.md and summary.csv for run folders "
                             "(several folders of one sequence, e.g. seeds, give mean ± std)")
@@ -247,9 +249,10 @@ def _run_sequence(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from continual import sweeps  # light: the cells run in their own processes
+    from continual.report.outputs import recorded
 
     words = args.words
-    formats = _figure_formats(args.formats)
+    formats = None if args.formats is None else () if args.formats == "none" else _figure_formats(args.formats)
     if len(words) == 2 and words[0] == "status":
         table = sweeps.status(words[1], out=args.out)
         for row in table.itertuples(index=False):
@@ -260,9 +263,10 @@ def _sweep(args: argparse.Namespace) -> int:
     if len(words) == 2 and words[0] == "report":
         table = sweeps.report(words[1], out=args.out, latex=args.latex, formats=formats)
         spec, _ = sweeps.load_sweep(words[1], out=args.out)
-        also = ["sweep.md"] + (["sweep.tex"] if args.latex else []) + (["figures/"] if formats else [])
-        print(f"{sweeps.root(words[1], spec, args.out) / 'sweep.csv'} (and {', '.join(also)})" if not table.empty
-              else "no cell is done yet")
+        root = sweeps.root(words[1], spec, args.out)
+        latex, shown = recorded(root)  # what was written: the options given, or as the sweep's report was last asked
+        also = ["sweep.md"] + (["sweep.tex"] if latex else []) + (["figures/"] if shown else [])
+        print(f"{root / 'sweep.csv'} (and {', '.join(also)})" if not table.empty else "no cell is done yet")
         return 0
     if len(words) != 1:
         raise ConfigError("sweep", [("", "expected `continual sweep SWEEP.yaml`, `continual sweep status SWEEP.yaml` "

@@ -207,3 +207,18 @@ def test_a_sweep_writes_the_same_at_its_end(folder, capsys):
     assert tex.count(r"\midrule") == 1 and "Bold: the best of each column." in tex
     assert {(i, j) for i, row in enumerate(rows) for j, c in enumerate(row) if c.startswith(r"\bfseries")} == {
         b for b in BOLD if b[0] < 4}
+
+
+def test_a_later_report_keeps_what_was_asked_until_told_no_more(tmp_path, folder, capsys):
+    """Without flags a sweep's report redraws sweep.tex and the figures as last asked (never a stale one left);
+    --no-latex and --format none stop them and remove what they wrote."""
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    root, sweep_file = copy / "runs" / "wd_sweep", str(copy / "sweep.yaml")
+    assert main(["sweep", "report", sweep_file, "--latex", "--format", "svg"]) == 0
+    assert main(["sweep", "report", sweep_file]) == 0
+    assert "sweep.tex" in capsys.readouterr().out
+    assert (root / "sweep.tex").is_file() and (root / "figures" / f"sweep-{KEY}.svg").is_file()
+    assert main(["sweep", "report", sweep_file, "--no-latex", "--format", "none"]) == 0
+    assert "sweep.tex" not in capsys.readouterr().out
+    assert not (root / "sweep.tex").exists() and not (root / "figures").exists()
+    assert (root / "sweep.md").is_file()

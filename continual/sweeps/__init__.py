@@ -592,10 +592,10 @@ def write_summary(spec: SweepFile, cells: list[Cell], table: pd.DataFrame, root:
     from continual.report.latex import SWEEP, _value, sweep_metrics, sweep_tex
     from continual.report.page import LABELS, _fmt
 
-    formats = _formats(formats or ())  # ReportError naming an unknown one, before anything is written
+    formats = None if formats is None else _formats(formats)  # ReportError naming an unknown one, before writing
     if table.empty:
         return None
-    latex, formats, before = outputs.asked(root, latex=latex or None, formats=formats or None, legacy=_legacy_files,
+    latex, formats, before = outputs.asked(root, latex=latex, formats=formats, legacy=_legacy_files,
                                            tex="sweep.tex")
     keys = [k for k, _ in cells[0].point]
     labels = _labels(cells)
@@ -707,11 +707,11 @@ def root(path: str | Path, spec: SweepFile, out: str | Path | None = None) -> Pa
 
 
 def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None = None, log=print,
-          latex: bool = False, formats: Iterable[str] = ()) -> pd.DataFrame:
+          latex: bool | None = None, formats: Iterable[str] | None = None) -> pd.DataFrame:
     """Run a sweep file's cells not yet done on its backend, wait for them, write the aggregate (sweep.csv,
     sweep.md, figures; `latex`, `formats`: as write_summary) and return it: one row per (sequence, grid point,
     method, metric), mean, std, n."""
-    formats = _formats(formats)  # an unknown one refused before anything runs
+    formats = None if formats is None else _formats(formats)  # an unknown one refused before anything runs
     spec, cells = load_sweep(path, out=out)
     run(spec, cells, root(path, spec, out), jobs=jobs, log=log)
     table = aggregate(cells)
@@ -719,12 +719,12 @@ def sweep(path: str | Path, *, out: str | Path | None = None, jobs: int | None =
     return table
 
 
-def report(path: str | Path, *, out: str | Path | None = None, latex: bool = False,
-           formats: Iterable[str] = ()) -> pd.DataFrame:
+def report(path: str | Path, *, out: str | Path | None = None, latex: bool | None = None,
+           formats: Iterable[str] | None = None) -> pd.DataFrame:
     """The aggregate of the cells done so far, written to the sweep's folder and returned; `latex` also writes
     sweep.tex, `formats` (png, pdf, svg) the figures for a paper (write_summary: once asked, every later write
-    rewrites them)."""
-    formats = _formats(formats)
+    rewrites them; False and () stop them, None: as last asked)."""
+    formats = None if formats is None else _formats(formats)
     spec, cells = load_sweep(path, out=out)
     table = aggregate(cells)
     write_summary(spec, cells, table, root(path, spec, out), latex=latex, formats=formats)
