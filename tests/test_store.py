@@ -266,7 +266,9 @@ def test_data_prepare_then_list_then_a_run_decodes_nothing(tmp_path, capsys, mon
     assert "task digits: digits, 8 training" in out and "in memory (an array, nothing to decode)" in out
     assert re.search(r"imagefolder +train +32px +10 of 10 +[0-9.]+ KiB", out), out
     assert main(["data", "list", str(tmp_path / "data")]) == 0
-    assert "2 store(s)" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "2 store(s)" in listed
+    assert f"images of {(tmp_path / 'f').resolve()}\n" in listed  # which image folder: each is `imagefolder`
     assert main(["data", "list", str(tmp_path / "nothing")]) == 0
     assert "no stored images under" in capsys.readouterr().out
     tasks.clear_cache()

@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -98,6 +98,9 @@ class Key:
     source: str  # source_identity(...) of the dataset's files, or another description of where pixels come from
     labels: str  # sha256 of the split's labels and of which source images they are (a subset's order)
     versions: dict
+    # Where the dataset's files were read, for `data list` to tell image folders apart. Not part of the key:
+    # the same files elsewhere give the same pixels (`source` covers their content).
+    files: str = field(default="", compare=False)
 
     def manifest(self, n: int) -> dict:
         return {"format": FORMAT, "dataset": self.dataset, "split": self.split, "size": self.size, "images": n,
@@ -110,11 +113,12 @@ class Key:
         return f"{self.dataset}-{self.split}-{self.size}px-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
-def key_for(dataset: str, split: str, size: int, *, source: str, labels: np.ndarray, order: str = "") -> Key:
+def key_for(dataset: str, split: str, size: int, *, source: str, labels: np.ndarray, order: str = "",
+            files: str = "") -> Key:
     # Versions from package metadata: importing torchvision to read its version took 3 s of a warm start.
     versions = {"continual-store": FORMAT, **{name: _version(name) for name in ("pillow", "torch", "torchvision")}}
     labels_digest = hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes() + order.encode()).hexdigest()
-    return Key(dataset, split, size, source, labels_digest, versions)
+    return Key(dataset, split, size, source, labels_digest, versions, files)
 
 
 def _version(package: str) -> str:
@@ -171,6 +175,8 @@ class Store:
         except OSError as err:  # unreadable (another user's 0600 file, EIO, ESTALE): never rebuild over it
             raise DataError("dataset", f"{self.key.dataset}: cannot read the image store {self.folder}: "
                                        f"{err.strerror or err}") from None
+        if isinstance(manifest, dict):
+            manifest.pop("files", None)  # where the files were read: not what the pixels depend on
         return (manifest == self.key.manifest(self.n) and filled is not None and stat.S_ISREG(images.st_mode)
                 and images.st_size == self.n * self.row_bytes)
 
@@ -187,7 +193,8 @@ class Store:
             with open(self.images_path, "wb") as f:
                 f.truncate(self.n * self.row_bytes)  # sparse: disk is used as rows are written
             _atomic_save(self.filled_path, np.zeros(self.n, dtype=bool))
-            _atomic_write(self.manifest_path, (json.dumps(self.key.manifest(self.n), indent=1) + "\n").encode())
+            where = {"files": self.key.files} if self.key.files else {}
+            _atomic_write(self.manifest_path, (json.dumps(self.key.manifest(self.n) | where, indent=1) + "\n").encode())
         except OSError as err:
             raise self._write_error(err) from None
 
@@ -473,6 +480,7 @@ class Stored:
     filled: int
     disk_bytes: int  # blocks actually used (the images file is sparse)
     modified: float
+    files: str = ""  # where the dataset's files were read (image folders: the user's folder)
 
 
 def list_stores(data_root: Path) -> list[Stored]:
@@ -495,7 +503,8 @@ def list_stores(data_root: Path) -> list[Stored]:
             modified = max(p.stat().st_mtime for p in folder.iterdir() if p.is_file())
         except (OSError, ValueError, KeyError):
             continue
-        found.append(Stored(folder, *fields, filled, used, modified))
+        files = manifest.get("files")
+        found.append(Stored(folder, *fields, filled, used, modified, files if isinstance(files, str) else ""))
     return found
 
 
@@ -507,6 +516,8 @@ def describe(stores: list[Stored], data_root: Path) -> str:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.modified))
         lines.append(f"{s.dataset:<16} {s.split:<6} {s.size:>4}px {s.filled:>9,} of {s.images:<7,} "
                      f"{_size(s.disk_bytes):>10}  {when}  {s.folder.name}")
+        if s.dataset == "imagefolder" and s.files:  # which of the user's folders: every one is `imagefolder`
+            lines.append(f"{'':<16} images of {s.files}")
     total = sum(s.disk_bytes for s in stores)
     lines.append(f"{len(stores)} store(s), {_size(total)} under {store_root(data_root)}")
     return "\n".join(lines)

@@ -142,7 +142,7 @@ def _images(pool: Pool, rows: np.ndarray, *, image_size: int, where: _Where, spl
     if where.files not in _IDENTITY:
         _IDENTITY[where.files] = store.source_identity(where.files)
     key = store.key_for(where.dataset, split, size, source=_IDENTITY[where.files], labels=pool.labels,
-                        order=pool.order)
+                        order=pool.order, files=str(where.files))
     folder = store.store_root(where.data_root) / key.folder_name
     if folder not in _STORES:  # one open store (one file descriptor, one reader pool) per folder
         _STORES[folder] = store.Store.open(where.data_root, key, len(pool.labels))
