@@ -98,14 +98,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _shown_as_ours(show):
-    """warnings.showwarning that prints our own warnings (continual's classes) as `warning: <message>`
-    and hands the others to `show`, as Python would show them."""
+    """warnings.showwarning that prints every warning on one line: ours (continual's classes, or raised in
+    continual's code) as `warning: <message>`, another package's as `warning: <package>: <Category>: <message>`,
+    without Python's second line (the source line of a file in site-packages). `show` is what is replaced; a
+    warning given another stream (warnings.showwarning's `file`) goes there."""
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-        if category.__module__.startswith("continual."):
-            print(f"warning: {message}", file=file or sys.stderr)
+        text = " ".join(str(message).split())  # one line, whatever the message holds
+        origin = _origin(filename)
+        if category.__module__.startswith("continual.") or origin == "continual":
+            print(f"warning: {text}", file=file or sys.stderr)
         else:
-            show(message, category, filename, lineno, file, line)
+            print(f"warning: {origin}: {category.__name__}: {text}", file=file or sys.stderr)
     return show_warning
+
+
+def _origin(filename: str) -> str:
+    """The package a warning was raised in (`matplotlib`, `continual`), from its file's path; the file's stem
+    where the path names none."""
+    parts = Path(filename).parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts[:-1]:
+            return Path(parts[parts.index(marker) + 1]).stem
+    return "continual" if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent) else Path(filename).stem
 
 
 # A reader that left before the output ended (`continual list | head -1`): 128 + SIGPIPE, the status the shell

@@ -128,3 +128,27 @@ def test_bars_of_labelled_variants_show_the_label(tmp_path):
     lines = err.getvalue().replace("\r", "\n").splitlines()
     for label in ("ldifs 1:a", "ldifs-100 1:a", "ldifs-100 1:a: anchor features", "ft 1:a"):
         assert any(line.startswith(label) for line in lines), (label, lines)
+
+
+def test_every_warning_is_one_line(tmp_path):
+    """Ours as `warning: <message>`; another package's with its name and category, without Python's second line
+    (the source of a file in site-packages); a message with line breaks on one line."""
+    import io
+
+    import continual.report.live as ours
+    from continual.cli import _shown_as_ours
+    from continual.config import ConfigWarning
+
+    stream = io.StringIO()
+    show = _shown_as_ours(lambda *a: pytest.fail("handed to Python's format"))
+    show(ConfigWarning("seq.yaml", "probes[0]", "not held out"), ConfigWarning, __file__, 1, stream)
+    show(UserWarning("report not written:\n  disk"), UserWarning, ours.__file__, 46, stream)
+    site = tmp_path / "lib" / "python3.11" / "site-packages" / "matplotlib" / "figure.py"
+    show(UserWarning("constrained_layout not applied"), UserWarning, str(site), 62, stream)
+    show(RuntimeWarning("Mean of empty slice"), RuntimeWarning, str(tmp_path / "script.py"), 3, stream)
+    assert stream.getvalue().splitlines() == [
+        "warning: seq.yaml: probes[0]: not held out",
+        "warning: report not written: disk",
+        "warning: matplotlib: UserWarning: constrained_layout not applied",
+        "warning: script: RuntimeWarning: Mean of empty slice",
+    ]
