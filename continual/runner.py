@@ -156,13 +156,15 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
                tensorboard=tensorboard)
     if not distributed.launched():
         check_output(Path(out), seq.name)  # before loading anything: a folder we cannot write is said at once
+        run.check_free(seq.name, resume=resume, overwrite=overwrite)  # and one that holds a run (claim checks again)
         return _run(seq, names, added, run=run, device=resolve_device(seq.training.device, source=source), **how)
     # torchrun: one run over several ranks (continual/distributed.py; README, "Several GPUs in one run").
     with distributed.said_once():  # before anything is loaded or written
         refuse_single_process(seq, names, source=source)
         distributed.check_device(seq.training.device, source=source)
     device = distributed.start(seq.training.device, source=source)
-    distributed.on_main(lambda: check_output(Path(out), seq.name))
+    distributed.on_main(lambda: (check_output(Path(out), seq.name),
+                                 run.check_free(seq.name, resume=resume, overwrite=overwrite)))
     try:
         folder = _run(seq, names, added, run=run, device=device, **how)
     except MethodsFailed:  # every rank got here alike: rank 0 says which failed
@@ -484,10 +486,13 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                             "first_losses": stats.first_losses, **stats.extra})
             worse = learned_worse(before=rows[-2][task.name], after=rows[-1][task.name], n_test=len(task.test.labels))
             if worse:
-                timings[-1]["learned_worse"] = {"before": rows[-2][task.name], "after": rows[-1][task.name]}
+                classes = sum(model.heads[t].linear.out_features for t in model.heads_up_to(task.name))
+                cause = worse_cause(stats.first_ce, classes=classes)
+                timings[-1]["learned_worse"] = {"before": rows[-2][task.name], "after": rows[-1][task.name],
+                                                **({"first_batch_ce": stats.first_ce, "cause": cause} if cause else {})}
                 if main:
-                    warnings.warn(TrainingWarning(_worse_message(name, task.name, rows, stats, seq.training)),
-                                  stacklevel=2)
+                    warnings.warn(TrainingWarning(_worse_message(name, task.name, rows, stats, seq.training,
+                                                                 classes=classes)), stacklevel=2)
             distributed.on_main(lambda: keep(step, rows, timings, result))
     finally:
         if trainer.events is not None:  # on disk, also when stopped by an error or Ctrl-C
@@ -514,17 +519,47 @@ def learned_worse(*, before: float, after: float, n_test: int) -> bool:
     return before - after > max(WORSE_BY, noise)
 
 
-def _worse_message(method: str, task: str, rows: list[dict], stats, training) -> str:
+def worse_cause(first_ce: dict[str, float], *, classes: int) -> str | None:
+    """What a task made worse by training most likely started from, read off its first batch before any
+    update (FitStats.first_ce): "training_mode" when the model in training mode classified it worse than a
+    uniform guess over `classes` (cross-entropy above ln C) while in eval mode it was well inside it (below
+    ln C / 2): the loss the updates follow is then the noise of training mode (drop-connect, dropout,
+    BatchNorm's batch statistics through the head), not the task (issue #23); "updates" when both modes
+    agree the start was sound; None when not measured (a method with its own loop)."""
+    if "train" not in first_ce or "eval" not in first_ce:
+        return None
+    chance = math.log(max(classes, 2))
+    return "training_mode" if first_ce["train"] > chance and first_ce["eval"] < chance / 2 else "updates"
+
+
+def _worse_message(method: str, task: str, rows: list[dict], stats, training, *, classes: int) -> str:
     term = "ce" if "ce" in stats.losses else next(iter(stats.losses), None)  # FLYP's is its contrastive loss
     first, last = stats.first_losses.get(term), stats.losses.get(term)
     what = "its cross-entropy" if term == "ce" else f"its loss term '{term}'"
-    loss = f"; {what} went from {first:.3g} on the first batch to {last:.3g} over the last epoch" \
-        if first is not None and last is not None else ""
-    return (f"{method}: task '{task}' scored {rows[-1][task]:.3f} right after training on it, below the "
-            f"{rows[-2][task]:.3f} of the head it started from{loss}. Training made it worse: likely a learning "
-            f"rate too high for this few updates ({stats.steps} optimiser steps at lr {training.lr:g}, "
-            f"{min(training.warmup_steps, max(stats.steps - 1, 0))} of them warm-up). Try a lower training.lr, more "
-            "epochs or more images per class; the report marks this step.")
+    updates = (f"{stats.steps} optimiser steps at lr {training.lr:g}, "
+               f"{min(training.warmup_steps, max(stats.steps - 1, 0))} of them warm-up")
+    said = (f"{method}: task '{task}' scored {rows[-1][task]:.3f} right after training on it, below the "
+            f"{rows[-2][task]:.3f} of the head it started from")
+    cause, ce = worse_cause(stats.first_ce, classes=classes), stats.first_ce
+    if cause is not None:
+        said += (f". Before any update its first batch had cross-entropy {ce['train']:.3g} in training mode and "
+                 f"{ce['eval']:.3g} in eval mode (a uniform guess: {math.log(max(classes, 2)):.3g})")
+        if last is not None:
+            said += f"; {what} over the last epoch: {last:.3g}"
+    elif first is not None and last is not None:
+        said += f"; {what} went from {first:.3g} on the first batch to {last:.3g} over the last epoch"
+    if cause == "training_mode":
+        return (f"{said}. Training started from noise, not from the task: in training mode (drop-connect, dropout, "
+                "BatchNorm's batch statistics) the head it started from does worse than a guess, and its "
+                f"{updates} followed that loss. Look at what training mode adds to this model at this image size "
+                "(training.batchnorm, model.image_size) and at the size of the head's weights; the report marks "
+                "this step.")
+    if cause == "updates":
+        return (f"{said}. The model it started from was sound in both modes, so the updates made it worse "
+                f"({updates}). Try a lower training.lr, more epochs or more images per class; the report marks "
+                "this step.")
+    return (f"{said}. Training made it worse: likely a learning rate too high for this few updates ({updates}). "
+            "Try a lower training.lr, more epochs or more images per class; the report marks this step.")
 
 
 def _rows_on_disk(run: RunFolder, name: str) -> int:
@@ -537,7 +572,10 @@ def _rows_on_disk(run: RunFolder, name: str) -> int:
 
 def _complete(run: RunFolder, name: str, *, n_steps: int) -> bool:
     """Whether `name` finished every step in this folder (its metrics say so, and its matrix has every row)."""
-    doc = run.read_metrics(name)
+    try:
+        doc = run.read_metrics(name)
+    except (OSError, ValueError):  # damaged: compute it again
+        return False
     if not doc or not doc.get("complete") or doc.get("error") or doc.get("steps_total") != n_steps:
         return False
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from continual import distributed, progress
 from continual.augment import augment
@@ -39,6 +41,11 @@ class FitStats:
     # on data, preprocessing, head fitting and seeding but not on how the updates accumulate float
     # error, so they are pinned across CPUs by the tests.
     first_losses: dict[str, float] = field(default_factory=dict)
+    # Plain cross-entropy of the task's logits on that first batch, as trained ("train": drop-connect,
+    # dropout, BatchNorm as configured) and in eval mode ("eval"): far apart, it is the starting model's
+    # noise in training mode, not the updates, that the task's loss starts from (issue #23). Empty when the
+    # method's forward does not pass the batch through model.backbone.
+    first_ce: dict[str, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # method-specific facts worth recording (e.g. buffer size)
 
 
@@ -179,6 +186,7 @@ class Trainer:
         report = Reporter(bar, show=self.progress, events=self.events, scale=distributed.world() if shared else 1)
         sums: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
+        first_ce: dict[str, torch.Tensor] = {}
         draws = augmentation_generator(getattr(t, "augment", "none"))  # None (and nothing drawn) for none
         for epoch in range(epochs):
             sums = {}
@@ -199,15 +207,18 @@ class Trainer:
                     x = augment(x, t.augment, draws, whole=whole, rows=rows) if shared else augment(x, t.augment, draws)
                 x = model.backbone.preprocess(x)
                 batch = Batch(x, labels[dev_idx.to(self.device)], idx, task.name)
-                if shared:
-                    with self.autocast, model.backbone.sharing(whole, rows):
-                        terms = step(batch)
-                    terms = {k: v * weight for k, v in terms.items()}
-                    loss = sum(terms.values()) * distributed.world()  # DDP divides the sum of gradients by world
-                else:
-                    with self.autocast:
-                        terms = loss_terms(model, batch)
-                    loss = sum(terms.values())
+                with _features_of(model.backbone, batch.x, watch=epoch == b == 0) as seen:
+                    if shared:
+                        with self.autocast, model.backbone.sharing(whole, rows):
+                            terms = step(batch)
+                        terms = {k: v * weight for k, v in terms.items()}
+                        loss = sum(terms.values()) * distributed.world()  # DDP divides the sum of gradients by world
+                    else:
+                        with self.autocast:
+                            terms = loss_terms(model, batch)
+                        loss = sum(terms.values())
+                if epoch == b == 0:  # before any update
+                    first_ce = self.first_batch_ce(model, batch, seen, weight=weight if shared else 1.0)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if t.grad_clip is not None:
@@ -226,12 +237,51 @@ class Trainer:
                     report.read(sums, count=b + 1, epoch=f"{epoch + 1}/{epochs}")
         bar.close()
         if shared:  # the whole batches' terms: each rank's weighted share, summed over the ranks
-            keys = list(sums)
-            summed = distributed.all_sum([float(sums[k]) for k in keys] + [float(first[k]) for k in keys])
-            sums, first = dict(zip(keys, summed[: len(keys)])), dict(zip(keys, summed[len(keys) :]))
+            keys, ce = list(sums), list(first_ce)
+            summed = distributed.all_sum([float(sums[k]) for k in keys] + [float(first[k]) for k in keys]
+                                         + [float(first_ce[k]) for k in ce])
+            sums, first = dict(zip(keys, summed[: len(keys)])), dict(zip(keys, summed[len(keys) : 2 * len(keys)]))
+            first_ce = dict(zip(ce, summed[2 * len(keys) :]))
         return FitStats(steps=total, seconds=time.perf_counter() - start,
                         losses=epoch_means(sums, steps=steps, task=task.name),
-                        first_losses={k: float(v) for k, v in first.items()})
+                        first_losses={k: float(v) for k, v in first.items()},
+                        first_ce={k: float(v) for k, v in first_ce.items()})
+
+    @torch.no_grad()
+    def first_batch_ce(self, model: TaskModel, batch: Batch, seen: list[torch.Tensor], *,
+                       weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """The first batch's plain cross-entropy before any update (FitStats.first_ce), times `weight` (a
+        rank's share): "train" from the features the method's own forward computed in training mode
+        (`seen`), "eval" from one more forward in eval mode, which draws nothing from the RNG (no
+        drop-connect) and so leaves the training that follows as it was."""
+        out = {}
+        with self.autocast:  # as the features were computed (bf16 under autocast, the model's dtype else)
+            if seen:
+                out["train"] = F.cross_entropy(model.logits(seen[0], batch.task).float(), batch.y) * weight
+            model.eval()
+            try:
+                out["eval"] = F.cross_entropy(model(batch.x, batch.task).float(), batch.y) * weight
+            finally:
+                model.train()
+        return out
+
+
+@contextlib.contextmanager
+def _features_of(backbone: torch.nn.Module, x: torch.Tensor, *, watch: bool) -> Iterator[list[torch.Tensor]]:
+    """The features `backbone` computes for exactly the tensor `x` inside the block (its first such call),
+    kept in the yielded list; `watch` False: nothing watched. A hook for one batch per task, not a tap."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module, args, output):
+        if not seen and args and args[0] is x:
+            seen.append(output.detach())
+
+    handle = backbone.register_forward_hook(hook) if watch else None
+    try:
+        yield seen
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 # Whether DDP looks, at every step, for trained parameters the loss did not use (at a cost of a walk over

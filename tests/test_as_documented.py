@@ -46,7 +46,7 @@ def test_resume_never_retrains_a_finished_method_and_config_records_what_ran(tmp
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert [next(iter(m)) for m in config["methods"]] == ["finetune", "ewc"]
     assert config["methods"][1]["ewc"] == METHODS["ewc"].options().settings()
-    assert "| ewc |" in (folder / "summary.md").read_text()
+    assert "| ewc (λ = " in (folder / "summary.md").read_text()  # its row, named as its legend is
     assert not (folder / "checkpoints" / "finetune").exists()  # keep_checkpoints 0: nothing to resume from
     before = snapshot(folder / "finetune") | snapshot(folder / "ewc")
     shutil.rmtree(folder / "checkpoints")  # as README advises once a run is finished
@@ -99,7 +99,12 @@ def test_a_task_made_worse_by_training_is_said_and_marked(tmp_path, capsys, monk
     assert f"warning: finetune: task 'train' scored 0.500 right after training on it, below the {start:.3f}" in err
     assert "Traceback" not in err
     timings = json.loads((folder / "finetune" / "metrics.json").read_text())["timings"]
-    assert timings[1]["learned_worse"] == {"before": start, "after": 0.5}
+    # with what the first batch measured before any update (issue #23): the zeroed head is no noise of
+    # training mode, so the updates are named
+    worse = timings[1]["learned_worse"]
+    assert {k: worse[k] for k in ("before", "after", "cause")} == {"before": start, "after": 0.5, "cause": "updates"}
+    assert set(worse["first_batch_ce"]) == {"train", "eval"}
+    assert f"{worse['first_batch_ce']['eval']:.3g} in eval mode" in err
     assert "⚠ worse after learning: train (" in (folder / "summary.md").read_text()
 
 
