@@ -26,7 +26,7 @@ from continual.evaluate import Evaluation, evaluate
 from continual.methods import METHODS, NEEDS
 from continual.models import Backbone, Head, TaskModel
 from continual.monitor import Events
-from continual.run_folder import RunFolder, check_output
+from continual.run_folder import METRICS, RunFolder, check_output
 from continual.train import Trainer, use_bf16
 
 # Called after each step's files are written: (method, step, number of steps). The CLI and
@@ -488,11 +488,14 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             if worse:
                 classes = sum(model.heads[t].linear.out_features for t in model.heads_up_to(task.name))
                 cause = worse_cause(stats.first_ce, classes=classes)
+                # The whole story in metrics.json; the console gets one line pointing there.
                 timings[-1]["learned_worse"] = {"before": rows[-2][task.name], "after": rows[-1][task.name],
-                                                **({"first_batch_ce": stats.first_ce, "cause": cause} if cause else {})}
+                                                **({"first_batch_ce": stats.first_ce, "cause": cause} if cause else {}),
+                                                "message": _worse_message(name, task.name, rows, stats, seq.training,
+                                                                          classes=classes)}
                 if main:
-                    warnings.warn(TrainingWarning(_worse_message(name, task.name, rows, stats, seq.training,
-                                                                 classes=classes)), stacklevel=2)
+                    warnings.warn(TrainingWarning(_worse_line(name, task.name, rows, cause, step=step,
+                                                              where=run.method(name) / METRICS)), stacklevel=2)
             distributed.on_main(lambda: keep(step, rows, timings, result))
     finally:
         if trainer.events is not None:  # on disk, also when stopped by an error or Ctrl-C
@@ -530,6 +533,16 @@ def worse_cause(first_ce: dict[str, float], *, classes: int) -> str | None:
         return None
     chance = math.log(max(classes, 2))
     return "training_mode" if first_ce["train"] > chance and first_ce["eval"] < chance / 2 else "updates"
+
+
+def _worse_line(method: str, task: str, rows: list[dict], cause: str | None, *, step: int, where: Path) -> str:
+    """The console's one line for a task made worse by training: the numbers, the cause measured, and where
+    `_worse_message`'s whole account is (metrics.json, the step's `learned_worse`)."""
+    why = {"training_mode": "its first batch did worse than a guess in training mode, not in eval mode",
+           "updates": "the updates did it: try a lower training.lr",
+           None: "likely a learning rate too high for this few updates"}[cause]
+    return (f"{method}: task '{task}' scored {rows[-1][task]:.3f} right after training on it, below the "
+            f"{rows[-2][task]:.3f} of the head it started from; {why} (details: {where}, timings[{step}].learned_worse)")
 
 
 def _worse_message(method: str, task: str, rows: list[dict], stats, training, *, classes: int) -> str:

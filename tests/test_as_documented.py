@@ -104,7 +104,12 @@ def test_a_task_made_worse_by_training_is_said_and_marked(tmp_path, capsys, monk
     worse = timings[1]["learned_worse"]
     assert {k: worse[k] for k in ("before", "after", "cause")} == {"before": start, "after": 0.5, "cause": "updates"}
     assert set(worse["first_batch_ce"]) == {"train", "eval"}
-    assert f"{worse['first_batch_ce']['eval']:.3g} in eval mode" in err
+    # the console's one line points to metrics.json, which holds the whole account with what was measured
+    line, = [line for line in err.splitlines() if line.startswith("warning: finetune: task 'train'")]
+    assert line.endswith(f"the updates did it: try a lower training.lr (details: {folder / 'finetune' / 'metrics.json'}, "
+                         "timings[1].learned_worse)"), line
+    assert f"{worse['first_batch_ce']['eval']:.3g} in eval mode" in worse["message"]
+    assert worse["message"].startswith(line.removeprefix("warning: ").split(";")[0])
     assert "⚠ worse after learning: train (" in (folder / "summary.md").read_text()
 
 
