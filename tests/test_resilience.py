@@ -113,7 +113,8 @@ def test_ctrl_c_leaves_consistent_files_and_says_so(tmp_path, capsys, monkeypatc
     status = {}
     for line in (folder.parent / "summary.md").read_text().splitlines():  # the first table: method, status, ...
         if line.startswith(("| finetune", "| ldifs")):
-            status.setdefault(line.split("|")[1].strip().split(" (")[0], line.split("|")[2].strip())  # `ldifs (λ = 10)`
+            # the row's name `ldifs (λ = 10)`; its state, less a ⚠ mark training may add
+            status.setdefault(line.split("|")[1].strip().split(" (")[0], line.split("|")[2].strip().split(";")[0])
     assert status == {"finetune": "complete", "ldifs": "incomplete (1 of 2 steps)"}
 
 
