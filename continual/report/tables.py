@@ -183,7 +183,7 @@ def _tables(run: Run) -> dict[str, pd.DataFrame]:
 def load_tables(run_folder: str | Path) -> dict[str, pd.DataFrame]:
     """Tidy frames of one run folder:
         "matrix"   method, step, column, accuracy        (every cell of every accuracy matrix)
-        "metrics"  method, step, metric, value           (average_accuracy, forgetting, bwt, concept_delta:<probe>)
+        "metrics"  method, step, metric, value           (average_accuracy, forgetting, bwt, concept_delta:probe:<probe>)
         "summary"  method, metric, value                 (continual.metrics.final_metrics; NaN unless complete)
         "status"   method, status, note                  (complete | incomplete | missing | unreadable)
         "timings"  method, fit_seconds, eval_seconds, step0_seconds, train_steps, ...   (one row per method)
