@@ -213,7 +213,7 @@ def gpu(args) -> None:
                 ("finetune, batches copied from pinned host memory", "finetune", {}, HostTrainer(training, device=device, progress=False)),
                 ("finetune, fused AdamW", "finetune", {}, FusedTrainer(training, device=device, progress=False)),
                 ("ldifs, frozen forward per step", "ldifs", {"cache": "off"}, plain),
-                ("ldifs, anchor features cached", "ldifs", {"cache": "auto"}, plain)]:
+                ("ldifs, anchor features cached", "ldifs", {"cache": "memory"}, plain)]:  # auto: per step at 1 visit on a GPU
             model = TaskModel(copy.deepcopy(backbone), {"bench": copy.deepcopy(head).to(device)})
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -311,7 +311,7 @@ def baselines(args, *, device: torch.device, arch: str, batch: int, steps: int) 
     ft = None
     only = set(args.bench_methods.split(",")) if args.bench_methods else None
     for name, options in [("finetune", {}), ("finetune", {}), ("l2sp", {}), ("wise_ft", {}), ("lp_ft", {}),
-                          ("ldifs", {"cache": "auto"}), ("ldifs", {"cache": "off"}), ("flyp", {}),
+                          ("ldifs", {"cache": "memory"}), ("ldifs", {"cache": "off"}), ("flyp", {}),
                           ("zscl", {"reference": "ref"})]:
         if only is not None and name not in only | {"finetune"}:
             continue

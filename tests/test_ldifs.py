@@ -124,7 +124,8 @@ def test_cache_is_built_once_per_task_and_follows_the_anchor(backbone, monkeypat
     builds = []
     build = AnchorCache.build.__func__
     monkeypatch.setattr(AnchorCache, "build", classmethod(lambda cls, *a, **k: builds.append(1) or build(cls, *a, **k)))
-    trainer = Trainer(TRAINING, device=torch.device("cpu"), progress=False)
+    two_epochs = SimpleNamespace(**{**vars(TRAINING), "epochs": 2})  # 2 visits an image: cache: auto caches
+    trainer = Trainer(two_epochs, device=torch.device("cpu"), progress=False)
     task = tiny_task()
     model, method = make(backbone)  # anchor: pretrained -> the same taps for the same images
     method.fit_task(model, task, step=1, trainer=trainer)
@@ -136,13 +137,16 @@ def test_cache_is_built_once_per_task_and_follows_the_anchor(backbone, monkeypat
     assert len(builds) == 3
 
 
-def test_a_disk_cache_on_a_full_disk_is_disk_full_not_a_crash(backbone):
+def test_a_disk_cache_on_a_full_disk_is_disk_full_not_a_crash(backbone, monkeypatch):
     """The taps' memory-mapped files are allocated up front: on a full disk their lazily written pages
-    would kill the process with SIGBUS in the middle of a step."""
+    would kill the process with SIGBUS in the middle of a step. (The plan refuses a cache larger than the
+    free space before this, test_ldifs_cache_rule.py; here the disk fills between the two.)"""
     from test_faults import fill, small_tmpfs
 
+    from continual.methods import ldifs
     from continual.run_folder import DiskFull
 
+    monkeypatch.setattr(ldifs, "free_disk", lambda folder: 10**12)
     with small_tmpfs(1) as disk:
         fill(disk, leave=4096)
         trainer = Trainer(TRAINING, device=torch.device("cpu"), progress=False, scratch=disk / "cache")

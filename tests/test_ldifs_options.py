@@ -224,6 +224,9 @@ def test_a_run_with_the_paper_distance_on_two_taps(tmp_path, tiny_clip):
     timings = json.loads((folder / "ldifs" / "metrics.json").read_text())["timings"]
     assert [t["step"] for t in timings] == [0, 1, 2]  # step 0: the loaded model, evaluated only
     for step in timings[1:]:
-        assert step["train_steps"] == 2 and step["anchor_cache"] == "memory"  # 16 images, batch 8
+        # 16 images, batch 8, one epoch: each image visited once, which on a CPU pays for the cache (PAYS_FROM)
+        assert step["train_steps"] == 2 and step["anchor_cache"] == "memory" and step["anchor_visits_per_image"] == 1.0
+        assert step["anchor_cache_reason"].startswith("16 visits to 16 images, 1.00 each; ")
+        assert step["anchor_cache_estimate_bytes"] == 16 * (17 + 17) * 32 * 4  # 2 taps of (17, 32), float32 in memory
         assert set(step["losses"]) == {"ce", "ldifs"}
         assert 0 <= step["losses"]["ldifs"] <= 10.0 * 4 / 17  # λ · 4 / (17 tokens) at most

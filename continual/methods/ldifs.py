@@ -8,6 +8,7 @@ accuracy instead, omegafragger/ldifs_code finetune_functions.py).
 
 `distance:` per_sample (ours, `feature_distance`) or paper (the public code's, `paper_distance`); `taps:`
 keeps only some of the backbone's taps, in the model's forward, the anchor's and the anchor cache alike.
+`cache: auto` caches the anchor's taps only where it pays (`plan_cache`: visits per image, and a budget).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import copy
 import errno
 import hashlib
 import os
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from continual import checkpoints, distributed, progress
@@ -104,50 +106,164 @@ def paper_distance(taps: list[torch.Tensor], anchor: list[torch.Tensor]) -> torc
 DISTANCES = {"per_sample": feature_distance, "paper": paper_distance}
 
 
+# `cache: auto` builds the anchor cache only where it pays. Building it is one anchor forward per training
+# image (in inference mode, BatchNorm folded); without it the anchor runs once per image a step visits; the
+# cache's lookup is not free either. Break-even, from README's Performance numbers: ViT-B/16 on an H100
+# (build 0.23 ms an image, the anchor per step 0.20 ms a visit, the lookup 0.04 ms) at 1.41 visits per image;
+# EfficientNet-Lite0 on 2 CPU cores (build 1.2 ms, per step 2.0 ms, lookup 0.34 ms) at 0.73. Per device type,
+# a little above each: on a GPU one pass (epochs: 1) runs the anchor per step; on a CPU, where a batched
+# inference forward costs much less than a training-mode one, one pass still pays for the cache (issue #24).
+PAYS_FROM = {"cuda": 1.5, "cpu": 0.75}
+# Budgets of `cache: auto`, each a share of what is free when a task starts, so the rest of the run (the split
+# read ahead, the store's pages, evaluation, checkpoints) keeps room.
+GPU_SHARE = 0.25  # of free GPU memory: float16 taps on the device (no host copy per step)
+MEMORY_SHARE = 0.25  # of available RAM (MemAvailable, or the cgroup's limit): float32 taps in host memory
+DISK_SHARE = 0.5  # of the scratch disk's free space: memory-mapped float16 files under <run>/cache/
+
+
+class CacheTooLarge(DiskFull):
+    """`cache: disk` larger than the scratch disk's free space, refused before anything is written; a DiskFull,
+    so the runner stops the run as on a full disk, with a message that says what the cache needs."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Where a task's anchor cache lives and why, decided from sizes before anything is allocated."""
+
+    where: str  # memory | disk | off (the anchor runs on every batch)
+    on_gpu: bool  # memory: float16 on the GPU, else float32 in host memory
+    estimate: int  # bytes of the cache where it lives; where: off, what it would take as float16
+    visits: float  # images a task's steps visit per training image
+    reason: str
+
+    def extra(self) -> dict:
+        """Its line in metrics.json's timings."""
+        return {"anchor_cache": self.where, "anchor_cache_estimate_bytes": self.estimate,
+                "anchor_visits_per_image": round(self.visits, 3), "anchor_cache_reason": self.reason}
+
+
+def plan_cache(choice: str, *, images: int, visits: int, per_sample: int, gpu_free: float | None, ram_free: float,
+               disk_free: float | None, pays_from: float = PAYS_FROM["cuda"]) -> CachePlan:
+    """The cache for `images` training images whose taps have `per_sample` elements each, visited `visits`
+    times over the task, given the free bytes (gpu_free None: not on a GPU; disk_free None: no scratch folder);
+    `auto` caches from `pays_from` visits per image (PAYS_FROM of the device).
+    `choice` is the `cache:` option. A forced cache that cannot fit at all is refused here (before anything
+    is allocated): memory larger than the available RAM, disk larger than the free space."""
+    half, full = images * per_sample * 2, images * per_sample * 4  # float16 (GPU, disk), float32 (host memory)
+    ratio = visits / max(images, 1)
+    seen = f"{visits:,} visits to {images:,} images, {ratio:.2f} each"
+    sizes = f"{_size(half)} in float16, {_size(full)} in float32"
+
+    def plan(where: str, reason: str, *, on_gpu: bool = False) -> CachePlan:
+        estimate = full if where == "memory" and not on_gpu else half
+        return CachePlan(where, on_gpu, estimate, ratio, reason)
+
+    if choice == "off":
+        return plan("off", "cache: off (the paper's way)")
+    fits_gpu = gpu_free is not None and half <= GPU_SHARE * gpu_free
+    if choice == "memory":
+        if fits_gpu:
+            return plan("memory", f"cache: memory; on the GPU ({_size(half)})", on_gpu=True)
+        if full > ram_free:
+            raise MemoryError(f"methods.ldifs.cache: memory needs {_size(full)} of host memory for the anchor's "
+                              f"taps of {images:,} images (float32), and {_size(ram_free)} is available; use "
+                              f"cache: auto (it caches on disk, or runs the anchor per step) or cache: disk")
+        return plan("memory", f"cache: memory ({_size(full)}, {_size(ram_free)} available)")
+    if choice == "disk":
+        if disk_free is None:
+            raise ValueError("ldifs cache: disk needs a scratch folder (the runner gives one)")
+        if half > disk_free:
+            raise CacheTooLarge(f"methods.ldifs.cache: disk needs {_size(half)} for the anchor's taps of {images:,} "
+                                f"images (float16), and the scratch disk has {_size(disk_free)} free: the disk is full "
+                                f"for it, nothing was written; free some space and run again with --resume, or use "
+                                f"cache: auto (the anchor per step where the cache does not fit)")
+        return plan("disk", f"cache: disk ({_size(half)}, {_size(disk_free)} free)")
+    if ratio < pays_from:
+        return plan("off", f"{seen}: under {pays_from}, building the cache costs about the anchor passes it "
+                           f"saves ({sizes})")
+    if fits_gpu:
+        return plan("memory", f"{seen}; {_size(half)} fits a quarter of free GPU memory", on_gpu=True)
+    if full <= MEMORY_SHARE * ram_free:
+        return plan("memory", f"{seen}; {_size(full)} fits a quarter of available RAM ({_size(ram_free)})")
+    if disk_free is not None and half <= DISK_SHARE * disk_free:
+        return plan("disk", f"{seen}; {_size(half)} fits half the scratch disk's free space ({_size(disk_free)}), "
+                            f"not a quarter of available RAM ({_size(ram_free)})")
+    budgets = ([] if gpu_free is None else [f"a quarter of free GPU memory ({_size(gpu_free)})"]) + [
+        f"a quarter of available RAM ({_size(ram_free)})"] + (
+        [] if disk_free is None else [f"half the scratch disk's free space ({_size(disk_free)})"])
+    return plan("off", f"{seen}, but {sizes} fit none of {', '.join(budgets)}")
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
+
+
+def available_memory() -> int:
+    """Bytes of RAM this process could still take: /proc/meminfo's MemAvailable, capped by a cgroup v2
+    limit (a container's); elsewhere os.sysconf's free pages."""
+    room = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                room = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if room is None:
+        try:
+            room = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            room = 0
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            room = min(room, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(room, 0)
+
+
+def free_disk(folder: Path) -> int:
+    """Free bytes on the disk that holds `folder` (its nearest existing parent: the scratch folder is made
+    when the cache is)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
 class AnchorCache:
     """The anchor's tap outputs for every training image of one task, computed once, looked up by index."""
-
-    MEMORY_LIMIT = 2**30  # bytes of float32 taps kept in memory by `cache: auto`; larger goes to disk
 
     def __init__(self, taps: list, key: str, where: str, nbytes: int, seconds: float):
         self.taps, self.key, self.where, self.nbytes, self.seconds = taps, key, where, nbytes, seconds
 
     @classmethod
-    def build(cls, anchor: FrozenBackbone, images: torch.Tensor, *, key: str, where: str, folder: Path | None,
+    def build(cls, anchor: FrozenBackbone, images: torch.Tensor, *, key: str, plan: CachePlan, folder: Path | None,
               batch_size: int, device: torch.device, names: list[str] | None = None, label: str = "",
               show_progress: bool = False) -> AnchorCache:
-        """`names`: only those taps (LDIFS's `taps:`), in that order; None: all of them. `show_progress`: a
-        bar over the images, described by `label`."""
+        """Where `plan` says (memory or disk). `names`: only those taps (LDIFS's `taps:`), in that order; None:
+        all of them. `show_progress`: a bar over the images, described by `label`."""
         began = time.perf_counter()
-        n = len(images)
+        n, where = len(images), plan.where
         # The anchor's inference form (BatchNorm folded into convolutions: 1.3x faster on CPU, taps equal
         # to ~1e-6 relative), built once per task. Its tap modules are those of the anchor, so the taps match.
         encoder = anchor.backbone.for_inference().eval()
         taps_of = lambda x: encoder.forward_with_taps(x, names)[1]  # noqa: E731
         with torch.inference_mode():
             probe = taps_of(anchor.backbone.preprocess(images[:1].to(device)))
-        per_sample = sum(t[0].numel() for t in probe)
-        # Under torchrun every rank makes the same choices below (the GPU with the least room decides) and
-        # computes its batches of the cache; all of them are gathered, so that every rank holds the taps of
-        # every image: in memory, each its own copy; on disk, in rank 0's files, which the others then read.
+        # Under torchrun every rank made the same plan (from the least room of any rank) and computes its
+        # batches of the cache; all of them are gathered, so that every rank holds the taps of every image:
+        # in memory, each its own copy; on disk, in rank 0's files, which the others then read.
         shared = distributed.active()
-        # In memory: float32 on the CPU; float16 on the GPU itself when it fits in a quarter of its free
-        # memory (no host copy per step), else float32 in host memory.
-        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
-        if shared and device.type == "cuda":
-            free = distributed.least(free)
-        on_gpu = device.type == "cuda" and n * per_sample * 2 <= free / 4
-        dtype, home = (torch.float16, device) if on_gpu else (torch.float32, torch.device("cpu"))
-        if where == "auto":
-            where = "memory" if on_gpu or n * per_sample * 4 <= cls.MEMORY_LIMIT else "disk"
         paths = []
         if where == "disk":
             if folder is None:
                 raise ValueError("ldifs cache: disk needs a scratch folder (the runner gives one)")
             paths = [folder / f"{key}-tap{i}.npy" for i in range(len(probe))]
-            taps = distributed.on_main(lambda: _open_files(paths, n=n, probe=probe))  # None on other ranks
-        else:
-            taps = [torch.empty((n, *t.shape[1:]), dtype=dtype, device=home) for t in probe]
+        taps = _allocate(plan, n=n, probe=probe, paths=paths, device=device)
 
         def put(start: int, outputs: list[torch.Tensor]) -> None:
             for store, tap in zip(taps, outputs):
@@ -192,6 +308,16 @@ class AnchorCache:
         self.taps = []
         for path in paths if distributed.is_main() else []:  # under torchrun, rank 0's files
             path.unlink(missing_ok=True)
+
+
+def _allocate(plan: CachePlan, *, n: int, probe: list[torch.Tensor], paths: list[Path],
+              device: torch.device) -> list | None:
+    """The cache's storage for `n` images, shaped as `probe`'s taps: tensors in memory (float16 on the GPU,
+    float32 in host memory), or float16 files at `paths` (None on a rank other than 0, which reads rank 0's)."""
+    if plan.where == "disk":
+        return distributed.on_main(lambda: _open_files(paths, n=n, probe=probe))
+    dtype, home = (torch.float16, device) if plan.on_gpu else (torch.float32, torch.device("cpu"))
+    return [torch.empty((n, *t.shape[1:]), dtype=dtype, device=home) for t in probe]
 
 
 def _open_files(paths: list[Path], *, n: int, probe: list[torch.Tensor]) -> list[np.memmap]:
@@ -245,6 +371,7 @@ class LDIFS:
         self.tap_names = None if options.taps is None else [n for n in pretrained.tap_names if n in options.taps]
         self.anchor = FrozenBackbone(pretrained)
         self.cache: AnchorCache | None = None  # None: the anchor runs on every batch
+        self.cache_plan: CachePlan | None = None  # why the cache is where it is
         self.said_per_step = False
 
     @staticmethod
@@ -268,25 +395,68 @@ class LDIFS:
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         if self.options.anchor == "previous" and step > 1:
             self.anchor = FrozenBackbone(model.backbone)
-        extra = {"anchor_cache": self.options.cache}
+        label = f"{self.options.key} {step}:{task.name}"
         augment = getattr(trainer.training, "augment", "none")
-        if augment != "none":
-            extra = self.anchor_per_step(augment)
-        elif self.options.cache != "off":
-            key = cache_key(self.anchor, task.train.images, self.tap_names)
-            if self.cache is None or self.cache.key != key:
-                if self.cache is not None:
-                    self.cache.close()
-                self.cache = AnchorCache.build(self.anchor, task.train.images, key=key, where=self.options.cache,
-                                               folder=trainer.scratch, batch_size=trainer.training.eval_batch_size,
-                                               device=trainer.device, names=self.tap_names,
-                                               label=f"{self.options.key} {step}:{task.name}",
-                                               show_progress=trainer.progress)
-            extra = {"anchor_cache": self.cache.where, "anchor_cache_mb": round(self.cache.nbytes / 2**20, 1),
-                     "anchor_cache_seconds": round(self.cache.seconds, 3)}
-        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
+        extra = self.anchor_per_step(augment) if augment != "none" else self.prepare_cache(task, trainer, label=label)
+        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=label)
         stats.extra.update(extra)
         return stats
+
+    def prepare_cache(self, task: TaskData, trainer: Trainer, *, label: str) -> dict:
+        """Build the anchor cache this task's plan asks for (or keep the one that holds these taps already),
+        or drop it so that the anchor runs per step. Said in one line before anything is allocated; returns
+        the plan's entries of metrics.json."""
+        plan = self.plan(task.train.images, trainer)
+        if plan.where == "off":
+            self.drop_cache()
+            self.say(label, plan)
+            return plan.extra()
+        key = cache_key(self.anchor, task.train.images, self.tap_names)
+        if self.cache is None or self.cache.key != key:
+            self.drop_cache()
+            self.say(label, plan)
+            self.cache = AnchorCache.build(self.anchor, task.train.images, key=key, plan=plan, folder=trainer.scratch,
+                                           batch_size=trainer.training.eval_batch_size, device=trainer.device,
+                                           names=self.tap_names, label=label, show_progress=trainer.progress)
+            self.cache_plan = plan
+        return {**self.cache_plan.extra(), "anchor_cache_mb": round(self.cache.nbytes / 2**20, 1),
+                "anchor_cache_seconds": round(self.cache.seconds, 3)}
+
+    def plan(self, images, trainer: Trainer) -> CachePlan:
+        """plan_cache for this task: its visits per image from the trainer's steps and batch size, the size of
+        one image's taps from the anchor on one image, and the room free now (under torchrun, every rank's
+        least, so that every rank makes the same plan)."""
+        n = len(images)
+        total, per_epoch = trainer.total_steps(n), trainer.steps_per_epoch(n)
+        # Whole epochs visit every image; a cut epoch (steps_per_task) visits full batches only.
+        visits = total // per_epoch * n + total % per_epoch * trainer.training.batch_size
+        if self.options.cache == "off":
+            return plan_cache("off", images=n, visits=visits, per_sample=0, gpu_free=None, ram_free=0, disk_free=None)
+        x = self.anchor.backbone.preprocess(images[:1].to(trainer.device))
+        per_sample = sum(t[0].numel() for t in self.anchor.taps(x, self.tap_names))
+        cuda = trainer.device.type == "cuda"
+        gpu_free = torch.cuda.mem_get_info(trainer.device)[0] if cuda else None
+        ram_free = available_memory() / distributed.world()  # in memory, every rank holds its own copy
+        disk_free = None if trainer.scratch is None else free_disk(trainer.scratch)
+        if distributed.active():
+            ram_free = distributed.least(ram_free)
+            gpu_free = distributed.least(gpu_free) if cuda else None
+            disk_free = None if disk_free is None else distributed.least(disk_free)
+        return plan_cache(self.options.cache, images=n, visits=visits, per_sample=per_sample, gpu_free=gpu_free,
+                          ram_free=ram_free, disk_free=disk_free,
+                          pays_from=PAYS_FROM.get(trainer.device.type, PAYS_FROM["cuda"]))
+
+    def say(self, label: str, plan: CachePlan) -> None:
+        if self.options.cache == "off" or not distributed.is_main():
+            return
+        where = ("per step, no cache" if plan.where == "off" else
+                 f"cached in {'GPU memory' if plan.on_gpu else plan.where}, {_size(plan.estimate)}")
+        print(f"{label}: anchor {where}: {plan.reason}", file=sys.stderr)
+
+    def drop_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
 
     def anchor_per_step(self, augment: str) -> dict:
         """With training.augment, the anchor's taps depend on each batch's draws, so no cache can hold them:
@@ -294,9 +464,7 @@ class LDIFS:
         if self.options.cache in ("memory", "disk"):  # load_sequence refuses this; a Sequence built in Python may not
             raise ValueError(f"methods.ldifs.cache: {self.options.cache} cannot hold the anchor's features with "
                              f"training.augment: {augment}; use cache: auto (or off)")
-        if self.cache is not None:
-            self.cache.close()
-            self.cache = None
+        self.drop_cache()
         if not self.said_per_step and distributed.is_main():
             print(f"ldifs: training.augment is {augment}, so the anchor's features cannot be cached; the frozen "
                   f"anchor runs on every augmented batch (about 1.3-1.4x a fine-tuning step, README)", file=sys.stderr)
@@ -305,11 +473,11 @@ class LDIFS:
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
         features, taps = model.backbone.forward_with_taps(batch.x, self.tap_names)
-        if self.cache is None:  # cache: off, or training.augment
+        if self.cache is None:  # cache: off, a task where it would not pay (plan_cache), or training.augment
             anchor = self.anchor.taps(batch.x, self.tap_names)
         else:
             anchor = self.cache.lookup(batch.index, batch.x.device)
         return {
-            "ce": F.cross_entropy(model.logits(features, batch.task), batch.y),
+            "ce": batch.ce(model.logits(features, batch.task)),
             "ldifs": self.options.lambda_ * DISTANCES[self.options.distance](taps, anchor),
         }

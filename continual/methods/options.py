@@ -75,7 +75,10 @@ class LDIFSOptions(Options):
     # The anchor is frozen and the training transform deterministic, so its tap outputs for a task's
     # training images are computed once per task and looked up per batch, instead of a second forward
     # every step (the paper's code: 1.30-1.41x a fine-tuning step against 1.05-1.07x cached, README).
-    # auto: in memory up to 1 GiB (float32), else memory-mapped on disk in float16. off: the paper's way.
+    # auto: only where it pays (methods/ldifs.py plan_cache, README): a task whose steps visit each image 1.5
+    # times or more, and taps that fit a quarter of free GPU memory (float16), else a quarter of available
+    # RAM (float32), else half the scratch disk (float16); otherwise the anchor runs per step. memory, disk:
+    # cache whatever the visits (refused before allocating where it cannot fit at all). off: the paper's way.
     # With training.augment the images differ every step: auto then runs the anchor per batch, and
     # memory or disk is refused (config/loading.py).
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
