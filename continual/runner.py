@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -274,11 +274,11 @@ def check_distributed(seq: Sequence, names: list[str], inputs: Loaded, *, device
                          "training.batchnorm: frozen, or run on GPUs"))
     # Each rank trains on a share of every batch, so every batch needs an image per rank: the last one of an
     # epoch, shorter when the task's images are not a multiple of batch_size, too.
-    sizes = [(f"task {task.name}", len(task.train.labels)) for task in inputs.tasks]
+    sizes = [(f"task {task.name}", len(task.train.labels), seq.task_training(i)) for i, task in enumerate(inputs.tasks)]
     if any(seq.method(n).name == "joint" for n in names):
-        sizes.append(("joint (every task at once)", sum(n for _, n in sizes)))
-    trainer = Trainer(t, device=torch.device("cpu"))
-    for what, n in sizes:
+        sizes.append(("joint (every task at once)", sum(n for _, n, _ in sizes), t))
+    for what, n, training in sizes:  # each task's own steps (tasks[i].training); batch_size is the run's
+        trainer = Trainer(training, device=torch.device("cpu"))
         smallest = min(t.batch_size, n)
         if trainer.total_steps(n) >= trainer.steps_per_epoch(n) and n % t.batch_size:  # the short batch is used
             smallest = n % t.batch_size
@@ -294,12 +294,14 @@ def check_distributed(seq: Sequence, names: list[str], inputs: Loaded, *, device
 def plan(seq: Sequence, names: list[str], inputs: Loaded) -> str:
     """What the run will do, said before it starts: a setting that asks for years of training shows here."""
     t = seq.training
-    trainer = Trainer(t, device=torch.device("cpu"))
-    steps = [trainer.total_steps(len(task.train.labels)) for task in inputs.tasks]
+    steps = [Trainer(seq.task_training(i), device=torch.device("cpu")).total_steps(len(task.train.labels))
+             for i, task in enumerate(inputs.tasks)]
     per_task = ", ".join(f"{task.name} {n:,}" for task, n in zip(inputs.tasks, steps))
     how = (f"{t.steps_per_task:,} steps" if t.steps_per_task is not None else f"{t.epochs} epoch{'s' * (t.epochs > 1)}")
+    own = [task.name for task in seq.tasks if task.training is not None]
+    own = f"; {', '.join(own)} with training settings of {'its' if len(own) == 1 else 'their'} own" if own else ""
     return (f"{seq.name}: {len(names)} method{'s' * (len(names) > 1)} x {len(steps)} tasks; {sum(steps):,} optimiser "
-            f"steps per method ({per_task}; {how} of batch {t.batch_size})")
+            f"steps per method ({per_task}; {how} of batch {t.batch_size}{own})")
 
 
 class MethodsFailed(Exception):
@@ -472,7 +474,10 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             seed_step(seq.seed, step)
             if trainer.events is not None:  # where this task's training points start: the steps trained so far
                 trainer.events.step = sum(t.get("train_steps", 0) for t in timings)
-            stats = method.fit_task(model, task, step=step, trainer=trainer)
+            # The task's own settings over the sequence's (tasks[i].training); a method that trains once on every
+            # task together (joint) trains with the sequence's.
+            training = seq.training if once else seq.task_training(step - 1)
+            stats = method.fit_task(model, task, step=step, trainer=replace(trainer, training=training))
             began = time.perf_counter()
             # A method that trains the text tower (FLYP) scores probes zero-shot with its own text heads.
             zero_shot_probes = getattr(method, "zero_shot_probes", None) or start.zero_shot_probes
@@ -491,7 +496,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                 # The whole story in metrics.json; the console gets one line pointing there.
                 timings[-1]["learned_worse"] = {"before": rows[-2][task.name], "after": rows[-1][task.name],
                                                 **({"first_batch_ce": stats.first_ce, "cause": cause} if cause else {}),
-                                                "message": _worse_message(name, task.name, rows, stats, seq.training,
+                                                "message": _worse_message(name, task.name, rows, stats, training,
                                                                           classes=classes)}
                 if main:
                     warnings.warn(TrainingWarning(_worse_line(name, task.name, rows, cause, step=step,

@@ -26,6 +26,12 @@ class Batch:
     y: torch.Tensor  # labels, on the device, indexing `model(x, task)`: offset past earlier tasks when class-incremental
     index: torch.Tensor  # positions in the task's training split (CPU), for what a method computed per sample
     task: str
+    label_smoothing: float = 0.0  # the task's training.label_smoothing (ZSCL's recipe: 0.2), read by `ce`
+
+    def ce(self, logits: torch.Tensor) -> torch.Tensor:
+        """The task's cross-entropy of `logits` against `y`, label-smoothed as the task's training says: what
+        every method's `ce` term is (FLYP's contrastive loss, distillation and penalties are not smoothed)."""
+        return F.cross_entropy(logits, self.y, label_smoothing=self.label_smoothing)
 
 
 # (model, batch) -> {"ce": ..., "ldifs": ...}; the loop sums the terms.
@@ -206,7 +212,8 @@ class Trainer:
                 if draws is not None:  # training.augment: on the device, the draws from a seeded CPU generator
                     x = augment(x, t.augment, draws, whole=whole, rows=rows) if shared else augment(x, t.augment, draws)
                 x = model.backbone.preprocess(x)
-                batch = Batch(x, labels[dev_idx.to(self.device)], idx, task.name)
+                batch = Batch(x, labels[dev_idx.to(self.device)], idx, task.name,
+                              label_smoothing=getattr(t, "label_smoothing", 0.0))
                 with _features_of(model.backbone, batch.x, watch=epoch == b == 0) as seen:
                     if shared:
                         with self.autocast, model.backbone.sharing(whole, rows):

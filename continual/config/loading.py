@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from continual.config.schema import DataSpec, ModelConfig, Sequence, did_you_mean, local_path, shown
+from continual.config.schema import (PER_TASK, DataSpec, ModelConfig, Sequence, TrainingConfig, did_you_mean, local_path,
+                                     shown)
 from continual.datasets.catalog import (DATASETS, DataError, class_folders, folder_classes, imagefolder_classes,
                                         package_dir, resisc45_dir, resolve_classes)
 from continual.files import BadFile, read_json
@@ -78,7 +79,7 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Seque
     found = _checks(model=seq.model, specs={g: list(enumerate(getattr(seq, g))) for g in GROUPS},
                     methods=[(i, o.name, o.key) for i, o in enumerate(seq.methods)], root=seq.root,
                     setting=seq.setting)
-    found.problems += _augment_problems(seq) + _reference_problems(seq)
+    found.problems += _augment_problems(seq) + _reference_problems(seq) + _task_training_problems(seq)
     if found.problems:
         raise ConfigError(label, found.problems)
     for key, message in found.doubts:
@@ -164,6 +165,10 @@ def dump_sequence(seq: Sequence) -> str:
     raw["methods"] = [{o.name: o.settings()} for o in seq.methods]
     if seq.training.steps_per_task is not None:  # it replaces epochs, and the two together are refused
         raw["training"].pop("epochs")
+    for group in GROUPS:  # a task's training: the keys it sets, and only those (the rest are the sequence's)
+        for item, spec in zip(raw[group], getattr(seq, group)):
+            if spec.training is not None:
+                item["training"] = spec.training.model_dump(mode="json", exclude_unset=True)
     return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -314,6 +319,11 @@ _OUT_OF_RANGE = ("greater_than", "greater_than_equal", "less_than", "less_than_e
 
 def _message(err: dict) -> str:
     kind = err["type"]
+    if kind == "extra_forbidden" and _run_wide(err["loc"]):
+        return (f"`{err['loc'][-1]}` is set for the whole run (training.{err['loc'][-1]}), not per task; a task's "
+                f"`training` may set {', '.join(PER_TASK)}")
+    if kind == "extra_forbidden" and len(err["loc"]) == 3 and err["loc"][0] in GROUPS and err["loc"][2] in Sequence.model_fields:
+        return f"unknown key: `{err['loc'][2]}` is the sequence's, set once at the top level for every task"
     if kind == "extra_forbidden":
         return "unknown key" + did_you_mean(str(err["loc"][-1]), _known_keys(err["loc"][:-1]))
     if kind == "missing":
@@ -327,6 +337,13 @@ def _message(err: dict) -> str:
         choices = re.findall(r"'([^']*)'", err["ctx"].get("expected", ""))
         return f"{msg}, got {shown(err['input'])}{did_you_mean(err['input'], choices)}"
     return f"{msg}, got {shown(err['input'])}" if kind in _OUT_OF_RANGE else msg
+
+
+def _run_wide(loc: tuple) -> bool:
+    """Whether `loc` is a key of the sequence's `training` that a task may not set for itself
+    (`tasks[0].training.device`): schema.PER_TASK says why those."""
+    return (len(loc) == 4 and loc[0] in GROUPS and isinstance(loc[1], int) and loc[2] == "training"
+            and loc[3] in TrainingConfig.model_fields)
 
 
 def _known_keys(loc: tuple) -> list[str]:
@@ -485,6 +502,13 @@ def _augment_problems(seq: Sequence) -> list[tuple[str, str]]:
              f"{seq.training.augment} (augmented images differ every step, so the anchor runs on each batch); "
              f"use cache: auto or off, or training.augment: none")
             for i, o in enumerate(seq.methods) if o.name == "ldifs" and o.cache in ("memory", "disk")]
+
+
+def _task_training_problems(seq: Sequence) -> list[tuple[str, str]]:
+    """`training` is a task's own: a probe or a reference is never trained on."""
+    return [(f"{group}[{i}].training", f"only a task is trained; a {group[:-1]} takes no `training`")
+            for group in ("probes", "references") for i, spec in enumerate(getattr(seq, group))
+            if spec.training is not None]
 
 
 def _reference_problems(seq: Sequence) -> list[tuple[str, str]]:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo,
-                      WrapValidator, field_validator, model_validator)
+                      WrapValidator, create_model, field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from continual.datasets import DATASETS
+from continual.datasets.catalog import RANDOM_SPLIT
 from continual.datasets.prompts import template_problem
 from continual.methods import METHODS
 from continual.methods.options import Options
@@ -136,6 +137,11 @@ class DataSpec(Strict):
     # CLIP zero-shot prompts (open_clip: a probe's zero-shot score, a task's head_init: zero_shot), `{}` where
     # the class name goes; None = the dataset's from the CLIP literature (datasets/prompts.py), else generic.
     templates: list[Annotated[str, AfterValidator(_template)]] | None = Field(default=None, min_length=1)
+    # None: the dataset's own train/test split, or the catalog's fixed per-class 80/20 where it ships none;
+    # a RandomSplit (`{random: 0.8, seed: 42}`) for those (RANDOM_SPLIT: ZSCL's Caltech101, EuroSAT, SUN397).
+    split: RandomSplit | None = None
+    # A task's own training settings over the sequence's (PER_TASK says which); tasks only, None = none.
+    training: TaskTraining | None = None
 
     @field_validator("name")
     @classmethod
@@ -160,6 +166,15 @@ class DataSpec(Strict):
         if path is not None:
             local_path(path)
         return path
+
+    @field_validator("split")
+    @classmethod
+    def _split_only_without_one(cls, split: RandomSplit | None, info: ValidationInfo) -> RandomSplit | None:
+        dataset = info.data.get("dataset")  # absent when the dataset itself was invalid
+        if split is not None and dataset is not None and dataset not in RANDOM_SPLIT:
+            raise ValueError(f"a random split is for {', '.join(RANDOM_SPLIT)} only (torchvision ships them without a "
+                             f"test split, and ZSCL splits them at random), not {dataset}")
+        return split
 
     @model_validator(mode="after")
     def _path_for_folders(self) -> DataSpec:
@@ -215,12 +230,15 @@ class TrainingConfig(Strict):
     # training crop (90-100% of the area) then flips. none by default: runs stay as they were, and only
     # then can LDIFS cache its anchor's features (with augmentation its anchor runs on every batch).
     augment: Literal["none", "flip", "crop_flip"] = "none"
+    # Label smoothing of the task's cross-entropy (the loss term named `ce`, in Trainer.fit and in Avalanche's
+    # criterion): the target is 1 - ls on the true class plus ls/C on every class. 0: plain cross-entropy, as
+    # runs were before it existed; ZSCL's MTIL recipe sets 0.2 (mtil/src/args.py, --ls). Below 1: at 1 the
+    # target is uniform and the labels teach nothing.
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> TrainingConfig:
-        if self.steps_per_task is not None and "epochs" in self.model_fields_set:
-            raise ValueError("give `epochs` or `steps_per_task`, not both (steps_per_task replaces epochs)")
-        return self
+        return _epochs_or_steps(self)
 
     @field_validator("device")
     @classmethod
@@ -228,6 +246,39 @@ class TrainingConfig(Strict):
         if not DEVICE.fullmatch(name):
             raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
         return name
+
+
+def _epochs_or_steps(training: BaseModel) -> BaseModel:
+    if training.steps_per_task is not None and "epochs" in training.model_fields_set:
+        raise ValueError("give `epochs` or `steps_per_task`, not both (steps_per_task replaces epochs)")
+    return training
+
+
+# What a task may set of `training` for itself (`tasks[i].training`; ZSCL's MTIL recipe trains Aircraft and
+# MNIST at lr 5e-5, the others at 1e-5): what shapes that task's own optimiser and schedule, which start
+# afresh at every task anyway. The rest stays the run's: device, precision and inference batch belong to
+# the machine; batch_size, batchnorm and augment are read once for the whole run (torchrun's batch checks,
+# LDIFS's anchor cache, Avalanche's replay loader), optimizer would change what a method is, and log_every
+# is display only.
+PER_TASK = ("epochs", "steps_per_task", "lr", "weight_decay", "warmup_steps", "grad_clip", "label_smoothing")
+
+# A task's overrides: the same fields, ranges and messages as TrainingConfig's (built from them, so the two
+# never drift), any other key refused; only the keys given count (TaskTraining.model_fields_set), the
+# sequence's `training` gives the rest (Sequence.task_training).
+TaskTraining = create_model(
+    "TaskTraining", __base__=Strict,
+    __validators__={"_epochs_or_steps": model_validator(mode="after")(_epochs_or_steps)},
+    **{key: (TrainingConfig.model_fields[key].annotation, TrainingConfig.model_fields[key]) for key in PER_TASK})
+
+
+class RandomSplit(Strict):
+    """ZSCL's split of a dataset that ships none (Caltech101, EuroSAT, SUN397): torch.utils.data.random_split
+    over the whole dataset in its reader's order, `random` of it (rounded down) to train, the rest to test,
+    drawn from torch.Generator().manual_seed(seed) (ZSCL mtil/src/datasets/collections.py, split_dataset:
+    0.8, seed 42). Unlike the catalog's fixed split it is not stratified: a class's share may differ."""
+
+    random: float = Field(gt=0, lt=1)  # the fraction to train on; no default, a split is chosen on purpose
+    seed: int = Field(ge=0, lt=2**63)  # torch.Generator().manual_seed takes a 64-bit integer
 
 
 def _method_item(item: Any) -> Any:
@@ -351,6 +402,20 @@ class Sequence(Strict):
     @property
     def root(self) -> Path:
         return Path(self.data_root).expanduser()
+
+    def task_training(self, task: int) -> TrainingConfig:
+        """The training settings of task `task` (its index): the sequence's `training` with the task's own
+        keys over it. A task's `epochs` replaces the sequence's `steps_per_task` and the other way round."""
+        own = self.tasks[task].training
+        if own is None:
+            return self.training
+        given = {key: getattr(own, key) for key in own.model_fields_set}
+        merged = {key: getattr(self.training, key) for key in self.training.model_fields_set}
+        if "epochs" in given:
+            merged.pop("steps_per_task", None)
+        if "steps_per_task" in given:
+            merged.pop("epochs", None)
+        return TrainingConfig.model_validate({**merged, **given})
 
     def method(self, key: str) -> Options:
         """The options of the method entry `key` (its label, else its name): as the file gives them, else

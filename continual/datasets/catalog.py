@@ -216,6 +216,10 @@ TORCHVISION = {
     "oxford_pets": TorchvisionSpec("OxfordIIITPet", "oxford-iiit-pet/annotations", "trainval"),
     "sun397": TorchvisionSpec("SUN397", "SUN397/ClassName.txt", None),
 }
+# The datasets a task may split at random (DataSpec.split) instead of by the fixed per-class 80/20: those
+# torchvision ships whole, as ZSCL splits them. (The others' test sets are the dataset's own, or the
+# fixed split of small packaged sets and the user's folders.)
+RANDOM_SPLIT = tuple(name for name, spec in TORCHVISION.items() if spec.split_arg is None)
 
 
 def _torchvision(name: str, description: str, class_names: list[str] | None = None) -> DatasetInfo:

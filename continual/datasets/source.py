@@ -45,6 +45,7 @@ class Source:
     class_names: list[str]
     train: Pool
     test: Pool
+    whole: Pool | None = None  # every image, before the fixed split, where the source made one (random_split)
 
 
 def array_pool(images: np.ndarray, labels: np.ndarray) -> Pool:
@@ -91,6 +92,16 @@ def fixed_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def split_fixed(pool: Pool) -> tuple[Pool, Pool]:
     train, test = fixed_split(pool.labels)
     return pool.subset(train), pool.subset(test)
+
+
+def random_split(pool: Pool, *, train: float, seed: int) -> tuple[Pool, Pool]:
+    """ZSCL's split (DataSpec.split): torch.utils.data.random_split(pool, [int(train * n), rest],
+    generator=torch.Generator().manual_seed(seed)), which takes the first int(train * n) of
+    torch.randperm(n, generator) to train and the rest to test. Each part in the pool's order."""
+    n = len(pool.labels)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    k = int(train * n)
+    return pool.subset(np.sort(order[:k])), pool.subset(np.sort(order[k:]))
 
 
 # ---- a selection, read by row -----------------------------------------------------------------------

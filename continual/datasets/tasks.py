@@ -20,7 +20,7 @@ import torch
 from continual import seeds
 from continual.datasets import store
 from continual.datasets.catalog import DataError, info, resolve_classes
-from continual.datasets.source import Images, Pool, Source, array_images
+from continual.datasets.source import Images, Pool, Source, array_images, random_split
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,17 @@ def load_task(spec, *, image_size: int, data_root: Path, seed: int, download: bo
     path = _path(spec.path) if spec.dataset == "imagefolder" else None
     data_root = Path(data_root)
     classes = None if spec.classes is None else tuple(spec.classes)
-    key = (spec.dataset, path, data_root, classes, spec.train_per_class, spec.test_per_class, seed, image_size)
+    split = getattr(spec, "split", None)  # DataSpec.split: None, or ZSCL's random split
+    shuffled = None if split is None else (split.random, split.seed)
+    key = (spec.dataset, path, data_root, classes, spec.train_per_class, spec.test_per_class, seed, image_size, shuffled)
     if key not in _DECODED:
         source = load_source(spec.dataset, path, data_root, download)
+        if split is not None:
+            if source.whole is None:  # the schema allows it only for catalog.RANDOM_SPLIT, whose sources keep it
+                raise DataError("split", f"{spec.dataset} has a test split of its own; a random split is for "
+                                         "datasets that ship none")
+            train_pool, test_pool = random_split(source.whole, train=split.random, seed=split.seed)
+            source = Source(source.class_names, train_pool, test_pool, whole=source.whole)
         chosen = resolve_classes(spec.classes, source.class_names, dataset=spec.dataset)
         _check_two_classes(spec, path, [source.class_names[c] for c in chosen])
         where = _Where(spec.dataset, path if path is not None else data_root / spec.dataset, data_root)

@@ -103,10 +103,11 @@ def load(dataset: str, *, path: Path | None, data_root: Path, download: bool) ->
         return pil_pool([label for _, label in ds._samples], lambda i: ds[i][0], native=native)
 
     train = make("train")
-    train_pool, test_pool = split_fixed(pool(train)) if spec.split_arg is None else (pool(train), pool(make("test")))
+    whole = pool(train) if spec.split_arg is None else None  # no test split: the fixed one, or a task's random one
+    train_pool, test_pool = split_fixed(whole) if whole is not None else (pool(train), pool(make("test")))
     names = (DATASETS[dataset].class_names or getattr(train, "classes", None) or getattr(train, "categories", None)
              or [str(c) for c in range(train_pool.labels.max() + 1)])
-    return Source(list(names), train_pool, test_pool)
+    return Source(list(names), train_pool, test_pool, whole=whole)
 
 
 def _failing_checksums(cls, root: Path) -> list[Path]:

@@ -5,7 +5,8 @@ plugins (`EWCPlugin`, `LwFPlugin`, `ReplayPlugin`, none for Naive), trained on o
 our settings; Avalanche never evaluates (the runner scores every method with the same evaluator).
 
 To make the comparison with our own methods fair, three Avalanche defaults are replaced (and
-`training.augment` applies to each training batch as in `Trainer.fit`):
+`training.augment` applies to each training batch and `training.label_smoothing` to the cross-entropy as in
+`Trainer.fit`, with each task's own settings where it has them):
 * the optimiser: Avalanche keeps one optimiser over *all* parameters with its state carried across
   experiences; here each task gets a fresh one over the backbone and that task's head, as in
   `Trainer.fit` (other heads would otherwise be shrunk by AdamW's weight decay);
@@ -272,6 +273,11 @@ class _AvalancheMethod:
         if self.strategy is None:
             self.strategy = _Strategy(model=model, trainer=trainer, plugins=self.plugins(), penalty=self.penalty)
         strategy = self.strategy
+        # This task's settings (the sequence's, with the task's own `training` over them): its optimiser,
+        # schedule, steps and clipping are made from strategy.trainer when the experience starts, and its
+        # criterion is the cross-entropy with the task's label smoothing, as Trainer.fit smooths `ce`.
+        strategy.trainer = trainer
+        strategy._criterion = torch.nn.CrossEntropyLoss(label_smoothing=getattr(trainer.training, "label_smoothing", 0.0))
         strategy.heads.task_names.append(task.name)
         strategy.label = f"{self.options.key} {step}:{task.name}"
         start = time.perf_counter()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from continual.datasets.tasks import TaskData
 from continual.methods.options import FinetuneOptions
@@ -19,4 +18,4 @@ class Finetune:
         return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y)}
+        return {"ce": batch.ce(model(batch.x, batch.task))}

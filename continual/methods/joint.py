@@ -17,7 +17,6 @@ another task's too (task-incremental allows it) has them twice.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from continual.datasets.source import concatenated
 from continual.datasets.tasks import Split, TaskData
@@ -59,4 +58,4 @@ class Joint:
         return stats
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y)}
+        return {"ce": batch.ce(model(batch.x, batch.task))}

@@ -10,7 +10,6 @@ LDIFS holds the features.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from continual.datasets.tasks import TaskData
 from continual.methods.options import L2SPOptions
@@ -31,5 +30,5 @@ class L2SP:
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
         distance = sum((p.float() - p0.float()).pow(2).sum() for p, p0 in self.pairs)
-        return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y),
+        return {"ce": batch.ce(model(batch.x, batch.task)),
                 "l2sp": self.options.lambda_ / 2 * distance}

@@ -16,7 +16,6 @@ is then scored with the head it trained from the probe.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from continual.datasets.tasks import TaskData
 from continual.evaluate import extract_features, fit_linear_head
@@ -42,4 +41,4 @@ class LPFT:
         return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y)}
+        return {"ce": batch.ce(model(batch.x, batch.task))}

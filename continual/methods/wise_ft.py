@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 
 from continual.datasets.tasks import TaskData
 from continual.methods.options import WiseFTOptions
@@ -36,7 +35,7 @@ class WiseFT:
         return stats
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y)}
+        return {"ce": batch.ce(model(batch.x, batch.task))}
 
 
 @torch.no_grad()

@@ -121,7 +121,7 @@ class ZSCL:
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
         o = self.options
-        terms = {"ce": F.cross_entropy(model(batch.x, batch.task), batch.y)}
+        terms = {"ce": batch.ce(model(batch.x, batch.task))}
         if o.image_weight > 0 or o.text_weight > 0:
             images = self.on_device[self.reference_rows().to(self.on_device.device)]
             x = model.backbone.preprocess(self.trainer.batch_to_device(images))
