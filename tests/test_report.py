@@ -178,7 +178,7 @@ def _edit_config(folder, **changes):
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"training__lr": 1e-3}, ["training.lr", "(absent) → 0.001"]),
+    ({"training__lr": 1e-3}, ["training.lr", "1e-05 → 0.001"]),  # a key one config lacks reads as its default
     ({"model__image_size": 64}, ["model.image_size"]),
     ({"methods": [{"finetune": {}}, {"ldifs": {"lambda": 100.0}}, {"ewc": {"lambda": 100.0}}]},
      ["methods.ldifs.lambda: 10.0 → 100.0"]),

@@ -18,7 +18,6 @@ import importlib.util
 import os
 import re
 import sys
-import typing
 import warnings
 from collections.abc import Hashable
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from continual.config.schema import (PER_TASK, DataSpec, ModelConfig, Sequence, TrainingConfig, did_you_mean, local_path,
-                                     shown)
+                                     model_in, shown)
 from continual.datasets.catalog import (DATASETS, DataError, class_folders, folder_classes, imagefolder_classes,
                                         package_dir, resisc45_dir, resolve_classes)
 from continual.files import BadFile, read_json
@@ -169,6 +168,9 @@ def dump_sequence(seq: Sequence) -> str:
         for item, spec in zip(raw[group], getattr(seq, group)):
             if spec.training is not None:
                 item["training"] = spec.training.model_dump(mode="json", exclude_unset=True)
+            for key in ("split", "training"):  # unset: left out, so config.yaml reads as before these keys (#24)
+                if item.get(key) is None:
+                    item.pop(key, None)
     return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -359,21 +361,11 @@ def _known_keys(loc: tuple) -> list[str]:
             continue
         fields = {f.alias or name: f for name, f in model.model_fields.items()}
         field = fields.get(part) or model.model_fields.get(part)
-        inner = _model_in(field.annotation) if field is not None else None
+        inner = model_in(field.annotation) if field is not None else None
         if inner is None:
             return []
         model = inner
     return [f.alias or name for name, f in model.model_fields.items() if name != "name" or model is Sequence]
-
-
-def _model_in(annotation) -> type[BaseModel] | None:
-    """The pydantic model a field's annotation holds (`TrainingConfig`, `list[DataSpec]`, `X | None`)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        if (found := _model_in(arg)) is not None:
-            return found
-    return None
 
 
 def _problems(err: ValidationError) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,37 @@ def did_you_mean(word: str, known) -> str:
     """` (did you mean `epochs`?)` when `word` is a near miss of one of `known` (difflib's ratio), else ''."""
     close = difflib.get_close_matches(word, [k for k in known if k != word], n=1, cutoff=0.75)
     return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model a field's annotation holds (`TrainingConfig`, `list[DataSpec]`, `X | None`), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := model_in(arg)) is not None:
+            return found
+    return None
+
+
+def schema_default(key: str):
+    """The default the schema gives a config.yaml key path (`training.label_smoothing`, `tasks[0].split`), so that
+    a key a later version added reads as its default in a run written before it; MISSING where it has none (a
+    required key, a method's option, a key it does not know)."""
+    model: type[BaseModel] = Sequence
+    parts = re.sub(r"\[\d+\]", "", key).split(".")
+    for i, part in enumerate(parts):
+        field = {f.alias or name: f for name, f in model.model_fields.items()}.get(part)
+        if field is None or part == "methods":
+            return MISSING
+        if i == len(parts) - 1:
+            return MISSING if field.is_required() else field.get_default(call_default_factory=True)
+        if (inner := model_in(field.annotation)) is None:
+            return MISSING
+        model = inner
+    return MISSING
+
+
+MISSING = object()  # schema_default's "no default"
 
 
 def local_path(text: str) -> Path:
