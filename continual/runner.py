@@ -434,12 +434,13 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
         if on_step is not None:
             on_step(name, len(rows) - 1, len(tasks))
 
-    def keep(step: int, rows, timings, result: Evaluation) -> None:
-        """A step's checkpoint, then its files (continual/checkpoints.py says why in this order)."""
+    def keep(step: int, rows, timings, result: Evaluation, state: dict) -> None:
+        """A step's checkpoint (`state`: the method's state_dict), then its files (continual/checkpoints.py
+        says why in this order)."""
         if seq.keep_checkpoints > 0:
             checkpoints.save(run.step_checkpoint(name, step), {
                 "format": checkpoints.FORMAT, "method": name, "step": step, **checkpoints.model_state(model),
-                "method_state": method.state_dict() if hasattr(method, "state_dict") else {},
+                "method_state": state,
                 "future_heads": checkpoints.heads_state(result.future_heads), "rows": rows, "timings": timings})
         write(rows, timings)
         run.prune_checkpoints(name, keep=seq.keep_checkpoints)
@@ -477,7 +478,17 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             # The task's own settings over the sequence's (tasks[i].training); a method that trains once on every
             # task together (joint) trains with the sequence's.
             training = seq.training if once else seq.task_training(step - 1)
+            _clear_gradients(model, method)  # what holds a gradient after fit_task is what it trained
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            began = time.perf_counter()
             stats = method.fit_task(model, task, step=step, trainer=replace(trainer, training=training))
+            # The report's costs (report/tables.py COSTS): the whole of fit_task (LDIFS's anchor cache, LP-FT's
+            # probe too), where and on how many GPUs, the memory it took, what it trained, with which batch.
+            cost = {"task_seconds": time.perf_counter() - began, "device": device.type,
+                    "world_size": distributed.world() if distributed.active() else 1,
+                    **({"peak_gpu_bytes": torch.cuda.max_memory_allocated(device)} if device.type == "cuda" else {}),
+                    "trainable_parameters": trained_parameters(model, method), "batch_size": training.batch_size}
             began = time.perf_counter()
             # A method that trains the text tower (FLYP) scores probes zero-shot with its own text heads.
             zero_shot_probes = getattr(method, "zero_shot_probes", None) or start.zero_shot_probes
@@ -488,7 +499,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             rows.append(result.row)
             timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
                             "train_steps": stats.steps, "losses": stats.losses,
-                            "first_losses": stats.first_losses, **stats.extra})
+                            "first_losses": stats.first_losses, **cost, **stats.extra})
             worse = learned_worse(before=rows[-2][task.name], after=rows[-1][task.name], n_test=len(task.test.labels))
             if worse:
                 classes = sum(model.heads[t].linear.out_features for t in model.heads_up_to(task.name))
@@ -501,7 +512,9 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                 if main:
                     warnings.warn(TrainingWarning(_worse_line(name, task.name, rows, cause, step=step,
                                                               where=run.method(name) / METRICS)), stacklevel=2)
-            distributed.on_main(lambda: keep(step, rows, timings, result))
+            state = method.state_dict() if hasattr(method, "state_dict") else {}
+            timings[-1]["method_state_bytes"] = tensor_bytes(state)  # what it carries to the next task
+            distributed.on_main(lambda: keep(step, rows, timings, result, state))
     finally:
         if trainer.events is not None:  # on disk, also when stopped by an error or Ctrl-C
             trainer.events.close()
@@ -509,6 +522,36 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             shutil.rmtree(scratch, ignore_errors=True)
             with contextlib.suppress(OSError):
                 scratch.parent.rmdir()  # `cache/`, once no method uses it
+
+
+def _modules(model: TaskModel, method) -> list[torch.nn.Module]:
+    """The model and the modules a method holds of its own (FLYP's text tower, LDIFS's frozen anchor)."""
+    return [model, *(v for v in vars(method).values() if isinstance(v, torch.nn.Module))]
+
+
+def _clear_gradients(model: TaskModel, method) -> None:
+    for module in _modules(model, method):
+        module.zero_grad(set_to_none=True)
+
+
+def trained_parameters(model: TaskModel, method) -> int:
+    """Elements of the parameters that hold a gradient, in the model and the method's own modules, each once:
+    after `_clear_gradients` and fit_task, what the step trained (the backbone and the task's head for
+    fine-tuning, LDIFS, EWC; FLYP's text tower too; nothing for frozen), whichever loop trained it."""
+    seen = {id(p): p for module in _modules(model, method) for p in module.parameters() if p.grad is not None}
+    return sum(p.numel() for p in seen.values())
+
+
+def tensor_bytes(state) -> int:
+    """Bytes of the tensors in a method's state_dict (nested dicts, lists and tuples): what it keeps besides
+    the model (EWC's parameters and importances, LwF's previous model, replay's buffer, FLYP's text tower)."""
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(v) for v in state)
+    return 0
 
 
 class TrainingWarning(UserWarning):

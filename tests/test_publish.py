@@ -148,12 +148,14 @@ def test_tables_tex_is_booktabs_with_the_best_of_each_column_in_bold(published):
     tex = (published / "tables.tex").read_text()
     assert tex.startswith("%") and r"\usepackage{booktabs}" in tex.splitlines()[1]
     assert r"\documentclass" not in tex
-    assert tex.count(r"\begin{table}") == 2 and tex.count(r"\centering") == 2
+    assert tex.count(r"\begin{table}") == 3 and tex.count(r"\centering") == 3  # final, ZSCL, cost
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
-        assert tex.count(rule) == 2
+        assert tex.count(rule) == 3
     assert r"\caption{pub\_seq: final metrics" in tex and r"\label{tab:pub-seq-final}" in tex
     assert r"\label{tab:pub-seq-zscl}" in tex
-    final, zscl = _tabulars(tex)
+    final, zscl, cost = _tabulars(tex)
+    assert cost["header"] == ["Method", r"Time (s) $\downarrow$", r"Mem.\ (GiB) $\downarrow$", r"Params (M) $\downarrow$",
+                              r"Extra (MiB) $\downarrow$"]
     assert final["header"] == ["Method", r"$A_T$ $\uparrow$", r"$F_T$ $\downarrow$", r"BWT $\uparrow$",
                                r"$\Delta$ my\_probe $\uparrow$"]
     assert zscl["header"] == ["Method", r"Transfer $\uparrow$", r"Avg $\uparrow$", r"Last $\uparrow$"]
@@ -175,7 +177,7 @@ def test_one_run_has_no_std_in_tables_tex(runs):
     from continual.report.tables import read_run
 
     tex = tables_tex(_Report([read_run(runs[0])]))
-    final, _ = _tabulars(tex)
+    final, *_ = _tabulars(tex)
     assert r"\pm" not in "".join(c for row in list(final.values())[1:] for c in row)  # n = 1: no std, as summary.md
     assert final[LABELS["finetune"]][1:] == ["70.0", "30.0", "$-$30.0", "$-$20.0"]
     assert "(one run)" in tex

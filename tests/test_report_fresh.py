@@ -68,7 +68,7 @@ def test_a_method_added_by_resume_reaches_tables_tex_and_figures_and_old_figures
     with LiveReport(subset, every=0) as live:
         live.step("frozen", 2, 2)
     tex = (subset / "tables.tex").read_text()
-    assert _table_rows(tex) == ["finetune", r"ldifs ($\lambda$ = 10)", "frozen"] * 2  # the final and ZSCL tables
+    assert _table_rows(tex) == ["finetune", r"ldifs ($\lambda$ = 10)", "frozen"] * 3  # the final, ZSCL and cost tables
     assert _md_rows((subset / "summary.md").read_text()) == ["finetune", "ldifs (λ = 10)", "frozen"]
     assert (subset / "figures" / "accuracy_matrix_frozen.pdf").is_file()
     assert json.loads((subset / "report.json").read_text())["formats"] == ["pdf"]
@@ -77,7 +77,7 @@ def test_a_method_added_by_resume_reaches_tables_tex_and_figures_and_old_figures
     # heatmaps of the methods left out go, and another format replaces pdf.
     assert main(["report", str(subset), "--methods", "frozen,finetune", "--format", "png"]) == 0
     assert "tables.tex, figures/*.png" in capsys.readouterr().out
-    assert _table_rows((subset / "tables.tex").read_text()) == ["frozen", "finetune"] * 2
+    assert _table_rows((subset / "tables.tex").read_text()) == ["frozen", "finetune"] * 3
     assert _files(subset / "figures") == {"my-notes.txt", "accuracy_vs_forgetting.png", "forgetting_curves.png",
                                           "concept_forgetting.png", "accuracy_matrix_frozen.png",
                                           "accuracy_matrix_finetune.png"}
@@ -121,7 +121,7 @@ def test_a_subset_run_reports_only_the_methods_it_ran(subset):
 def test_methods_choose_and_order_rows_legends_and_summary_csv(subset):
     write_report([subset], latex=True, methods=["ldifs", "finetune"])
     assert _md_rows((subset / "summary.md").read_text()) == ["ldifs (λ = 10)", "finetune"]
-    assert _table_rows((subset / "tables.tex").read_text()) == [r"ldifs ($\lambda$ = 10)", "finetune"] * 2
+    assert _table_rows((subset / "tables.tex").read_text()) == [r"ldifs ($\lambda$ = 10)", "finetune"] * 3
     assert list(dict.fromkeys(pd.read_csv(subset / "summary.csv")["method"])) == ["ldifs", "finetune"]
     report = _Report([read_run(subset)], methods=["ldifs", "finetune"])
     spec = next(f for f in report.figure_list if f.name == "forgetting_curves")

@@ -3,8 +3,9 @@ r"""tables.tex: the report's main numbers as booktabs tables, for a paper (`cont
     \usepackage{booktabs}   % in the paper's preamble
     \input{tables.tex}      % where the tables go
 
-Two `table` floats: the final metrics (A_T, F_T, BWT, Δ per probe column) and ZSCL's Transfer / Avg / Last,
-in % as summary.md gives them (mean $\pm$ std over runs, the std from two runs on), the best of each column
+Three `table` floats: the final metrics (A_T, F_T, BWT, Δ per probe column) and ZSCL's Transfer / Avg / Last
+in % as summary.md gives them, and each method's cost (COST: wall time, peak GPU memory, trainable parameters,
+extra storage, in summary.md's units); mean $\pm$ std over runs (the std from two runs on), the best of each column
 in bold by page.py's rule (metric_table), each method named by its legend entry (`ldifs ($\lambda$ = 10)`).
 pandas' Styler writes the LaTeX; every text that comes from a run (method, probe and sequence names) is
 escaped here first.
@@ -19,15 +20,20 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from continual import metrics
-from continual.report.tables import best
+from continual.report.tables import COSTS, best
 
 if TYPE_CHECKING:
     from continual.report.page import _Report
 
 FINAL = ["final_average_accuracy", "forgetting", "bwt"]
 ZSCL = ["zscl_transfer", "zscl_avg", "zscl_last"]
+# The cost table's columns (tables.COSTS; all six with mean ± std are ~120 pt wider than an article's text):
+# GPU-hours (wall time × GPUs) and images/s (steps × batch / training time) follow from them and stay in summary.md.
+COST = ["cost:wall_seconds", "cost:peak_gpu_memory_bytes", "cost:trainable_parameters", "cost:extra_storage_bytes"]
 HEADERS = {"final_average_accuracy": r"$A_T$", "forgetting": r"$F_T$", "bwt": "BWT", "zscl_transfer": "Transfer",
-           "zscl_avg": "Avg", "zscl_last": "Last"}
+           "zscl_avg": "Avg", "zscl_last": "Last", "cost:wall_seconds": "Time (s)",
+           "cost:peak_gpu_memory_bytes": "Mem.\\ (GiB)", "cost:trainable_parameters": "Params (M)",
+           "cost:extra_storage_bytes": "Extra (MiB)"}
 SWEEP = ["final_average_accuracy", "forgetting", "bwt", "zscl_transfer", "zscl_last"]  # sweep.md's columns, then Δs
 
 
@@ -92,6 +98,16 @@ def tables_tex(report: _Report) -> str:
                            "on the accuracy matrix after each task: Transfer, accuracy on tasks not yet learned; "
                            "Avg, on every task after every step; Last, after the last task.",
                            label="zscl"))
+    cost = report.cost_table(COST)
+    cost.headers[1:] = COST  # _booktabs reads each column's metric from its header
+    parts.append(_booktabs(report, cost, [HEADERS[m] for m in COST],
+                           caption=f"{escape(report.first.name)}: cost of each method over the tasks ({over}). Time: "
+                           "wall time of training plus evaluation; Mem.: peak GPU memory allocated while training; "
+                           "Params: parameters trained, in millions; Extra: storage a method keeps besides the model "
+                           "(its state between tasks, LDIFS's anchor cache). GPU-hours and training images/s: "
+                           "summary.md.",
+                           label="cost", missing="not complete, not recorded by a run written before it was, or GPU "
+                           "memory on CPU"))
     return "\n".join(parts)
 
 
@@ -169,22 +185,25 @@ def _probe_header(column: str) -> str:
                            else escape(name))
 
 
-def _booktabs(report: _Report, table, headers: list[str], *, caption: str, label: str) -> str:
+def _booktabs(report: _Report, table, headers: list[str], *, caption: str, label: str,
+              missing: str = "the method did not complete") -> str:
     """A `table` float of `table` (page.py's _Table: method keys, cells as _fmt writes them, bold cells) with
-    `headers` (LaTeX) for its metric columns, the better direction marked in each."""
+    `headers` (LaTeX) for its metric columns, the better direction marked in each; `missing`: what `--` means."""
     # metric_table's headers are the metric keys (label=str): concept_delta:<probe> is higher-better too.
     columns = ["Method"] + [h + _arrow(key) for h, key in zip(headers, table.headers[1:])]
     rows = [[escape(row[0])] + [number(c) for c in row[1:]] for row in table.rows]  # row[0]: the legend entry
     if any(c == "--" for row in rows for c in row[1:]):
-        caption += " --: no value (the method did not complete)."
+        caption += f" --: no value ({missing})."
     caption += " Bold: the best of each column."
     return booktabs(rows, columns, bold=table.bold, align="l" + "r" * len(headers), caption=caption,
                     label=f"tab:{_label(report.first.name)}-{label}")
 
 
 def _arrow(metric: str) -> str:
-    """The better direction of a metric (continual.metrics.FINAL; concept_delta:<probe> is higher-better)."""
-    return r" $\uparrow$" if metrics.FINAL.get(metric, (None, True))[1] else r" $\downarrow$"
+    """The better direction of a metric (continual.metrics.FINAL, tables.COSTS; concept_delta:<probe> is
+    higher-better)."""
+    higher = not COSTS[metric][1] if metric in COSTS else metrics.FINAL.get(metric, (None, True))[1]
+    return r" $\uparrow$" if higher else r" $\downarrow$"
 
 
 def booktabs(rows: list[list[str]], columns: list[str], *, bold: set[tuple[int, int]], align: str, caption: str,

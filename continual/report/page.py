@@ -35,7 +35,7 @@ from continual import metrics, plots
 from continual.files import read_json
 from continual.report import outputs
 from continual.report.latex import tables_tex
-from continual.report.tables import ReportError, Summary, best, read_run
+from continual.report.tables import COSTS, ReportError, Summary, best, read_run
 from continual.run_folder import ENVIRONMENT, FIGURES, INDEX, SUMMARY_CSV, SUMMARY_MD, TABLES_TEX, atomic_write
 
 # How each summary metric is labelled in the tables, in table order.
@@ -52,6 +52,25 @@ LABELS = {
 }
 MAIN = ["final_average_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "plasticity"]
 TRANSFER = ["zscl_transfer", "zscl_avg", "zscl_last", "forward_transfer"]
+# Each cost (tables.COSTS) as the tables show it: (scale from summary.csv's unit, digits).
+COST_UNITS = {
+    "cost:wall_seconds": (1, 1),
+    "cost:gpu_hours": (1, 3),
+    "cost:peak_gpu_memory_bytes": (2**-30, 2),  # GiB
+    "cost:trainable_parameters": (1e-6, 2),  # millions
+    "cost:extra_storage_bytes": (2**-20, 1),  # MiB
+    "cost:train_images_per_second": (1, 1),
+}
+COST_LEGEND = ("Per method, over steps 1..T, mean ± std over the runs where it is complete (summary.csv: "
+               "`cost:*`, in seconds, bytes and parameters). Wall time: training (the method's whole fit_task) "
+               "plus evaluation, summed. GPU-hours: wall time × the GPUs the run used; 0 on CPU. Peak GPU memory: "
+               "the most torch.cuda.max_memory_allocated while a task trained; — on CPU. Trainable parameters: "
+               "the most elements any step trained (those given a gradient). Extra storage: the most a method "
+               "kept besides the model (its state between tasks as its checkpoint saves it: EWC's parameters and "
+               "importances, LwF's previous model, replay's buffer, FLYP's text tower; LDIFS's anchor cache); "
+               "frozen copies of the pre-trained model it rebuilds on resume (LDIFS's, ZSCL's) are not counted. "
+               "Training images/s: optimiser steps × batch size / training seconds (replayed images not counted). "
+               "—: not recorded (runs written before these were), or nothing trained.")
 PACKAGES = ["torch", "torchvision", "open_clip_torch", "avalanche-lib", "numpy", "pandas", "matplotlib", "continual"]
 
 
@@ -253,6 +272,20 @@ class _Report(Summary):
                 bold.add((i, step))  # the diagonal: the task just learned
         return _Table(headers, rows, bold)
 
+    def cost_table(self, names: list[str] | None = None) -> _Table:
+        """One row per method, a column per COSTS metric (`names`, default all) as summary.md shows it (mean ± std
+        over the runs where it is complete; — where the runs did not record it); bold: the best of each column
+        (fewest seconds, bytes, parameters; most images/s)."""
+        names = list(COSTS) if names is None else names
+        rows, bold = [], set()
+        for method in self.methods:
+            rows.append([self.labels[method]] + [_fmt(*self.value(method, n), scale=COST_UNITS[n][0],
+                                                      digits=COST_UNITS[n][1]) for n in names])
+        for j, name in enumerate(names, start=1):
+            means = [self.value(m, name)[0] for m in self.methods]
+            bold |= {(i, j) for i in best(means, higher_better=not COSTS[name][1])}
+        return _Table(["method", *(COSTS[n][0] for n in names)], rows, bold)
+
     def timing_table(self) -> _Table:
         cols = [("fit_seconds", "fit (s)"), ("eval_seconds", "evaluation (s)"), ("total_seconds", "total (s)"),
                 ("step0_seconds", "step 0, shared (s)"), ("train_steps", "optimiser steps")]
@@ -357,6 +390,7 @@ class _Report(Summary):
         for method in self.methods:
             if method in mean:
                 parts += [f"### {self.labels[method]}\n", self.matrix_table(mean[method], std[method]).markdown()]
+        parts += ["## Cost\n", COST_LEGEND + "\n", self.cost_table().markdown()]
         parts += ["## Wall time\n", "Seconds per method, summed over steps 1..T (step 0, the pre-trained model's "
                   "evaluation, is shared by all methods and counted separately).\n", self.timing_table().markdown()]
         return "\n".join(parts)
@@ -381,6 +415,7 @@ class _Report(Summary):
             name = self.labels[method]
             body += [f"<section class=method><h3>{html.escape(name)}</h3>"
                      f"<div class=pair>{_img(png, f'accuracy matrix of {name}')}{table.html()}</div></section>"]
+        body += ["<h2>Cost</h2>", f"<p>{_code(html.escape(COST_LEGEND))}</p>", self.cost_table().html()]
         body += ["<h2>Wall time</h2>", "<p>Seconds per method, summed over steps 1..T; step 0 (evaluating the "
                  "pre-trained model) is shared by all methods and shown apart.</p>", self.timing_table().html()]
         body += ["<h2>Configuration</h2>", self._config_html()]

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from continual import metrics
+from continual.config.schema import MISSING, schema_default
 from continual.methods.options import (EWCOptions, L2SPOptions, LDIFSOptions, LwFOptions, ReplayOptions, WiseFTOptions,
                                        item_key)
 from continual.run_folder import RunFolder
@@ -177,6 +178,7 @@ def _tables(run: Run) -> dict[str, pd.DataFrame]:
     out["status"] = pd.DataFrame([{"method": m.name, "status": m.status, "note": m.note}
                                   for m in run.methods.values()], columns=["method", "status", "note"])
     out["timings"] = _timings(run)
+    out["costs"] = _costs(run)
     return out
 
 
@@ -187,6 +189,7 @@ def load_tables(run_folder: str | Path) -> dict[str, pd.DataFrame]:
         "summary"  method, metric, value                 (continual.metrics.final_metrics; NaN unless complete)
         "status"   method, status, note                  (complete | incomplete | missing | unreadable)
         "timings"  method, fit_seconds, eval_seconds, step0_seconds, train_steps, ...   (one row per method)
+        "costs"    method, metric, value                 (COSTS, from metrics.json's timings; NaN unless complete)
     """
     return _tables(read_run(run_folder))
 
@@ -212,6 +215,78 @@ def _timings(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "fit_seconds", "eval_seconds", "step0_seconds", "train_steps",
                                        "total_seconds", *({"buffer_images", "last_losses"} & {
                                            k for r in rows for k in r})])
+
+
+# What a method cost, as multi-domain task-incremental (MTIL) papers report it beside accuracy (issue #24): the
+# metric in summary.csv -> (its label in the tables, lower is better). Worked out by `costs` from each method's
+# metrics.json timings over steps 1..T (step 0, the pre-trained model's evaluation, is shared by every method).
+COSTS = {
+    "cost:wall_seconds": ("wall time (s)", True),
+    "cost:gpu_hours": ("GPU-hours", True),
+    "cost:peak_gpu_memory_bytes": ("peak GPU memory (GiB)", True),
+    "cost:trainable_parameters": ("trainable parameters (M)", True),
+    "cost:extra_storage_bytes": ("extra storage (MiB)", True),
+    "cost:train_images_per_second": ("training images/s", False),
+}
+
+
+def costs(timings: list[dict], *, batch_size: int | None = None) -> dict[str, float]:
+    """A method's COSTS from its metrics.json `timings` (one dict a step; `batch_size`: the run's, for steps
+    that do not record their own), NaN where the timings do not say (runs written before they recorded it):
+
+        wall_seconds            sum over steps 1..T of the step's training (`task_seconds`, the whole of the
+                                method's fit_task; `fit_seconds` where not recorded) and evaluation seconds
+        gpu_hours               each step's wall seconds x `world_size` GPUs on `device` cuda, 0 on CPU, / 3600
+        peak_gpu_memory_bytes   the most `peak_gpu_bytes` of any step (torch.cuda.max_memory_allocated while it
+                                trained); NaN on CPU
+        trainable_parameters    the most `trainable_parameters` (elements trained) of any step
+        extra_storage_bytes     the most any step kept besides the model: `method_state_bytes` (its state as
+                                its checkpoint saves it) plus LDIFS's anchor cache (`anchor_cache_mb`)
+        train_images_per_second sum of train_steps x batch size over sum of fit_seconds (NaN: nothing trained)
+    """
+    steps = [t for t in timings if isinstance(t, dict) and t.get("step", 0) > 0 and not t.get("skipped")]
+    nan = float("nan")
+    out = dict.fromkeys(COSTS, nan)
+    if not steps:
+        return out
+    wall = [t.get("task_seconds", t.get("fit_seconds", 0.0)) + t.get("eval_seconds", 0.0) for t in steps]
+    out["cost:wall_seconds"] = float(sum(wall))
+    if all("device" in t and "world_size" in t for t in steps):
+        out["cost:gpu_hours"] = sum(w * t["world_size"] for w, t in zip(wall, steps) if t["device"] == "cuda") / 3600
+        peaks = [t["peak_gpu_bytes"] for t in steps if t["device"] == "cuda" and "peak_gpu_bytes" in t]
+        out["cost:peak_gpu_memory_bytes"] = float(max(peaks)) if peaks else nan
+    counts = [t["trainable_parameters"] for t in steps if "trainable_parameters" in t]
+    out["cost:trainable_parameters"] = float(max(counts)) if counts else nan
+    if any("method_state_bytes" in t for t in steps):
+        out["cost:extra_storage_bytes"] = float(max(t.get("method_state_bytes", 0) + _anchor_cache_bytes(t)
+                                                    for t in steps))
+    trained = [(t.get("train_steps", 0) * t.get("batch_size", batch_size or 0), t.get("fit_seconds", 0.0))
+               for t in steps if t.get("train_steps", 0) > 0]
+    seconds = sum(s for _, s in trained)
+    if trained and seconds > 0 and all(n > 0 for n, _ in trained):
+        out["cost:train_images_per_second"] = sum(n for n, _ in trained) / seconds
+    return out
+
+
+def _anchor_cache_bytes(step: dict) -> float:
+    """LDIFS's anchor cache of a step (ldifs.py's CachePlan.extra): its size as built, else the plan's estimate
+    where it was kept (memory or disk); 0 where there is none (off: the anchor runs on every batch)."""
+    if "anchor_cache_mb" in step:
+        return step["anchor_cache_mb"] * 2**20
+    if step.get("anchor_cache") in ("memory", "disk"):
+        return float(step.get("anchor_cache_estimate_bytes", 0))
+    return 0.0
+
+
+def _costs(run: Run) -> pd.DataFrame:
+    """method, metric, value: each method's COSTS in `run`; NaN unless complete, as the final metrics."""
+    batch_size = (run.config.get("training") or {}).get("batch_size")
+    rows = []
+    for m in run.methods.values():
+        found = costs((m.doc or {}).get("timings", []), batch_size=batch_size) if m.status == "complete" else \
+            dict.fromkeys(COSTS, float("nan"))
+        rows += [{"method": m.name, "metric": k, "value": v} for k, v in found.items()]
+    return pd.DataFrame(rows, columns=["method", "metric", "value"])
 
 
 def aggregate(frames: list[pd.DataFrame], *, by: list[str], value: str = "value") -> pd.DataFrame:
@@ -341,8 +416,9 @@ def check_repetitions(runs: list[Run]) -> None:
         def compared(key: str) -> bool:  # a method's options, where both ran it; not whether it is listed
             return not key.startswith("methods.") or ".".join(key.split(".")[:2]) in in_both and key.count(".") > 1
 
-        def value(flat: dict, key: str) -> str:
-            return repr(flat[key]) if key in flat else "(absent)"
+        def value(flat: dict, key: str) -> str:  # a key a later version added reads as its default (schema)
+            default = MISSING if key in flat else schema_default(key)
+            return repr(flat[key]) if key in flat else "(absent)" if default is MISSING else repr(default)
 
         differ = [k for k in dict.fromkeys([*base, *other]) if compared(k) and value(base, k) != value(other, k)]
         if differ:
@@ -391,7 +467,9 @@ class Summary:
         for k, t in enumerate(tables):
             for key in ("matrix", "summary"):
                 t[key]["run"] = k
-        self.summary = aggregate([t["summary"] for t in tables], by=["method", "metric"])
+        # summary.csv: the final metrics, then the costs (COSTS), each method's rows together
+        self.summary = aggregate([pd.concat([t["summary"], t["costs"]], ignore_index=True) for t in tables],
+                                 by=["method", "metric"])
         order = {m: i for i, m in enumerate(self.methods)}  # summary.csv's rows in the report's order
         self.summary = self.summary[self.summary["method"].isin(self.methods)].sort_values(
             "method", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
