@@ -235,6 +235,7 @@ def _run_sequence(args: argparse.Namespace) -> int:
 
     from continual.checkpoints import CheckpointError
     from continual.report import LiveReport
+    from continual.run_folder import InTheWay
     from continual.runner import MethodsFailed, run_sequence  # torch-heavy: only when running
 
     try:
@@ -242,7 +243,7 @@ def _run_sequence(args: argparse.Namespace) -> int:
             folder = run_sequence(seq, out=args.out, methods=methods, source=str(args.sequence),
                                   progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
                                   on_step=live.step, tensorboard=not args.no_tensorboard)
-    except (RunLocked, RunExists, CheckpointError) as err:
+    except (RunLocked, RunExists, CheckpointError, InTheWay) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except DiskFull as err:
@@ -326,7 +327,7 @@ def _report(args: argparse.Namespace) -> int:
     from continual.report import ReportError, write_report
     from continual.report.outputs import recorded
     from continual.report.tables import UnknownMethods
-    from continual.run_folder import DiskFull
+    from continual.run_folder import DiskFull, InTheWay
 
     formats = None if args.formats is None else () if args.formats == "none" else _figure_formats(args.formats)
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -339,7 +340,7 @@ def _report(args: argparse.Namespace) -> int:
     except UnknownMethods as err:
         print(f"error: --methods: {err}", file=sys.stderr)
         return 2
-    except (ReportError, DiskFull) as err:
+    except (ReportError, DiskFull, InTheWay) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     latex, shown = recorded(out)  # what was written: the options given, or those the report was last asked

@@ -90,6 +90,9 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         full = full_disk(err) or f.full
         if full is not None:
             raise DiskFull(path.parent, full) from None
+        if isinstance(err, (IsADirectoryError, NotADirectoryError)) and path.is_dir():
+            raise InTheWay(f"{path} is a folder where continual writes a file; move it away, then run the "
+                           "command again (a run: with --resume)") from None
         raise
 
 
@@ -101,6 +104,11 @@ def make_folder(path: Path) -> None:
         if full_disk(err):
             raise DiskFull(path, err) from None
         raise
+
+
+class InTheWay(Exception):
+    """Something that is not a file (a folder) stands where the run writes one: nothing is overwritten, and the
+    run stops with a message naming it (exit status 2)."""
 
 
 class DiskFull(Exception):

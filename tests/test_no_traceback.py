@@ -310,3 +310,30 @@ def test_a_damaged_environment_json_is_left_out_of_the_report(tmp_path, capsys, 
     path.mkdir() if kind == "a folder" else path.write_text(DAMAGE[kind])
     assert main(["report", str(folder)]) == 0, capsys.readouterr().err
     assert "recorded none; this is the process that wrote the report" in (folder / "index.html").read_text()
+
+
+def test_a_folder_where_the_run_writes_a_file_is_one_line(tmp_path, capsys):
+    """A folder standing where a run or a report writes a file (accuracy_matrix.csv, index.html): one line
+    naming it, exit 2, the folder left as it was."""
+    doc = {"name": "tiny", "model": {"family": "efficientnet_lite0", "image_size": 32},
+           "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 4, "test_per_class": 4}],
+           "training": {"batch_size": 4}, "methods": ["finetune"], "download": False}
+    seq = tmp_path / "s.yaml"
+    seq.write_text(yaml.safe_dump(doc))
+    (tmp_path / "out" / "tiny" / "finetune" / "accuracy_matrix.csv" / "mine").mkdir(parents=True)
+    assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet", "--no-tensorboard", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().endswith("accuracy_matrix.csv is a folder where continual writes a file; move it away, then "
+                                "run the command again (a run: with --resume)"), err
+    assert (tmp_path / "out" / "tiny" / "finetune" / "accuracy_matrix.csv" / "mine").is_dir()
+
+    from test_report import write_run
+
+    config = {"name": "toy", "tasks": [{"name": "a", "dataset": "digits"}], "methods": ["finetune"]}
+    folder = write_run(tmp_path / "toy", config, {"finetune": [(0.5,), (0.9,)]})
+    (folder / "index.html").mkdir()
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "index.html is a folder where continual writes a file" in err and \
+        "Traceback" not in err, err
