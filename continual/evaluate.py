@@ -128,7 +128,8 @@ class Evaluation:
 
 def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *, learned: int, head_init: str,
              zero_shot_probes: dict[str, Head] | None, batch_size: int, device: torch.device,
-             bf16: bool = False, class_incremental: bool = False, show_progress: bool = False) -> Evaluation:
+             bf16: bool = False, class_incremental: bool = False, show_progress: bool = False,
+             compile: bool = False) -> Evaluation:
     """One row of the accuracy matrix after `learned` tasks have been trained.
 
     A learned task is scored with its own head. A task not yet learned is scored with the head it would
@@ -140,7 +141,8 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
     (tasks 1..learned), by the heads of those tasks side by side (the grown head); a task not yet learned,
     among the classes of tasks 1..j, its own head being the one it would start with now.
 
-    `show_progress`: a bar over the images whose features this pass computes.
+    `show_progress`: a bar over the images whose features this pass computes. `compile`: the encoder's
+    forward torch.compile'd for this pass (training.compile resolved, train.use_compile).
     """
     encoder = model.backbone.for_inference()  # e.g. BatchNorm folded into convolutions, once per evaluation
     probing = [j >= learned and head_init == "linear_probe" for j in range(len(tasks))]  # a head fit on train
@@ -149,7 +151,8 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
     with progress.bar(images, "evaluating " + (f"after step {learned}" if learned else "the pre-trained model"),
                       enabled=show_progress) as shown:
         def features(split: Split) -> torch.Tensor:
-            return extract_features(encoder, split, batch_size=batch_size, device=device, bf16=bf16, bar=shown)
+            with encoder.compiled(compile):
+                return extract_features(encoder, split, batch_size=batch_size, device=device, bf16=bf16, bar=shown)
 
         normalize = model.backbone.normalize_features
         row: dict[str, float] = {}

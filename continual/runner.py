@@ -27,7 +27,7 @@ from continual.methods import METHODS, NEEDS
 from continual.models import Backbone, Head, TaskModel
 from continual.monitor import Events
 from continual.run_folder import METRICS, RunFolder, check_output
-from continual.train import Trainer, use_bf16
+from continual.train import Trainer, use_bf16, use_compile
 
 # Called after each step's files are written: (method, step, number of steps). The CLI and
 # `continual.run` draw the live report with it (continual/report/live.py); the runner draws nothing.
@@ -337,7 +337,8 @@ class Start:
         evaluation = evaluate(model, inputs.tasks, inputs.probes, learned=0, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
                               device=device, bf16=use_bf16(seq.training, device),
-                              class_incremental=model.class_incremental, show_progress=show_progress)
+                              class_incremental=model.class_incremental, show_progress=show_progress,
+                              compile=use_compile(seq.training, device))
         return cls(model, evaluation, zero_shot_probes, time.perf_counter() - began)
 
     def save(self, run: RunFolder, inputs: Loaded) -> None:
@@ -495,7 +496,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             result = evaluate(model, tasks, probes, learned=step, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
                               device=device, bf16=use_bf16(seq.training, device),
-                              class_incremental=model.class_incremental, show_progress=progress and main)
+                              class_incremental=model.class_incremental, show_progress=progress and main,
+                              compile=use_compile(seq.training, device))
             rows.append(result.row)
             timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
                             "train_steps": stats.steps, "losses": stats.losses,

@@ -61,6 +61,12 @@ def use_bf16(training, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
+def use_compile(training, device: torch.device) -> bool:
+    """`compile` resolved: auto means on for CUDA, off on CPU (schema.py says why)."""
+    value = getattr(training, "compile", False)
+    return value is True or (value == "auto" and device.type == "cuda")
+
+
 def epoch_means(sums: dict[str, torch.Tensor], *, steps: int, task: str) -> dict[str, float]:
     """Mean of each loss term over an epoch's `steps`; a non-finite one stops the method here."""
     losses = {k: float(v) / max(1, steps) for k, v in sums.items()}
@@ -194,54 +200,58 @@ class Trainer:
         first: dict[str, torch.Tensor] = {}
         first_ce: dict[str, torch.Tensor] = {}
         draws = augmentation_generator(getattr(t, "augment", "none"))  # None (and nothing drawn) for none
-        for epoch in range(epochs):
-            sums = {}
-            steps = min(per_epoch, total - epoch * per_epoch)
-            order = torch.randperm(n)
-            if self.device.type == "cuda":  # pinned: slices of it reach the GPU without a sync (LDIFS cache)
-                order = order.pin_memory()
-            on_device = order.to(images.device)
-            for b, x in enumerate(self.batches(images, on_device, steps, shared=shared)):
-                idx = order[b * t.batch_size : (b + 1) * t.batch_size]
-                trained = len(idx)  # images in the whole batch, under torchrun too
-                dev_idx = on_device[b * t.batch_size : (b + 1) * t.batch_size]
-                if shared:  # this rank's rows of the global batch
-                    whole, rows = len(idx), distributed.share(len(idx))
-                    idx, dev_idx = idx[rows], dev_idx[rows]
-                    weight = len(idx) / whole  # of the whole batch's mean; the ranks' weights sum to 1
-                if draws is not None:  # training.augment: on the device, the draws from a seeded CPU generator
-                    x = augment(x, t.augment, draws, whole=whole, rows=rows) if shared else augment(x, t.augment, draws)
-                x = model.backbone.preprocess(x)
-                batch = Batch(x, labels[dev_idx.to(self.device)], idx, task.name,
-                              label_smoothing=getattr(t, "label_smoothing", 0.0))
-                with _features_of(model.backbone, batch.x, watch=epoch == b == 0) as seen:
-                    if shared:
-                        with self.autocast, model.backbone.sharing(whole, rows):
-                            terms = step(batch)
-                        terms = {k: v * weight for k, v in terms.items()}
-                        loss = sum(terms.values()) * distributed.world()  # DDP divides the sum of gradients by world
-                    else:
-                        with self.autocast:
-                            terms = loss_terms(model, batch)
-                        loss = sum(terms.values())
-                if epoch == b == 0:  # before any update
-                    first_ce = self.first_batch_ce(model, batch, seen, weight=weight if shared else 1.0)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-                optimizer.step()
-                report.stepped(images=trained, lr=optimizer.param_groups[0]["lr"])  # before the schedule moves it
-                schedule.step()
-                if after_step is not None:
-                    after_step(epoch * per_epoch + b + 1)
-                for k, v in terms.items():  # accumulate on device: no sync per step
-                    sums[k] = sums.get(k, 0) + v.detach()
-                if not first:
-                    first = {k: v.detach() for k, v in terms.items()}
-                bar.update(1)
-                if report.reads and ((b + 1) % self.log_every == 0 or b + 1 == steps):
-                    report.read(sums, count=b + 1, epoch=f"{epoch + 1}/{epochs}")
+        # training.compile: the backbone's forward compiled for this task's steps only (Backbone.compiled).
+        with model.backbone.compiled(use_compile(t, self.device)):
+            for epoch in range(epochs):
+                sums = {}
+                steps = min(per_epoch, total - epoch * per_epoch)
+                order = torch.randperm(n)
+                if self.device.type == "cuda":  # pinned: slices of it reach the GPU without a sync (LDIFS cache)
+                    order = order.pin_memory()
+                on_device = order.to(images.device)
+                for b, x in enumerate(self.batches(images, on_device, steps, shared=shared)):
+                    idx = order[b * t.batch_size : (b + 1) * t.batch_size]
+                    trained = len(idx)  # images in the whole batch, under torchrun too
+                    dev_idx = on_device[b * t.batch_size : (b + 1) * t.batch_size]
+                    if shared:  # this rank's rows of the global batch
+                        whole, rows = len(idx), distributed.share(len(idx))
+                        idx, dev_idx = idx[rows], dev_idx[rows]
+                        weight = len(idx) / whole  # of the whole batch's mean; the ranks' weights sum to 1
+                    if draws is not None:  # training.augment: on the device, the draws from a seeded CPU generator
+                        x = (augment(x, t.augment, draws, whole=whole, rows=rows) if shared
+                             else augment(x, t.augment, draws))
+                    x = model.backbone.preprocess(x)
+                    batch = Batch(x, labels[dev_idx.to(self.device)], idx, task.name,
+                                  label_smoothing=getattr(t, "label_smoothing", 0.0))
+                    with _features_of(model.backbone, batch.x, watch=epoch == b == 0) as seen:
+                        if shared:
+                            with self.autocast, model.backbone.sharing(whole, rows):
+                                terms = step(batch)
+                            terms = {k: v * weight for k, v in terms.items()}
+                            # DDP divides the sum of gradients by world
+                            loss = sum(terms.values()) * distributed.world()
+                        else:
+                            with self.autocast:
+                                terms = loss_terms(model, batch)
+                            loss = sum(terms.values())
+                    if epoch == b == 0:  # before any update
+                        first_ce = self.first_batch_ce(model, batch, seen, weight=weight if shared else 1.0)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if t.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+                    optimizer.step()
+                    report.stepped(images=trained, lr=optimizer.param_groups[0]["lr"])  # before the schedule moves it
+                    schedule.step()
+                    if after_step is not None:
+                        after_step(epoch * per_epoch + b + 1)
+                    for k, v in terms.items():  # accumulate on device: no sync per step
+                        sums[k] = sums.get(k, 0) + v.detach()
+                    if not first:
+                        first = {k: v.detach() for k, v in terms.items()}
+                    bar.update(1)
+                    if report.reads and ((b + 1) % self.log_every == 0 or b + 1 == steps):
+                        report.read(sums, count=b + 1, epoch=f"{epoch + 1}/{epochs}")
         bar.close()
         if shared:  # the whole batches' terms: each rank's weighted share, summed over the ranks
             keys, ce = list(sums), list(first_ce)
@@ -280,8 +290,8 @@ def _features_of(backbone: torch.nn.Module, x: torch.Tensor, *, watch: bool) -> 
     seen: list[torch.Tensor] = []
 
     def hook(module, args, output):
-        if not seen and args and args[0] is x:
-            seen.append(output.detach())
+        if not seen and args and args[0] is x:  # a tapped forward returns (features, taps)
+            seen.append((output[0] if isinstance(output, tuple) else output).detach())
 
     handle = backbone.register_forward_hook(hook) if watch else None
     try:

@@ -133,6 +133,49 @@ def test_taps_hooks_exist_only_during_forward_with_taps(effnet):
     assert len(taps) == 5 and hook_count(effnet) == 0 and hook_count(reference) == 0
 
 
+def hooked_taps(backbone, modules, x, *, seq_first=False):
+    """The taps as they were caught before issue #24: forward hooks on the tap modules during a plain
+    forward (outputs transposed to batch-first where the blocks run (L, B, D)). The oracle the forward's
+    own taps must equal."""
+    captured = []
+    handles = [m.register_forward_hook(lambda m, a, out: captured.append(out.transpose(0, 1) if seq_first else out))
+               for m in modules]
+    try:
+        features = backbone(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(captured) == len(modules)
+    return features, captured
+
+
+def assert_same(got, expected):
+    features, taps = got
+    hook_features, hook_taps = expected
+    assert torch.equal(features, hook_features)
+    assert len(taps) == len(hook_taps)
+    for tap, hook_tap in zip(taps, hook_taps):
+        assert tap.shape == hook_tap.shape and tap.dtype == hook_tap.dtype == torch.float32
+        assert torch.equal(tap, hook_tap)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_efficientnet_taps_equal_the_hooked_taps(effnet, training):
+    """The blocks loop returns the very tensors hooks on the stage-end blocks caught; in train mode, with
+    the same seed, drop-connect draws the same numbers in the same order."""
+    backbone = copy.deepcopy(effnet).train(training)
+    x = backbone.preprocess(uint8_images(3, 64, seed=1))
+    blocks = [backbone.net._blocks[i] for i in (0, 2, 4, 10, 15)]
+    torch.manual_seed(3)
+    got = backbone.forward_with_taps(x)
+    torch.manual_seed(3)
+    expected = hooked_taps(backbone, blocks, x)
+    assert_same(got, expected)
+    torch.manual_seed(3)
+    two = backbone.forward_with_taps(x, ["blocks.10", "blocks.2"])  # a subset, in the order asked
+    assert_same(two, (expected[0], [expected[1][3], expected[1][1]]))
+
+
 def test_efficientnet_checkpoint_round_trip(effnet, tmp_path):
     path = save_state(effnet.net, tmp_path / "lite0.pt")
     loaded = build_backbone(model_cfg(image_size=64, pretrained=path)).eval()
@@ -221,6 +264,36 @@ def test_open_clip_resnet_taps():
         features, taps = backbone.forward_with_taps(backbone.preprocess(uint8_images(2, 32)))
     assert features.shape == (2, 16)
     assert [tuple(t.shape) for t in taps] == [(2, 8, 8, 8), (2, 32, 8, 8), (2, 64, 4, 4), (2, 128, 2, 2), (2, 256, 1, 1)]
+
+
+def test_open_clip_vit_taps_equal_the_hooked_taps():
+    backbone = build_backbone(clip_cfg()).eval()
+    v = backbone.visual
+    x = backbone.preprocess(uint8_images(3, 32, seed=1))
+    with torch.no_grad():
+        expected = hooked_taps(backbone, [v.ln_pre, *v.transformer.resblocks], x)
+        assert_same(backbone.forward_with_taps(x), expected)
+        assert_same(backbone.forward_with_taps(x, ["resblocks.2", "ln_pre"]),
+                    (expected[0], [expected[1][3], expected[1][0]]))
+        assert_same(backbone.forward_with_taps(x, ["ln_pre"]), (expected[0], expected[1][:1]))
+        # Blocks run (L, B, D), as older open_clip's: the hooks' outputs transposed, exactly.
+        old = v.transformer
+        v.transformer = Transformer(old.width, old.layers, heads=2, batch_first=False)
+        v.transformer.load_state_dict(old.state_dict())
+        expected = hooked_taps(backbone, [v.ln_pre], x)
+        expected_blocks = hooked_taps(backbone, list(v.transformer.resblocks), x, seq_first=True)
+        assert_same(backbone.forward_with_taps(x), (expected[0], expected[1] + expected_blocks[1]))
+
+
+def test_open_clip_resnet_taps_equal_the_hooked_taps():
+    backbone = build_backbone(clip_cfg(arch=TINY_RN)).eval()
+    v = backbone.visual
+    x = backbone.preprocess(uint8_images(2, 32, seed=1))
+    with torch.no_grad():
+        expected = hooked_taps(backbone, [v.avgpool, v.layer1, v.layer2, v.layer3, v.layer4], x)
+        assert_same(backbone.forward_with_taps(x), expected)
+        # One early layer alone: the features are still the whole tower's.
+        assert_same(backbone.forward_with_taps(x, ["layer1"]), (expected[0], expected[1][1:2]))
 
 
 def test_open_clip_other_towers_refuse_taps_only_when_asked():

@@ -75,3 +75,40 @@ def test_a_timm_sequence_runs_end_to_end_with_ldifs(tmp_path):
         assert doc["complete"] and [t["train_steps"] for t in doc["timings"][1:]] == [2, 2]
     ldifs = json.loads((tmp_path / "out" / "t" / "ldifs" / "metrics.json").read_text())
     assert ldifs["timings"][1]["first_losses"]["ldifs"] == pytest.approx(0.0, abs=1e-5)  # anchor = start
+
+
+@pytest.mark.parametrize("arch, from_forward", [("test_resnet", True), ("test_vit", True), ("test_convnext", True),
+                                                ("test_vit_relpos", True), ("test_mambaout", False)])
+def test_taps_equal_the_hooked_taps(arch, from_forward):
+    """Where timm's forward_intermediates gives exactly the stage modules' outputs, the taps come from it;
+    MambaOut's returns NCHW where its stages give NHWC, so its taps are still caught by hooks. Either
+    way: the very tensors forward hooks on the feature_info modules catch, and no hook left behind."""
+    backbone = build_backbone(model(arch=arch)).eval()
+    modules = dict(backbone.net.named_modules())
+    stages = [modules[name] for name in backbone.tap_names]
+    x = backbone.preprocess(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8,
+                                          generator=torch.Generator().manual_seed(1)))
+    captured = []
+    handles = [m.register_forward_hook(lambda m, a, out: captured.append(out)) for m in stages]
+    with torch.no_grad():
+        hook_features = backbone(x)
+        for handle in handles:
+            handle.remove()
+        features, taps = backbone.forward_with_taps(x)
+        _, two = backbone.forward_with_taps(x, backbone.tap_names[-1:0:-2])
+    assert backbone._intermediates_fit is from_forward
+    assert torch.equal(features, hook_features) and len(taps) == len(captured)
+    assert all(t.shape == c.shape and torch.equal(t, c) for t, c in zip(taps, captured))
+    assert all(torch.equal(t, c) for t, c in zip(two, captured[-1:0:-2]))
+    assert not any(m._forward_hooks for m in backbone.modules())
+
+
+def test_the_first_tapped_batch_checks_in_eval_mode_and_restores_each_modules_mode():
+    backbone = build_backbone(model()).train()
+    frozen = backbone.net.bn1
+    frozen.eval()  # as TaskModel(freeze_batchnorm=True) leaves BatchNorm layers
+    modes = {name: m.training for name, m in backbone.named_modules()}
+    x = backbone.preprocess(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    backbone.forward_with_taps(x)
+    assert backbone._intermediates_fit is True
+    assert {name: m.training for name, m in backbone.named_modules()} == modes and not frozen.training

@@ -258,6 +258,10 @@ class TrainingConfig(Strict):
     # bf16 autocast for forward and loss (weights, gradients and optimiser stay float32). auto = bf16 on
     # CUDA, fp32 on CPU: CPUs without bf16 units (most laptops) run bf16 slower than fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile of the backbone's forward (taps included) in the training step and in evaluation. auto =
+    # on for CUDA, off on CPU: on the CPU the first step's compile (tens of seconds) outweighs short tasks, and
+    # nothing has been measured on a GPU yet, so auto's choice there awaits a measurement (README, Performance).
+    compile: Literal["auto"] | bool = "auto"
     # Per batch, on the device (continual/augment.py): flip = horizontal flips; crop_flip = open_clip's
     # training crop (90-100% of the area) then flips. none by default: runs stay as they were, and only
     # then can LDIFS cache its anchor's features (with augmentation its anchor runs on every batch).

@@ -1,9 +1,9 @@
 """What every model is made of: a pre-trained Backbone (uint8 images -> features, plus intermediate
 "taps" for feature-space methods such as LDIFS), one Head per task, and the TaskModel that holds them.
 
-Taps are taken with forward hooks that exist only for the duration of one `forward_with_taps` call,
-so a plain forward stores nothing and a deepcopy (the frozen reference) carries no hooks that point
-back at the original.
+Taps are returned by the forward itself (`forward_with_taps`: a loop over the blocks, or the library's
+`forward_intermediates`), not caught by hooks: a plain forward stores nothing, a deepcopy (the frozen
+reference) holds nothing bound to the original, and torch.compile can trace it (issue #24).
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ class Backbone(nn.Module):
                               antialias=x.shape[-1] > self.image_size, align_corners=False)
         return (x / 255 - mean) / std
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, taps: list[int] | None = None):
+        """Features (B, feature_dim); with `taps` (positions in `tap_names`, ascending), (features, {position:
+        tap output, batch-first}) from the same pass. One forward for both, so that a hook on the backbone
+        sees every pass and torch.compile of the module covers the tapped one too."""
         raise NotImplementedError
 
     # (whole, rows) while the training loop runs one rank's share of a global batch under torchrun (continual/
@@ -78,13 +81,25 @@ class Backbone(nn.Module):
         finally:
             self.batch_share = None
 
-    def _taps(self) -> list[tuple[str, nn.Module, bool]]:
-        """(name, module whose output is the tap, output is sequence-first (L,B,D))."""
-        raise NotImplementedError
+    @contextlib.contextmanager
+    def compiled(self, enabled: bool = True) -> Iterator[None]:
+        """Inside the block, the forward (plain or tapped) runs torch.compile'd; outside, the plain module
+        again, so that deep copies (LDIFS's anchor) and checkpoints never carry a compiled wrapper bound to
+        this one. Hooks on the module stay eager (only `forward` is compiled). Compiled graphs are cached by
+        torch for the forward's code, so a later block reuses them where the guards still hold."""
+        if not enabled:
+            yield
+            return
+        self.forward = torch.compile(type(self).forward.__get__(self))
+        try:
+            yield
+        finally:
+            del self.forward
 
     @property
     def tap_names(self) -> list[str]:
-        return [name for name, _, _ in self._taps()]
+        """The taps LDIFS can use, in forward order; ModelError for a model that has none."""
+        raise NotImplementedError
 
     def for_inference(self) -> Backbone:
         """A module that computes the same features faster, for evaluation passes only (callers put it in
@@ -94,33 +109,17 @@ class Backbone(nn.Module):
     def forward_with_taps(self, x: torch.Tensor, names: Sequence[str] | None = None
                           ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Features plus the tap outputs of this same forward pass, each batch-first (B, ...): every tap
-        in `tap_names` order, or only `names`, in that order (hooks on those modules only)."""
-        taps = self._taps()
-        if names is not None:
-            by_name = {tap[0]: tap for tap in taps}
-            unknown = [name for name in names if name not in by_name]
+        in `tap_names` order, or only `names`, in that order."""
+        known = self.tap_names
+        if names is None:
+            order = list(range(len(known)))
+        else:
+            unknown = [name for name in names if name not in known]
             if unknown:
-                raise ValueError(f"unknown taps {unknown} (this model's taps: {', '.join(by_name)})")
-            taps = [by_name[name] for name in names]
-        captured: dict[str, torch.Tensor] = {}
-
-        def capture(name: str, seq_first: bool):
-            def hook(module, args, output):
-                captured[name] = output.transpose(0, 1) if seq_first else output
-            return hook
-
-        # Hooks live only inside this call: plain forwards keep no activations, and deep copies
-        # of the backbone (the frozen LDIFS reference) never inherit hooks bound to this one.
-        handles = [module.register_forward_hook(capture(name, seq_first)) for name, module, seq_first in taps]
-        try:
-            features = self(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [name for name, _, _ in taps if name not in captured]
-        if missing:  # a code path that bypasses the tap modules would otherwise give stale or no taps
-            raise RuntimeError(f"taps {missing} did not run during the forward pass")
-        return features, [captured[name] for name, _, _ in taps]
+                raise ValueError(f"unknown taps {unknown} (this model's taps: {', '.join(known)})")
+            order = [known.index(name) for name in names]
+        features, taps = self(x, sorted(set(order)))
+        return features, [taps[i] for i in order]
 
 
 class Head(nn.Module):

@@ -53,27 +53,53 @@ class OpenClipVisual(Backbone):
         clip.visual = None  # what remains of the CLIP model is the text side and logit_scale
         self._text = _SharedFrozen(clip, arch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.visual(x)  # the projected embedding (embed_dim), not normalised here
+    def forward(self, x: torch.Tensor, taps: list[int] | None = None):
+        if taps is None:
+            return self.visual(x)  # the projected embedding (embed_dim), not normalised here
+        return self._forward_taps(x, taps)
 
-    def _taps(self) -> list[tuple[str, nn.Module, bool]]:
+    def _vit_ends(self) -> list[int]:
+        # The paper's code: ln_pre output, then the residual stream after each quarter of the blocks.
+        # Indices are de-duplicated for towers under 4 blocks (a repeated tap would count twice in LDIFS).
+        n = len(self.visual.transformer.resblocks)
+        return sorted({math.ceil(n * q / 4) - 1 for q in (1, 2, 3, 4)})
+
+    @property
+    def tap_names(self) -> list[str]:
         from open_clip.modified_resnet import ModifiedResNet
+        from open_clip.transformer import VisionTransformer
+
+        if isinstance(self.visual, VisionTransformer):
+            return ["ln_pre"] + [f"resblocks.{i}" for i in self._vit_ends()]
+        if isinstance(self.visual, ModifiedResNet):
+            return ["stem"] + [f"layer{i}" for i in range(1, 5)]
+        raise ModelError("arch", "LDIFS taps are defined for ViT and ModifiedResNet towers "
+                                 f"(this open_clip tower is {type(self.visual).__name__})")
+
+    def _forward_taps(self, x: torch.Tensor, wanted: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         from open_clip.transformer import VisionTransformer
 
         v = self.visual
         if isinstance(v, VisionTransformer):
-            # The paper's code: ln_pre output, then the residual stream after each quarter of the blocks.
-            # Indices are de-duplicated for towers under 4 blocks (a repeated tap would count twice in LDIFS).
-            n = len(v.transformer.resblocks)
-            ends = sorted({math.ceil(n * q / 4) - 1 for q in (1, 2, 3, 4)})
-            # Recent open_clip runs blocks batch-first; older/hand-built towers run (L,B,D).
-            seq_first = not getattr(v.transformer, "batch_first", False)
-            return [("ln_pre", v.ln_pre, False)] + [(f"resblocks.{i}", v.transformer.resblocks[i], seq_first) for i in ends]
-        if isinstance(v, ModifiedResNet):
-            # The stem is a method, not a module; its last op is `avgpool` (blocks own their own avgpools).
-            return [("stem", v.avgpool, False)] + [(f"layer{i}", getattr(v, f"layer{i}"), False) for i in range(1, 5)]
-        raise ModelError("arch", "LDIFS taps are defined for ViT and ModifiedResNet towers "
-                                 f"(this open_clip tower is {type(v).__name__})")
+            # VisionTransformer.forward step by step (open_clip/transformer.py): _embeds ends with ln_pre
+            # (tap 0); the transformer's forward_intermediates returns the chosen blocks' outputs batch-first
+            # whichever way its blocks run (older open_clip ran them (L, B, D)).
+            x = v._embeds(x)
+            taps = {0: x} if 0 in wanted else {}
+            ends = self._vit_ends()
+            blocks = [ends[i - 1] for i in wanted if i > 0]
+            if blocks:
+                x, outputs = v.transformer.forward_intermediates(x, indices=blocks)
+                taps.update(zip([i for i in wanted if i > 0], outputs, strict=True))
+            else:
+                x = v.transformer(x)
+            pooled, _ = v._pool(x)
+            return (pooled @ v.proj if v.proj is not None else pooled), taps
+        # ModifiedResNet (tap_names refused any other tower before this is called): stem, layer1..4. Always
+        # all five: open_clip 3.3's forward_intermediates stops after the last index asked for unless
+        # stop_early (its test is inverted), and would pool an early layer.
+        out = v.forward_intermediates(x)
+        return out["image_features"], {i: out["image_intermediates"][i] for i in wanted}
 
 
 def _torch_state(path: str) -> dict[str, torch.Tensor]:

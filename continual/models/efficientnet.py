@@ -28,15 +28,35 @@ class EfficientNetLite0(Backbone):
         # (measured: 0.67 -> 0.39 s per training step, 64 px, batch 64, 2 cores).
         self.net = net.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Global average pool of the 1280-channel head conv, as EfficientNet.forward does before _fc.
+    def forward(self, x: torch.Tensor, taps: list[int] | None = None):
         # In train mode the library's drop-connect (rate 0.2) stays on, as in its own fine-tuning recipe.
         x = x.contiguous(memory_format=torch.channels_last)
+        ends = self._stage_ends()
+        keep = {ends[i]: i for i in taps or ()}
         share = self.batch_share
         if self.training and share is not None and len(range(share[0])[share[1]]) == len(x):
             with _drop_connect_for_rows(*share):
-                return self.net.extract_features(x).mean(dim=(2, 3))
-        return self.net.extract_features(x).mean(dim=(2, 3))
+                features, tapped = self._features(x, keep)
+        else:
+            features, tapped = self._features(x, keep)
+        return features if taps is None else (features, tapped)
+
+    def _features(self, x: torch.Tensor, keep: dict[int, int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The library's `extract_features` op for op (efficientnet_lite_pytorch/model.py), also returning
+        the output of each block in `keep` (block index -> tap position), then the global average pool of
+        the 1280-channel head conv, as EfficientNet.forward does before _fc."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        taps = {}
+        for idx, block in enumerate(net._blocks):
+            drop_connect_rate = net._global_params.drop_connect_rate
+            if drop_connect_rate:
+                drop_connect_rate *= float(idx) / len(net._blocks)  # scaled by depth, as the library does
+            x = block(x, drop_connect_rate=drop_connect_rate)
+            if idx in keep:
+                taps[keep[idx]] = x
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return x.mean(dim=(2, 3)), taps
 
     def for_inference(self) -> Backbone:
         # Fold each BatchNorm into the convolution before it (eval mode makes BN a fixed affine map):
@@ -52,13 +72,15 @@ class EfficientNetLite0(Backbone):
             setattr(owner, bn, nn.Identity())
         return fused
 
-    def _taps(self) -> list[tuple[str, nn.Module, bool]]:
+    def _stage_ends(self) -> list[int]:
         # Last block of each resolution stage (strides /2, /4, /8, /16, /32): a block ends a stage when
         # it is the last one or the next block downsamples. For Lite0 these are blocks 0, 2, 4, 10, 15.
         blocks = self.net._blocks
-        ends = [i for i in range(len(blocks))
-                if i == len(blocks) - 1 or blocks[i + 1]._depthwise_conv.stride[0] > 1]
-        return [(f"blocks.{i}", blocks[i], False) for i in ends]
+        return [i for i in range(len(blocks)) if i == len(blocks) - 1 or blocks[i + 1]._depthwise_conv.stride[0] > 1]
+
+    @property
+    def tap_names(self) -> list[str]:
+        return [f"blocks.{i}" for i in self._stage_ends()]
 
 
 @contextlib.contextmanager

@@ -3,7 +3,12 @@ timm ships with open_clip, so it is always here. Weights come from a local check
 hub's `pretrained=True` needs network, which a GPU node often lacks), or random (`pretrained` unset).
 
 LDIFS taps are the outputs of timm's own feature stages (`feature_info`: a CNN's stages, a ViT's
-blocks), the layers timm exposes for feature extraction.
+blocks), the layers timm exposes for feature extraction. They come from the model's own
+`forward_intermediates` (one plain forward, which torch.compile can trace) where the model has it and it
+gives exactly those outputs: checked once per backbone, on the first tapped batch, against forward hooks on
+the stage modules. Elsewhere (no `forward_intermediates`, or one whose outputs differ: timm 1.0.31's
+MambaOut returns NCHW where its stages give NHWC) the taps are still caught by hooks registered for one
+call, as before.
 """
 
 from __future__ import annotations
@@ -21,17 +26,91 @@ class TimmBackbone(Backbone):
                          normalize_features=False, mean=mean, std=std)
         self.net = net  # built with num_classes=0: its forward returns pooled features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, taps: list[int] | None = None):
+        return self.net(x) if taps is None else self._forward_taps(x, taps)
 
-    def _taps(self) -> list[tuple[str, nn.Module, bool]]:
-        modules = dict(self.net.named_modules())
-        names = [f["module"] for f in getattr(self.net, "feature_info", [])]
-        found = [(name, modules[name], False) for name in names if name in modules]
-        if not found:
+    # Whether `forward_intermediates` gives the hooks' taps: None until the first tapped forward checks it.
+    # Deep copies (the LDIFS anchor) share the net's code, so they keep the answer.
+    _intermediates_fit: bool | None = None
+
+    @property
+    def tap_names(self) -> list[str]:
+        names = [name for name in self._stages() if name is not None]
+        if not names:
             raise ModelError("arch", f"timm's {type(self.net).__name__} lists no feature stages (feature_info) "
                                      "to tap, so LDIFS cannot be used with it")
-        return found
+        return names
+
+    def _stages(self) -> list[str | None]:
+        """feature_info's modules, None for one the net does not have (never tapped)."""
+        modules = dict(self.net.named_modules())
+        return [f["module"] if f["module"] in modules else None for f in getattr(self.net, "feature_info", [])]
+
+    def _forward_taps(self, x: torch.Tensor, wanted: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        if self._intermediates_fit is None:
+            self._intermediates_fit = self._check_intermediates(x[:1])
+        if self._intermediates_fit:
+            return self._intermediates(x, wanted)
+        return self._hooked(x, wanted)
+
+    def _intermediates(self, x: torch.Tensor, wanted: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """timm's forward_intermediates at feature_info's indices (its convention), then the pooled head.
+        A ViT's intermediates keep their (B, L, D) form with the prefix tokens put back in front, as its
+        blocks return them."""
+        import inspect
+
+        net = self.net
+        kwargs = {}
+        takes = inspect.signature(net.forward_intermediates).parameters
+        if hasattr(net, "num_prefix_tokens") and "output_fmt" in takes:
+            kwargs = dict(output_fmt="NLC", return_prefix_tokens=net.num_prefix_tokens > 0)
+        final, outputs = net.forward_intermediates(x, indices=wanted, **kwargs)
+        if kwargs.get("return_prefix_tokens"):
+            outputs = [torch.cat([prefix, tokens], dim=1) for tokens, prefix in outputs]
+        return net.forward_head(final), dict(zip(wanted, outputs, strict=True))
+
+    def _hooked(self, x: torch.Tensor, wanted: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The taps caught by forward hooks on the stage modules, for this call only: a deep copy never
+        inherits hooks bound to this backbone."""
+        modules = dict(self.net.named_modules())
+        names = self.tap_names
+        captured: dict[int, torch.Tensor] = {}
+
+        def capture(i: int):
+            return lambda module, args, output: captured.__setitem__(i, output)
+
+        handles = [modules[names[i]].register_forward_hook(capture(i)) for i in wanted]
+        try:
+            features = self.net(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [names[i] for i in wanted if i not in captured]
+        if missing:  # a code path that bypasses the tap modules would otherwise give stale or no taps
+            raise RuntimeError(f"taps {missing} did not run during the forward pass")
+        return features, captured
+
+    @torch.no_grad()
+    def _check_intermediates(self, x: torch.Tensor) -> bool:
+        """Whether forward_intermediates gives exactly the hooks' features and taps on this image, in eval
+        mode (no random layer draws, so the training's random stream is untouched), each module's mode restored."""
+        stages = self._stages()
+        if not hasattr(self.net, "forward_intermediates") or None in stages:
+            return False  # an index of forward_intermediates is a position in feature_info: all must exist
+        modes = {module: module.training for module in self.modules()}
+        self.eval()
+        try:
+            every = list(range(len(stages)))
+            try:
+                features, taps = self._intermediates(x, every)
+            except Exception:  # e.g. timm 1.0.31's relative-position ViT asked for prefix tokens it lacks
+                return False
+            hook_features, hook_taps = self._hooked(x, every)
+            return torch.equal(features, hook_features) and all(
+                taps[i].shape == hook_taps[i].shape and torch.equal(taps[i], hook_taps[i]) for i in every)
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
 
 
 def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -> Backbone:
