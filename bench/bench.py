@@ -212,8 +212,13 @@ def gpu(args) -> None:
                 ("finetune", "finetune", {}, plain),
                 ("finetune, batches copied from pinned host memory", "finetune", {}, HostTrainer(training, device=device, progress=False)),
                 ("finetune, fused AdamW", "finetune", {}, FusedTrainer(training, device=device, progress=False)),
+                # training.compile's rows: auto turns it on for CUDA once these measure it faster (schema.py)
+                ("finetune, torch.compile", "finetune", {},
+                 Trainer(training.model_copy(update={"compile": True}), device=device, progress=False)),
                 ("ldifs, frozen forward per step", "ldifs", {"cache": "off"}, plain),
-                ("ldifs, anchor features cached", "ldifs", {"cache": "memory"}, plain)]:  # auto: per step at 1 visit on a GPU
+                ("ldifs, anchor features cached", "ldifs", {"cache": "memory"}, plain),  # auto: per step at 1 visit on a GPU
+                ("ldifs, anchor per step, torch.compile", "ldifs", {"cache": "off"},
+                 Trainer(training.model_copy(update={"compile": True}), device=device, progress=False))]:
             model = TaskModel(copy.deepcopy(backbone), {"bench": copy.deepcopy(head).to(device)})
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

@@ -62,9 +62,8 @@ def use_bf16(training, device: torch.device) -> bool:
 
 
 def use_compile(training, device: torch.device) -> bool:
-    """`compile` resolved: auto means on for CUDA, off on CPU (schema.py says why)."""
-    value = getattr(training, "compile", False)
-    return value is True or (value == "auto" and device.type == "cuda")
+    """`compile` resolved: true, else off (auto: off until measured faster on a GPU; schema.py says why)."""
+    return getattr(training, "compile", False) is True
 
 
 def epoch_means(sums: dict[str, torch.Tensor], *, steps: int, task: str) -> dict[str, float]:

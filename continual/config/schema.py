@@ -258,9 +258,10 @@ class TrainingConfig(Strict):
     # bf16 autocast for forward and loss (weights, gradients and optimiser stay float32). auto = bf16 on
     # CUDA, fp32 on CPU: CPUs without bf16 units (most laptops) run bf16 slower than fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # torch.compile of the backbone's forward (taps included) in the training step and in evaluation. auto =
-    # on for CUDA, off on CPU: on the CPU the first step's compile (tens of seconds) outweighs short tasks, and
-    # nothing has been measured on a GPU yet, so auto's choice there awaits a measurement (README, Performance).
+    # torch.compile of the backbone's forward (taps included) in the training step and in evaluation; true
+    # turns it on. auto = off for now, everywhere: on a CPU the first step's compile (tens of seconds) outweighs
+    # short tasks, and on a GPU it becomes auto's choice only once bench/gpu.sh has measured it faster there
+    # (issue #24: each task compiles again, which a task of 1000 steps may or may not repay).
     compile: Literal["auto"] | bool = "auto"
     # Per batch, on the device (continual/augment.py): flip = horizontal flips; crop_flip = open_clip's
     # training crop (90-100% of the area) then flips. none by default: runs stay as they were, and only
