@@ -17,15 +17,20 @@ from continual.models import Head, TaskModel, build_backbone
 from continual.train import Trainer
 
 
-@pytest.fixture(scope="module")
-def setting():
+def tiny_setting():
+    """(backbone, head, task): EfficientNet-Lite0 at 32 px, a head seeded 0, a task of 3 digit classes."""
     backbone = build_backbone(SimpleNamespace(family="efficientnet_lite0", arch=None, pretrained=None, image_size=32,
                                               head_init="linear_probe"))
     spec = SimpleNamespace(name="t", dataset="digits", classes=[0, 1, 2], train_per_class=16, test_per_class=4,
                            path=None, templates=None)
     task = load_task(spec, image_size=32, data_root=Path("/nonexistent"), seed=0)
     torch.manual_seed(0)
-    head = Head(backbone.feature_dim, 3, normalize=False)
+    return backbone, Head(backbone.feature_dim, 3, normalize=False), task
+
+
+@pytest.fixture(scope="module")
+def setting():
+    backbone, head, task = tiny_setting()
     trainer = Trainer(TrainingConfig(batch_size=16, warmup_steps=1, lr=1e-3), device=torch.device("cpu"),
                       progress=False)
     return backbone, head, task, trainer

@@ -4,7 +4,6 @@ the task's cross-entropy in every loop, and ZSCL's random 80/20 splits of the da
 import copy
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,8 +16,9 @@ from continual.cli import main
 from continual.config import ConfigError, DataSpec, TrainingConfig, dump_sequence, load_sequence
 from continual.datasets import tasks
 from continual.methods import METHODS
-from continual.models import Head, TaskModel, build_backbone
+from continual.models import TaskModel
 from continual.train import Trainer
+from test_baselines import tiny_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"family": "efficientnet_lite0", "image_size": 32}
@@ -119,13 +119,7 @@ def test_each_task_trains_with_its_own_settings_in_both_loops_and_a_resume_compa
 
 @pytest.fixture(scope="module")
 def setting():
-    backbone = build_backbone(SimpleNamespace(family="efficientnet_lite0", arch=None, pretrained=None, image_size=32,
-                                              head_init="linear_probe"))
-    spec = SimpleNamespace(name="t", dataset="digits", classes=[0, 1, 2], train_per_class=16, test_per_class=4,
-                           path=None, templates=None)
-    task = tasks.load_task(spec, image_size=32, data_root=Path("/nonexistent"), seed=0)
-    torch.manual_seed(0)
-    head = Head(backbone.feature_dim, 3, normalize=False)
+    backbone, head, task = tiny_setting()  # test_baselines.py's
     with torch.no_grad():  # confident logits: smoothing then moves the loss far from plain cross-entropy
         head.linear.weight.mul_(50)
     return backbone, head, task
