@@ -175,20 +175,12 @@ class HostTrainer(Trainer):
         return images
 
 
-class FusedTrainer(Trainer):
-    """A Trainer whose AdamW is torch's fused CUDA kernel (one launch for all parameters)."""
-
-    def make_optimizer(self, params):
-        t = self.training
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
-
-
 def gpu(args) -> None:
     """open_clip ViTs (random init: no download) at 224 px: training images/s and peak memory per method,
     where the batches come from, and evaluation (feature extraction) images/s."""
     if not torch.cuda.is_available():
         sys.exit("--gpu needs a CUDA device")
-    from continual.evaluate import extract_features
+    from continual.evaluate import auto_eval_batch, extract_features
 
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -211,7 +203,9 @@ def gpu(args) -> None:
                 ("finetune (cold: first CUDA kernels)", "finetune", {}, plain),
                 ("finetune", "finetune", {}, plain),
                 ("finetune, batches copied from pinned host memory", "finetune", {}, HostTrainer(training, device=device, progress=False)),
-                ("finetune, fused AdamW", "finetune", {}, FusedTrainer(training, device=device, progress=False)),
+                # training.fused's row: auto turns it on for CUDA, measured faster here (schema.py)
+                ("finetune, foreach AdamW (fused: false)", "finetune", {},
+                 Trainer(training.model_copy(update={"fused": False}), device=device, progress=False)),
                 # training.compile's rows: auto turns it on for CUDA once these measure it faster (schema.py)
                 ("finetune, torch.compile", "finetune", {},
                  Trainer(training.model_copy(update={"compile": True}), device=device, progress=False)),
@@ -232,7 +226,9 @@ def gpu(args) -> None:
             del model
         print(f"\nEvaluation (features of {len(task.train.labels)} images, eval mode, inference):\n")
         print("| batch | precision | images / s |\n|---|---|---|")
-        for eval_batch, bf16 in [(256, True), (1024, True), (256, False)]:
+        auto = auto_eval_batch(backbone, task.train.images[:16], device=device, bf16=True)  # eval_batch_size: auto
+        print(f"(training.eval_batch_size: auto chose {auto} here)\n")
+        for eval_batch, bf16 in [(256, True), (1024, True), (auto, True), (256, False)]:
             extract_features(backbone, task.train, batch_size=eval_batch, device=device, bf16=bf16)  # warm
             torch.cuda.synchronize()
             began = time.perf_counter()

@@ -47,6 +47,56 @@ def _shared_features(backbone: Backbone, images: torch.Tensor, *, batch_size: in
     return out
 
 
+# training.eval_batch_size: auto. On a CPU, 64 (measured fastest on 2 cores at 64 px, schema.py); on a GPU the
+# largest power of two up to EVAL_BATCH_CAP whose inference forward fits in EVAL_MEMORY_SHARE of the free memory,
+# worked out from two measured batches, so nothing is tried until it runs out of memory (under torchrun every
+# rank must take the same batches). Half the free memory, not all: the optimiser's state and the next task's
+# images arrive after this is measured, and the allocator fragments. 1024: past it ViT-B/16's evaluation on an
+# H100 is compute-bound already, so a larger batch only takes memory (issue #24 asks "as large as fit").
+EVAL_BATCH_CPU = 64
+EVAL_BATCH_CAP = 1024
+EVAL_MEMORY_SHARE = 0.5
+
+
+def fitting_batch(*, fixed_bytes: float, per_image_bytes: float, free_bytes: float, cap: int = EVAL_BATCH_CAP,
+                  share: float = EVAL_MEMORY_SHARE) -> int:
+    """The largest power of two <= cap whose `fixed_bytes + n * per_image_bytes` fits in `share` of `free_bytes`;
+    at least 1 (a model that does not fit one image fails when it runs, with torch's own message)."""
+    room = share * free_bytes - max(0.0, fixed_bytes)
+    fits = int(room // max(1.0, per_image_bytes)) if room > 0 else 0
+    batch = 1
+    while batch * 2 <= min(fits, cap):
+        batch *= 2
+    return batch
+
+
+@torch.inference_mode()
+def auto_eval_batch(backbone: Backbone, images: torch.Tensor, *, device: torch.device, bf16: bool) -> int:
+    """training.eval_batch_size: auto resolved for `backbone` on `device`, measured on `images` (a few of a
+    split's uint8 images, repeated to 16 if fewer): see EVAL_BATCH_CAP."""
+    if device.type != "cuda":
+        return EVAL_BATCH_CPU
+    was_training = backbone.training
+    backbone.eval()
+    peaks = {}
+    try:
+        for n in (8, 16):
+            x = images[torch.arange(n) % len(images)]
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                backbone(backbone.preprocess(x.to(device)))
+            torch.cuda.synchronize(device)
+            peaks[n] = torch.cuda.max_memory_allocated(device) - before
+    finally:
+        backbone.train(was_training)
+    per_image = max(1.0, (peaks[16] - peaks[8]) / 8)
+    batch = fitting_batch(fixed_bytes=peaks[8] - 8 * per_image, per_image_bytes=per_image,
+                          free_bytes=torch.cuda.mem_get_info(device)[0])
+    return int(distributed.least(batch)) if distributed.active() else batch
+
+
 def extract_features(backbone: Backbone, split: Split, *, batch_size: int, device: torch.device,
                      bf16: bool = False, bar=None) -> torch.Tensor:
     """(N, D) float32 features of a split in eval mode, as an ordinary tensor (usable with autograd);

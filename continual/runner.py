@@ -22,7 +22,7 @@ from continual import checkpoints, distributed, methods, models, progress, seeds
 from continual.config import ConfigError, DataSpec, Sequence, dump_sequence
 from continual.datasets import DataError, prompts
 from continual.datasets.tasks import TaskData, load_task
-from continual.evaluate import Evaluation, evaluate
+from continual.evaluate import Evaluation, auto_eval_batch, evaluate
 from continual.methods import METHODS, NEEDS
 from continual.models import Backbone, Head, TaskModel
 from continual.monitor import Events
@@ -42,6 +42,17 @@ class Loaded:
     tasks: list[TaskData]
     probes: list[TaskData]
     references: list[TaskData]
+    # training.eval_batch_size resolved once for the run (auto: evaluate.auto_eval_batch), by resolve_eval_batch
+    eval_batch: int = 64
+
+
+def resolve_eval_batch(seq: Sequence, inputs: Loaded, *, device: torch.device) -> int:
+    """training.eval_batch_size as a number: the one given, else measured on the first task's test images."""
+    size = seq.training.eval_batch_size
+    if size != "auto":
+        return size
+    return auto_eval_batch(inputs.backbone, inputs.tasks[0].test.images[:16], device=device,
+                           bf16=use_bf16(seq.training, device))
 
 
 def resolve_device(name: str, *, source: str = "<sequence>") -> torch.device:
@@ -207,6 +218,7 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
     if shared and device.type == "cuda" and seq.training.batchnorm == "train":
         # Batch statistics over the whole batch, as one process computes them: every rank's share.
         inputs.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(inputs.backbone)
+    inputs.eval_batch = resolve_eval_batch(seq, inputs, device=device)
     if main:
         print(plan(seq, names, inputs), file=sys.stderr)  # also with --quiet (no progress bars): one line
 
@@ -335,7 +347,7 @@ class Start:
             zero_shot_probes = {p.name: _zero_shot_head(model.backbone, p, spec).to(device)
                                 for p, spec in zip(inputs.probes, seq.probes, strict=True)}
         evaluation = evaluate(model, inputs.tasks, inputs.probes, learned=0, head_init=seq.model.head_init,
-                              zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
+                              zero_shot_probes=zero_shot_probes, batch_size=inputs.eval_batch,
                               device=device, bf16=use_bf16(seq.training, device),
                               class_incremental=model.class_incremental, show_progress=show_progress,
                               compile=use_compile(seq.training, device))
@@ -423,6 +435,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
     method = methods.build(seq.method(name), pretrained=inputs.backbone, context=_context(seq, inputs))
     scratch = run.cache(name)  # large recomputable files (LDIFS's anchor taps on disk), removed at the end
     trainer = Trainer(seq.training, device=device, progress=progress and main, scratch=scratch,
+                      eval_batch_size=inputs.eval_batch,
                       log_every=seq.training.log_every)
     task_names = [t.name for t in tasks]
 
@@ -489,12 +502,13 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             cost = {"task_seconds": time.perf_counter() - began, "device": device.type,
                     "world_size": distributed.world() if distributed.active() else 1,
                     **({"peak_gpu_bytes": torch.cuda.max_memory_allocated(device)} if device.type == "cuda" else {}),
-                    "trainable_parameters": trained_parameters(model, method), "batch_size": training.batch_size}
+                    "trainable_parameters": trained_parameters(model, method), "batch_size": training.batch_size,
+                    "eval_batch_size": inputs.eval_batch}
             began = time.perf_counter()
             # A method that trains the text tower (FLYP) scores probes zero-shot with its own text heads.
             zero_shot_probes = getattr(method, "zero_shot_probes", None) or start.zero_shot_probes
             result = evaluate(model, tasks, probes, learned=step, head_init=seq.model.head_init,
-                              zero_shot_probes=zero_shot_probes, batch_size=seq.training.eval_batch_size,
+                              zero_shot_probes=zero_shot_probes, batch_size=inputs.eval_batch,
                               device=device, bf16=use_bf16(seq.training, device),
                               class_incremental=model.class_incremental, show_progress=progress and main,
                               compile=use_compile(seq.training, device))

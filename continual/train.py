@@ -66,6 +66,12 @@ def use_compile(training, device: torch.device) -> bool:
     return getattr(training, "compile", False) is True
 
 
+def use_fused(training, device: torch.device) -> bool:
+    """`fused` resolved: auto means fused on CUDA (measured faster there; schema.py), torch's default elsewhere."""
+    fused = getattr(training, "fused", False)
+    return fused is True or (fused == "auto" and device.type == "cuda")
+
+
 def epoch_means(sums: dict[str, torch.Tensor], *, steps: int, task: str) -> dict[str, float]:
     """Mean of each loss term over an epoch's `steps`; a non-finite one stops the method here."""
     losses = {k: float(v) / max(1, steps) for k, v in sums.items()}
@@ -85,6 +91,7 @@ class Trainer:
     log_every: int = 10  # progress bar and TensorBoard points: reading a loss syncs the device, so not every step
     scratch: Path | None = None  # where a method may keep large files it can recompute (LDIFS's anchor cache)
     events: Events | None = None  # the method's TensorBoard scalars (continual/monitor.py); None: none written
+    eval_batch_size: int = 64  # training.eval_batch_size resolved for the run (runner.resolve_eval_batch)
 
     @property
     def autocast(self) -> torch.autocast:
@@ -140,9 +147,10 @@ class Trainer:
 
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         t = self.training
+        fused = {"fused": True} if use_fused(t, self.device) else {}
         if t.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, **fused)
 
     def make_schedule(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
         # Linear warm-up then cosine decay to zero, as in the paper's (wise-ft) training code.

@@ -171,7 +171,7 @@ def test_a_real_run_records_what_the_costs_need(tiny_run):
         assert [t["trainable_parameters"] for t in steps] == [trained, trained], method
         for t in steps:
             assert t["device"] == "cpu" and t["world_size"] == 1 and "peak_gpu_bytes" not in t
-            assert t["batch_size"] == 16 and t["method_state_bytes"] == 0 and t["task_seconds"] >= t["fit_seconds"]
+            assert t["batch_size"] == 16 and t["eval_batch_size"] == 64 and t["method_state_bytes"] == 0 and t["task_seconds"] >= t["fit_seconds"]
     summary = pd.read_csv(tiny_run / "summary.csv").set_index(["method", "metric"])
     assert summary.loc[("finetune", "cost:gpu_hours"), "mean"] == 0.0
     assert summary.loc[("finetune", "cost:train_images_per_second"), "mean"] > 0

@@ -235,6 +235,12 @@ class TrainingConfig(Strict):
     # than any accelerator here holds, so a larger value is a typo (10**12 and 2**70 passed the schema).
     batch_size: int = Field(default=64, gt=0, le=65536)
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    # The optimiser's fused kernel (torch.optim.AdamW/SGD(fused=True): one kernel updates every parameter)
+    # instead of torch's default (foreach on CUDA, a loop per parameter on CPU); the same update up to float
+    # rounding. auto = on for CUDA, where it was faster in every measured run (bench.py --gpu on an H100, ViT-B/32
+    # and B/16 at batch 128: 2-20% a step; README, Performance), off on a CPU (results there stay as they were);
+    # true turns it on on any device, false off.
+    fused: Literal["auto"] | bool = "auto"
     # 1e-5: the paper's, wise-ft's and FLYP's CLIP fine-tuning rate. Measured (README, "When a task ends below
     # its start"): AdamW moves every weight by about lr on its first updates, and at the 5e-4 the default
     # sequence sets for itself, a task of 50 images per class (4 updates) fell from 0.93 to 0.38-0.53 right
@@ -247,9 +253,10 @@ class TrainingConfig(Strict):
     # Linear-probe heads are fit on eval-mode features; measured on the default sequence, the batch
     # statistics of 64 digit images moved features so far that the probe head's CE went 0.004 -> 279.
     batchnorm: Literal["frozen", "train"] = "frozen"
-    # Inference batch. On a 2-core CPU, 64 images of 64 px ran fastest (662 img/s against 344 at 256: the
-    # activations stay in cache); on a GPU use hundreds.
-    eval_batch_size: int = Field(default=64, gt=0, le=65536)
+    # Inference batch. auto = 64 on a CPU, where 64 images of 64 px ran fastest on 2 cores (662 img/s against
+    # 344 at 256: the activations stay in cache); on a GPU the largest power of two up to 1024 whose forward
+    # fits in half the free memory, measured before step 0 (evaluate.auto_eval_batch; issue #24).
+    eval_batch_size: Annotated[int, Field(gt=0, le=65536)] | Literal["auto"] = "auto"
     device: str = "auto"  # auto = cuda when available, else cpu
     # The progress bar's numbers and TensorBoard's loss, lr and images/s points: every this many optimiser
     # steps, and at each epoch's end. Each reads the loss terms from the device (a sync), hence not every step;

@@ -178,7 +178,7 @@ class _Strategy(SupervisedTemplate):
             warnings.filterwarnings("ignore", message=".*[Nn]o loggers.*")
             super().__init__(model=self.heads, optimizer=trainer.make_optimizer(list(model.parameters())),
                              criterion=torch.nn.CrossEntropyLoss(), train_mb_size=t.batch_size,
-                             train_epochs=t.epochs, eval_mb_size=t.eval_batch_size, device=trainer.device,
+                             train_epochs=t.epochs, eval_mb_size=trainer.eval_batch_size, device=trainer.device,
                              plugins=plugins, evaluator=EvaluationPlugin(loggers=[]), eval_every=-1)
 
     def make_optimizer(self, **kwargs) -> None:

@@ -416,7 +416,7 @@ class LDIFS:
             self.drop_cache()
             self.say(label, plan)
             self.cache = AnchorCache.build(self.anchor, task.train.images, key=key, plan=plan, folder=trainer.scratch,
-                                           batch_size=trainer.training.eval_batch_size, device=trainer.device,
+                                           batch_size=trainer.eval_batch_size, device=trainer.device,
                                            names=self.tap_names, label=label, show_progress=trainer.progress)
             self.cache_plan = plan
         return {**self.cache_plan.extra(), "anchor_cache_mb": round(self.cache.nbytes / 2**20, 1),

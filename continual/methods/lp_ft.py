@@ -33,7 +33,7 @@ class LPFT:
         # fine-tuning that follows shuffles as finetune's does: with head_init linear_probe, update for update.
         with torch.random.fork_rng(devices=[]):
             features = extract_features(model.backbone.for_inference(), task.train, device=trainer.device,
-                                        batch_size=trainer.training.eval_batch_size,
+                                        batch_size=trainer.eval_batch_size,
                                         bf16=use_bf16(trainer.training, trainer.device))
             head = fit_linear_head(features, task.train.labels, len(task.class_names),
                                    normalize=model.backbone.normalize_features)
