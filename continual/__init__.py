@@ -52,7 +52,7 @@ def load_run(folder: str | Path):
     """A finished (or running) run folder -> {method: accuracy-matrix DataFrame indexed by step}, in the
     sequence's method order (config.yaml's), methods that have results only. FileNotFoundError when the
     folder holds no results."""
-    from continual.run_folder import load_run as _load
+    from continual.report.load import load_run as _load
 
     return _load(folder)
 
@@ -64,7 +64,7 @@ def load_metrics(folder: str | Path):
     (and concept_delta:probe:<probe>:zero_shot for CLIP); continual.metrics has the formulas.
     FileNotFoundError when the folder holds no results; continual.report.ReportError when its config.yaml
     is unreadable."""
-    from continual.run_folder import load_metrics as _load
+    from continual.report.load import load_metrics as _load
 
     return _load(folder)
 

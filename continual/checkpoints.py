@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from continual.models import Backbone, Head, TaskModel
-from continual.run_folder import atomic_file, make_folder
+from continual.files import atomic_file, make_folder
 
 # Bumped when a checkpoint's layout, or what a resumed step would draw, changes; older ones are refused
 # with a message. 2: every seed comes from continual/seeds.py (format 1 runs selected other images).
@@ -43,7 +43,7 @@ class CheckpointError(Exception):
 
 def save(path: Path, state: dict) -> None:
     """torch.save under a temporary name, fsync, then rename: a checkpoint is whole or absent, and a full
-    disk is a run_folder.DiskFull (torch itself says only 'unexpected pos'), the older checkpoint intact."""
+    disk is a files.DiskFull (torch itself says only 'unexpected pos'), the older checkpoint intact."""
     make_folder(path.parent)
     with atomic_file(path) as f:
         torch.save(state, f)

@@ -2,7 +2,6 @@
 disk, and an --out the tool cannot write in. Full disks and read-only mounts are real: small tmpfs
 mounts (as root; skipped where mounting is not permitted)."""
 
-import errno
 import json
 import multiprocessing
 import os
@@ -11,7 +10,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,49 +17,17 @@ import torch
 
 from continual import checkpoints
 from continual.config import ConfigError
-from continual.run_folder import DiskFull, RunFolder, RunLock, RunLocked, atomic_write, check_output, make_folder
+from continual.files import DiskFull, atomic_write, make_folder
+from continual.out_folder import check_output
+from continual.run_folder import RunFolder
+from continual.run_lock import RunLock, RunLocked
+from helpers import digits, fill, small_tmpfs, tiny_sequence
 
 HOST = socket.gethostname()
 
 
 # ----------------------------------------------------------------------------------------------------
-# Helpers (reusable: `from test_faults import small_tmpfs, fill`)
-
-
-@contextmanager
-def small_tmpfs(size_mb: float, *, options: str = ""):
-    """A fresh tmpfs of `size_mb` MiB (more mount options in `options`, e.g. "ro" or "nr_inodes=16"),
-    unmounted at the end. Skips the test where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
-    where = Path(tempfile.mkdtemp(prefix="continual-tmpfs-"))
-    opts = ",".join(o for o in (f"size={round(size_mb * 1024)}k", options) if o)
-    try:
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
-    except FileNotFoundError:
-        proc = subprocess.CompletedProcess([], 1, "", "no mount command")
-    if proc.returncode != 0:
-        where.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); these tests need root with CAP_SYS_ADMIN")
-    try:
-        yield where
-    finally:
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=True)  # something still has a file open there
-        where.rmdir()
-
-
-def fill(folder: Path, *, leave: int = 0) -> Path:
-    """Fill the disk of `folder` with one file, then give back `leave` bytes of it. Returns the file."""
-    filler = folder / "filler"
-    chunk = b"\0" * 65536
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError as err:
-            assert err.errno == errno.ENOSPC, err
-    if leave:
-        os.truncate(filler, max(0, filler.stat().st_size - leave))
-    return filler
+# Helpers (small_tmpfs and fill, which test_store and test_ldifs use too, are in helpers.py)
 
 
 def dead_pid() -> int:
@@ -385,15 +351,8 @@ def test_a_lock_on_a_full_disk_is_disk_full_and_leaves_no_lock(tmp_path):
         assert not (disk / ".lock").exists()
 
 
-SEQ = {
-    "name": "tiny",
-    "model": {"family": "efficientnet_lite0", "image_size": 32},
-    "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 5},
-              {"name": "b", "dataset": "digits", "classes": [8, 9], "train_per_class": 8, "test_per_class": 5}],
-    "training": {"batch_size": 8},
-    "methods": ["finetune", "ldifs"],
-    "download": False,
-}
+SEQ = tiny_sequence(tasks=[digits("a", [0, 1], test=5), digits("b", [8, 9], test=5)], training={"batch_size": 8},
+                    methods=["finetune", "ldifs"])
 
 
 def test_a_run_that_fills_the_disk_stops_clearly_and_resumes_to_the_same_results(tmp_path, capsys):

@@ -33,7 +33,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,14 +44,12 @@ import numpy as np
 
 from continual import progress
 from continual.datasets.catalog import DataError
-from continual.files import open_regular, read_json
+from continual.files import DiskFull, atomic_write, open_regular, read_json
 
 FORMAT = 1
 FOLDER = ".continual-store"  # under data_root
 # How `source.pil_resize_crop` resizes: its rule is part of every stored pixel, so it is part of the key.
 RESIZE_RULE = "shorter side to S, PIL bilinear (antialiased when shrinking), centre crop, RGB"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 CHECKPOINT_ROWS = 8192  # rows decoded between two updates of filled.npy: an interrupted build keeps them
 READERS = min(4, os.cpu_count() or 1)  # threads reading one batch's rows
 PROGRESS_FROM = 2000  # rows to decode before a progress bar is worth showing
@@ -430,19 +427,12 @@ def _as_list(batch):
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, sync, then rename: readers never see half a file. (Not
-    run_folder.atomic_write: that one speaks of runs and --resume, and importing it imports pandas.)"""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # as open() makes files: mkstemp's 0600 would hide a shared store from a team
+    """files.atomic_write, with a full disk as the OSError behind it: a DiskFull speaks of runs and --resume,
+    while the store says it in its own words (Store._write_error)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, data)
+    except DiskFull as err:
+        raise err.cause from None
 
 
 def _read_filled(path: Path, n: int) -> np.ndarray | None:
