@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from continual.methods import BUILTIN
+
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies and in greyscale print.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 FORMATS = ("png", "pdf", "svg")
@@ -128,10 +130,9 @@ def _style_slot(k: int) -> tuple[str, str, str]:
 
 
 STYLES = [_style_slot(k) for k in range(len(PALETTE) * len(MARKERS) * len(LINESTYLES))]
-# The built-in methods have a style of their own each: the registry's names in its order (continual/methods
-# METHODS), copied so that a plugin registered first changes no style (test_report_fresh checks the copy).
-BUILT_IN = ["finetune", "ldifs", "frozen", "joint", "l2sp", "wise_ft", "lp_ft", "flyp", "zscl", "naive", "ewc", "lwf",
-            "replay"]
+# The built-in methods have a style of their own each, in the registry's order (methods.BUILTIN: taken before
+# any plugin registers, so a plugin changes no style).
+BUILT_IN = list(BUILTIN)
 
 
 def method_style(methods: list[str], labels: dict[str, str] | None = None) -> dict[str, dict]:

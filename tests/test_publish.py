@@ -17,7 +17,7 @@ from continual.cli import main
 from continual.report import ReportError, write_report
 from continual.report.latex import escape
 from continual.report.tables import method_labels
-from test_report import write_run
+from helpers import write_run
 
 METHODS = [{"finetune": {}}, {"ldifs": {"lambda": 10.0}}, {"ldifs": {"label": "ldifs-100", "lambda": 100.0}},
            {"wise_ft": {"alpha": 0.5}}, {"replay": {"memory_size": 300}}, {"ewc": {"lambda": 100.0}}]
@@ -173,10 +173,10 @@ def test_tables_tex_is_booktabs_with_the_best_of_each_column_in_bold(published):
 
 def test_one_run_has_no_std_in_tables_tex(runs):
     from continual.report.latex import tables_tex
-    from continual.report.page import _Report
+    from continual.report.page import Report
     from continual.report.tables import read_run
 
-    tex = tables_tex(_Report([read_run(runs[0])]))
+    tex = tables_tex(Report([read_run(runs[0])]))
     final, *_ = _tabulars(tex)
     assert r"\pm" not in "".join(c for row in list(final.values())[1:] for c in row)  # n = 1: no std, as summary.md
     assert final[LABELS["finetune"]][1:] == ["70.0", "30.0", "$-$30.0", "$-$20.0"]
@@ -228,10 +228,10 @@ def test_png_figures_are_300_dpi_at_a_papers_width(published, name):
 
 def test_paper_figures_use_8_point_type_and_show_the_labels(runs):
     """The type of a drawn paper figure (7-8 pt; the heatmap's numbers may shrink) and its legend entries."""
-    from continual.report.page import _Report
+    from continual.report.page import Report
     from continual.report.tables import read_run
 
-    report = _Report([read_run(r) for r in runs])
+    report = Report([read_run(r) for r in runs])
     spec = next(f for f in report.figure_list if f.name == "forgetting_curves")
     fig = spec.fn(*spec.args, **spec.kwargs, paper=True)
     plots.figure_bytes(fig, "png")  # ticks are made when drawn

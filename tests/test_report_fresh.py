@@ -15,10 +15,10 @@ import yaml
 from continual import plots, sweeps
 from continual.cli import main
 from continual.report import LiveReport, write_report
-from continual.report.page import _Report
+from continual.report.page import Report
 from continual.report.tables import read_run
 from continual.run_folder import RunFolder
-from test_report import write_run
+from helpers import write_run
 
 TASKS = [{"name": "t1", "dataset": "digits"}, {"name": "t2", "dataset": "digits"}]
 CONFIG = {"name": "fresh", "seed": 0, "tasks": TASKS, "probes": [{"name": "p", "dataset": "digits"}],
@@ -123,7 +123,7 @@ def test_methods_choose_and_order_rows_legends_and_summary_csv(subset):
     assert _md_rows((subset / "summary.md").read_text()) == ["ldifs (λ = 10)", "finetune"]
     assert _table_rows((subset / "tables.tex").read_text()) == [r"ldifs ($\lambda$ = 10)", "finetune"] * 3
     assert list(dict.fromkeys(pd.read_csv(subset / "summary.csv")["method"])) == ["ldifs", "finetune"]
-    report = _Report([read_run(subset)], methods=["ldifs", "finetune"])
+    report = Report([read_run(subset)], methods=["ldifs", "finetune"])
     spec = next(f for f in report.figure_list if f.name == "forgetting_curves")
     fig = spec.fn(*spec.args, **spec.kwargs)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ldifs (λ = 10)", "finetune"]
@@ -154,7 +154,7 @@ def test_every_table_and_legend_names_a_method_alike(subset):
     assert "| ldifs (λ = 10) | " in md.split("## Wall time")[1]
     page = (subset / "index.html").read_text()
     assert "<td class=text>ldifs (λ = 10)</td>" in page and "<h3>ldifs (λ = 10)</h3>" in page
-    report = _Report([read_run(subset)])
+    report = Report([read_run(subset)])
     spec = next(f for f in report.figure_list if f.name == "concept_forgetting")
     legend = [t.get_text() for t in spec.fn(*spec.args, **spec.kwargs).legends[0].get_texts()]
     assert legend == _md_rows(md)

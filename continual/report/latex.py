@@ -7,23 +7,22 @@ Three `table` floats: the final metrics (A_T, F_T, BWT, Δ per probe column) and
 in % as summary.md gives them, and each method's cost (COST: wall time, peak GPU memory, trainable parameters,
 extra storage, in summary.md's units); mean $\pm$ std over runs (the std from two runs on), the best of each column
 in bold by page.py's rule (metric_table), each method named by its legend entry (`ldifs ($\lambda$ = 10)`).
-pandas' Styler writes the LaTeX; every text that comes from a run (method, probe and sequence names) is
-escaped here first.
+The cells, their escaping and the booktabs float are report/cells.py's (Table.latex), as summary.md's are.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from continual import metrics
-from continual.report.tables import COSTS, best
+from continual.report.cells import Table, best, escape, grid_value, mean_std, signed
+from continual.report.tables import COSTS
 
 if TYPE_CHECKING:
-    from continual.report.page import _Report
+    from continual.report.page import Report
 
 FINAL = ["final_average_accuracy", "forgetting", "bwt"]
 ZSCL = ["zscl_transfer", "zscl_avg", "zscl_last"]
@@ -44,39 +43,21 @@ def sweep_metrics(table: pd.DataFrame) -> list[str]:
     return SWEEP + probes
 
 
+def sweep_rows(table: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, dict[str, tuple[float, float, int]]]]:
+    """The rows sweep.md and sweep.tex show of a sweep's aggregate (sweeps.aggregate), in the table's order:
+    ((sequence, *values of the grid `keys`, method), {metric: (mean, std, n)}) for sweep_metrics' metrics."""
+    main = table[table["metric"].isin(sweep_metrics(table))]
+    return [(group, {r.metric: (r.mean, r.std, int(r.n)) for r in rows.itertuples(index=False)})
+            for group, rows in main.groupby(["sequence", *keys, "method"], sort=False, dropna=False)]
+
+
 def better(metric: str) -> bool:
     """Higher is better (continual.metrics.FINAL; a probe's Δ, concept_delta:<probe>, too)."""
     return metric.startswith("concept_delta:") or metrics.FINAL[metric][1]
 
-# Text mode characters LaTeX reads as commands (OT1, pdflatex's default encoding, also prints < > | as other
-# glyphs), and the Unicode the report writes that pdflatex cannot typeset as text.
-_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-            ">": r"\textgreater{}", "|": r"\textbar{}", "λ": r"$\lambda$", "α": r"$\alpha$", "Δ": r"$\Delta$",
-            "±": r"$\pm$", "—": "--", "–": "--"}
 
-
-def escape(text: str) -> str:
-    r"""`text` as LaTeX typesets it literally: `wise_ft (α = 0.5)` -> `wise\_ft ($\alpha$ = 0.5)`; `--` in a
-    name stays two hyphens (not an en dash)."""
-    out = []
-    for i, c in enumerate(text):
-        out.append(_SPECIAL.get(c, c))
-        if c == "-" and text[i + 1:i + 2] == "-":
-            out.append("{}")
-    return "".join(out)
-
-
-def number(text: str) -> str:
-    r"""A cell as page.py's _fmt writes it (`75.0 ± 7.1`, `-30.0`, `+1.5`, `—`) in LaTeX: a math minus, $\pm$,
-    `--` for no value."""
-    if text == "—":
-        return "--"
-    return re.sub(r"^-", "$-$", text.replace(" ± ", r" $\pm$ "))
-
-
-def tables_tex(report: _Report) -> str:
-    """The contents of tables.tex for a report (page.py's _Report)."""
+def tables_tex(report: Report) -> str:
+    """The contents of tables.tex for a report (page.py's Report)."""
     n = len(report.runs)
     over = rf"mean $\pm$ std over {n} runs" if n > 1 else "one run"
     probes = [f"concept_delta:{p}" for p in report.probes]
@@ -85,7 +66,7 @@ def tables_tex(report: _Report) -> str:
     parts = [f"% tables.tex of {report.first.name} ({n} run{'s' if n > 1 else ''}, seed {seeds}), written by "
              "`continual report --latex`.", r"% Needs \usepackage{booktabs}; then \input{tables.tex}. In a two-column "
              r"paper, a table wider than a column goes in \begin{table*} instead.", ""]
-    final = report.metric_table(FINAL + probes, higher_better=better, label=str, sign={"bwt", *probes})
+    final = report.metric_table(FINAL + probes, higher_better=better, label=str)
     parts.append(_booktabs(report, final, [HEADERS[m] for m in FINAL] + [_probe_header(p) for p in report.probes],
                            caption=f"{escape(report.first.name)}: final metrics in \\% ({over}). $A_T$: final average "
                            "accuracy; $F_T$: average forgetting; BWT: backward transfer"
@@ -115,36 +96,32 @@ def sweep_tex(table: pd.DataFrame, *, name: str, keys: list[str], labels: dict[t
     r"""The contents of sweep.tex (`continual sweep report --latex`): `table`, a sweep's aggregate (sweeps.aggregate:
     sequence, the grid `keys`, method, metric, mean, std, n), as one booktabs table of sweep.md's metrics
     (sweep_metrics: A_T, F_T, BWT, Transfer, Last, each probe's Δ), a row
-    per (sequence, grid point, method) in the table's order: mean $\pm$ std over seeds in %, `(n=k)` where fewer
-    seeds than the most any row has gave a value, the best of each column within each sequence in bold (page.py's
-    rule: ties all bold, where more than one row has a value). `labels`: (sequence, *grid values, method) ->
-    the method's legend entry (report/tables.py method_labels), else its key. Five metric columns or more besides
-    the grid's do not fit a column of a two-column paper: the float is a `table*`, the page's width."""
-    from continual.report.page import _fmt  # page.py imports this module
-
+    per (sequence, grid point, method) in the table's order (sweep_rows): mean $\pm$ std over seeds in %, `(n=k)`
+    where fewer seeds than the most any row has gave a value, the best of each column within each sequence in bold
+    (page.py's rule, cells.best: ties all bold, where more than one row has a value). `labels`: (sequence, *grid
+    values, method) -> the method's legend entry (report/tables.py method_labels), else its key. Five metric columns
+    or more besides the grid's do not fit a column of a two-column paper: the float is a `table*`, the page's width."""
     shown = sweep_metrics(table)
-    main = table[table["metric"].isin(shown)]
-    index = ["sequence", *keys, "method"]
-    groups = list(main.groupby(index, sort=False, dropna=False))
-    full = int(main["n"].max())
-    values = [{r.metric: (r.mean, r.std, int(r.n)) for r in rows.itertuples(index=False)} for _, rows in groups]
+    groups = sweep_rows(table, keys)
+    full = int(table[table["metric"].isin(shown)]["n"].max())
     rows, bold, breaks, fewer = [], set(), [], False
-    for i, ((sequence, *point, method), cells) in enumerate(zip((g for g, _ in groups), values)):
+    for i, ((sequence, *point, method), values) in enumerate(groups):
         if i and sequence != groups[i - 1][0][0]:
             breaks.append(i)
         texts = []
         for metric in shown:
-            mean, std, n = cells.get(metric, (float("nan"), float("nan"), 0))
-            text = _fmt(mean, std, n, sign=metric == "bwt" or metric.startswith("concept_delta:"))  # as tables.tex
+            mean, std, n = values.get(metric, (float("nan"), float("nan"), 0))
+            text = mean_std(mean, std, n, sign=signed(metric))  # as tables.tex
             if 0 < n < full and mean == mean:
                 text, fewer = f"{text} (n={n})", True
-            texts.append(number(text))
-        rows.append([escape(sequence), *(escape(_value(v)) for v in point),
-                     escape((labels or {}).get((sequence, *point, method), method)), *texts])
+            texts.append(text)
+        rows.append([sequence, *map(grid_value, point), (labels or {}).get((sequence, *point, method), method), *texts])
+    names = 2 + len(keys)  # sequence, the grid's values, method
     for start, end in zip([0, *breaks], [*breaks, len(rows)]):  # the best of each column, per sequence
         for j, metric in enumerate(shown):
-            means = [values[i].get(metric, (float("nan"),))[0] for i in range(start, end)]
-            bold |= {(start + i, len(index) + j) for i in best(means, higher_better=better(metric))}
+            means = [groups[i][1].get(metric, (float("nan"),))[0] for i in range(start, end)]
+            bold |= {(start + i, names + j) for i in best(means, higher_better=better(metric))}
+    sweep = Table(["sequence", *keys, "method", *shown], rows, bold)
     over = rf"mean $\pm$ std over {full} seeds" if full > 1 else "one seed"
     caption = (f"{escape(name)}: final metrics in \\% for each sequence, grid point and method ({over}). $A_T$: final "
                "average accuracy; $F_T$: average forgetting; BWT: backward transfer; Transfer and Last: ZSCL's "
@@ -152,7 +129,7 @@ def sweep_tex(table: pd.DataFrame, *, name: str, keys: list[str], labels: dict[t
                                            "forgetting)" if len(shown) > len(SWEEP) else "") + ".")
     if fewer:
         caption += " (n=$k$): over $k$ seeds only."
-    if any(c == "--" for row in rows for c in row[len(index):]):
+    if sweep.missing(after=names):
         caption += " --: no value."
     caption += " Bold: the best of each column" + (" within each sequence." if breaks else ".")
     short = _short_keys(keys)
@@ -161,9 +138,9 @@ def sweep_tex(table: pd.DataFrame, *, name: str, keys: list[str], labels: dict[t
     head = [f"% sweep.tex of the sweep {name}, written by `continual sweep report --latex`.",
             r"% Needs \usepackage{booktabs}; then \input{sweep.tex}. A table* (the page's width in a two-column paper)."]
     head += [f"% Columns: {short[k]} = the grid's {k}." for k in keys if short[k] != k]
-    return "\n".join(head + ["", booktabs(rows, columns, bold=bold, align="l" + "r" * len(keys) + "l" + "r" * len(shown),
-                                          caption=caption, label=f"tab:{_label(name)}-sweep", breaks=breaks,
-                                          wide=True)])
+    return "\n".join(head + ["", sweep.latex(columns, names=names, align="l" + "r" * len(keys) + "l" + "r" * len(shown),
+                                             caption=caption, label=f"tab:{_label(name)}-sweep", breaks=breaks,
+                                             wide=True)])
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:
@@ -174,29 +151,23 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
     return short if len(set(short.values())) == len(keys) else {k: k for k in keys}
 
 
-def _value(value) -> str:
-    """A grid value as the legend entries write options: `0.1`, `100` for 100.0 (`:g` where it loses nothing)."""
-    return f"{value:g}" if isinstance(value, float) and float(f"{value:g}") == value else str(value)
-
-
 def _probe_header(column: str) -> str:
     name = column.removeprefix("probe:")
     return r"$\Delta$ " + (escape(name.removesuffix(":zero_shot")) + " (zero-shot)" if name.endswith(":zero_shot")
                            else escape(name))
 
 
-def _booktabs(report: _Report, table, headers: list[str], *, caption: str, label: str,
+def _booktabs(report: Report, table: Table, headers: list[str], *, caption: str, label: str,
               missing: str = "the method did not complete") -> str:
-    """A `table` float of `table` (page.py's _Table: method keys, cells as _fmt writes them, bold cells) with
+    """A `table` float of `table` (page.py's metric_table or cost_table: the legend entry, then cells) with
     `headers` (LaTeX) for its metric columns, the better direction marked in each; `missing`: what `--` means."""
     # metric_table's headers are the metric keys (label=str): concept_delta:<probe> is higher-better too.
     columns = ["Method"] + [h + _arrow(key) for h, key in zip(headers, table.headers[1:])]
-    rows = [[escape(row[0])] + [number(c) for c in row[1:]] for row in table.rows]  # row[0]: the legend entry
-    if any(c == "--" for row in rows for c in row[1:]):
+    if table.missing(after=1):
         caption += f" --: no value ({missing})."
     caption += " Bold: the best of each column."
-    return booktabs(rows, columns, bold=table.bold, align="l" + "r" * len(headers), caption=caption,
-                    label=f"tab:{_label(report.first.name)}-{label}")
+    return table.latex(columns, align="l" + "r" * len(headers), caption=caption,
+                       label=f"tab:{_label(report.first.name)}-{label}")
 
 
 def _arrow(metric: str) -> str:
@@ -204,33 +175,6 @@ def _arrow(metric: str) -> str:
     higher-better)."""
     higher = not COSTS[metric][1] if metric in COSTS else metrics.FINAL.get(metric, (None, True))[1]
     return r" $\uparrow$" if higher else r" $\downarrow$"
-
-
-def booktabs(rows: list[list[str]], columns: list[str], *, bold: set[tuple[int, int]], align: str, caption: str,
-             label: str, breaks: Iterable[int] = (), wide: bool = False) -> str:
-    """A `table` float (`table*`, the page's width in two columns, where `wide`): `columns` (the header) over
-    `rows`, every text already LaTeX, booktabs rules, the caption above. `bold`: the (row, column) cells set in
-    bold; `align`: the tabular's column format (`lrr`); `label`: its \\label key; `breaks`: the rows a \\midrule
-    goes above (a new group of rows)."""
-    frame = pd.DataFrame(rows, columns=columns)
-    # The whole cell bold, its $\pm$ and minus too (\boldmath); a tabular cell is a group, so both end with it.
-    props = pd.DataFrame("", index=frame.index, columns=frame.columns)
-    for i, j in bold:
-        props.iloc[i, j] = "bfseries: ; boldmath: ;"
-    styler = frame.style.hide(axis="index").apply(lambda _: props, axis=None)
-    tex = styler.to_latex(hrules=True, column_format=align, position_float="centering", caption=caption,
-                          label=label, environment="table*" if wide else None)
-    # Compact, as papers set their tables: \small, and 4 pt between columns instead of 6 (both end with the float).
-    tex = tex.replace("\\centering\n", "\\centering\n\\small\n\\setlength{\\tabcolsep}{4pt}\n", 1)
-    if breaks := set(breaks) - {0}:  # a row is one line (no cell holds a line break): a rule above each group
-        head, rest = tex.split("\\midrule\n", 1)
-        body, tail = rest.split("\\bottomrule", 1)
-        tex = (head + "\\midrule\n" + "".join(("\\midrule\n" if i in breaks else "") + line
-                                             for i, line in enumerate(body.splitlines(keepends=True)))
-               + "\\bottomrule" + tail)
-    # A caption above a table: the standard classes leave no space under it (\belowcaptionskip 0 pt), so the
-    # caption's last line touched the top rule.
-    return tex.replace("\\begin{tabular}", "\\smallskip\n\\begin{tabular}", 1)
 
 
 def _label(name: str) -> str:

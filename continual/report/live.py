@@ -22,7 +22,9 @@ from pathlib import Path
 
 from continual.plots import curves_png
 from continual.report.page import write_report
-from continual.run_folder import CURVES, DiskFull, RunFolder, RunLocked, atomic_write
+from continual.files import DiskFull, atomic_write
+from continual.run_folder import CURVES, RunFolder
+from continual.run_lock import RunLocked
 
 
 class LiveReport:

@@ -18,7 +18,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from continual.run_folder import FIGURES, REPORT_RECORD, atomic_write
+from continual.files import atomic_write
+from continual.run_folder import FIGURES, REPORT_RECORD
 
 RECORD = REPORT_RECORD
 FORMATS = ("png", "pdf", "svg")  # plots.FORMATS (not imported: matplotlib is loaded only when figures are drawn)

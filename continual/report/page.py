@@ -25,31 +25,22 @@ import re
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from continual import metrics, plots
-from continual.files import read_json
+from continual.files import atomic_write, read_json
 from continual.report import outputs
+from continual.report.cells import MISSING, Table, best, label, mean_std, signed
 from continual.report.latex import tables_tex
-from continual.report.tables import COSTS, ReportError, Summary, best, read_run
-from continual.run_folder import ENVIRONMENT, FIGURES, INDEX, SUMMARY_CSV, SUMMARY_MD, TABLES_TEX, atomic_write
+from continual.report.tables import COSTS, ReportError, Summary, read_run
+from continual.run_folder import ENVIRONMENT, FIGURES, INDEX, SUMMARY_CSV, SUMMARY_MD, TABLES_TEX
+from continual.tree import flatten
 
-# How each summary metric is labelled in the tables, in table order.
-LABELS = {
-    "final_average_accuracy": "A_T (final avg acc)",
-    "average_incremental_accuracy": "avg incremental acc",
-    "forgetting": "forgetting F_T",
-    "bwt": "BWT",
-    "plasticity": "plasticity",
-    "forward_transfer": "FWT",
-    "zscl_transfer": "Transfer",
-    "zscl_avg": "Avg",
-    "zscl_last": "Last",
-}
+# The tables' metrics, in table order (their headers: cells.LABELS).
 MAIN = ["final_average_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "plasticity"]
 TRANSFER = ["zscl_transfer", "zscl_avg", "zscl_last", "forward_transfer"]
 # Each cost (tables.COSTS) as the tables show it: (scale from summary.csv's unit, digits).
@@ -98,7 +89,7 @@ def write_report(run_folders: list[Path], out: Path | None = None, *, record_env
             raise ReportError(f"{run.folder}: sequence {run.name!r} (tasks {', '.join(run.tasks)}) is not the "
                               f"sequence of {first.folder} ({first.name!r}, tasks {', '.join(first.tasks)})")
     out = Path(out) if out is not None else first.folder
-    report = _Report(runs, methods=methods)
+    report = Report(runs, methods=methods)
     latex, formats, before = outputs.asked(out, latex=latex, formats=formats, legacy=_legacy_files, tex=TABLES_TEX)
     if record_environment:
         for run in runs:
@@ -115,7 +106,7 @@ def write_report(run_folders: list[Path], out: Path | None = None, *, record_env
     return out
 
 
-# The names of the report's figures (figures/<name>.<format>): _Report.figure_list.
+# The names of the report's figures (figures/<name>.<format>): Report.figure_list.
 _FIGURE_NAME = re.compile(r"^(accuracy_vs_forgetting|forgetting_curves|concept_forgetting|accuracy_matrix_.+)$")
 
 
@@ -168,66 +159,29 @@ def _processor() -> str:
     return platform.processor() or platform.machine()
 
 
-_NUMBER = re.compile(r"^[-+]?[0-9.]+( ± [0-9.]+)?$|^—$")
-
-
-@dataclass
-class _Table:
-    """A table rendered to both Markdown and HTML; `bold` marks (row, column) cells."""
-
-    headers: list[str]
-    rows: list[list[str]]
-    bold: set[tuple[int, int]] = field(default_factory=set)
-
-    def markdown(self) -> str:
-        def cell(i, j, text):
-            return f"**{text}**" if (i, j) in self.bold else text
-
-        lines = ["| " + " | ".join(self.headers) + " |", "|" + "|".join("---" for _ in self.headers) + "|"]
-        lines += ["| " + " | ".join(cell(i, j, c) for j, c in enumerate(row)) + " |" for i, row in enumerate(self.rows)]
-        return "\n".join(lines) + "\n"
-
-    def html(self) -> str:
-        text = [bool(self.rows) and not _NUMBER.match(self.rows[0][j]) for j in range(len(self.headers))]
-        head = "".join(f"<th{' class=text' if t else ''}>{html.escape(h)}</th>" for h, t in zip(self.headers, text))
-        body = "".join(
-            "<tr>" + "".join(f"<td{'' if _NUMBER.match(c) else ' class=text'}>"
-                             f"{'<b>' if (i, j) in self.bold else ''}{html.escape(c)}"
-                             f"{'</b>' if (i, j) in self.bold else ''}</td>" for j, c in enumerate(row)) + "</tr>"
-            for i, row in enumerate(self.rows))
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(mean: float, std: float, n: int, *, scale: float = 100, digits: int = 1, sign: bool = False) -> str:
-    if n == 0 or mean != mean:
-        return "—"
-    text = f"{mean * scale:+.{digits}f}" if sign else f"{mean * scale:.{digits}f}"
-    return text if n < 2 or std != std else f"{text} ± {std * scale:.{digits}f}"
-
-
-class _Report(Summary):
-    """What the three files show, drawn from the numbers (report/tables.py)."""
+class Report(Summary):
+    """What the three files show, drawn from the numbers (report/tables.py): the tables (report/cells.py's Table,
+    tables.tex's too: report/latex.py) and the figures."""
 
     # --- tables
 
-    def metric_table(self, names: list[str], *, higher_better: dict[str, bool], label, sign=()) -> _Table:
+    def metric_table(self, names: list[str], *, higher_better: dict[str, bool], label=label) -> Table:
         """One row per method (its legend entry, `ldifs (λ = 10)`, as in the figures and tables.tex), a column
-        per metric: mean ± std as _fmt writes it; bold: the best mean of each column (ties all bold), where more
-        than one method has a value."""
+        per metric (headed `label(metric)`): mean ± std in % (cells.mean_std; the differences signed,
+        cells.signed); bold: the best mean of each column (ties all bold), where more than one method has a value."""
         headers = ["method", *(label(n) for n in names)]
         rows, bold = [], set()
         for method in self.methods:
-            rows.append([self.labels[method]] + [_fmt(*self.value(method, n), sign=n in sign) for n in names])
+            rows.append([self.labels[method]] + [mean_std(*self.value(method, n), sign=signed(n)) for n in names])
         for j, name in enumerate(names, start=1):
             means = [self.value(m, name)[0] for m in self.methods]
             bold |= {(i, j) for i in best(means, higher_better=higher_better[name])}
-        return _Table(headers, rows, bold)
+        return Table(headers, rows, bold)
 
-    def main_table(self) -> _Table:
+    def main_table(self) -> Table:
         names = MAIN + [f"concept_delta:{p}" for p in self.probes]
         better = {n: metrics.FINAL[n][1] for n in MAIN} | {n: True for n in names if n.startswith("concept")}
-        table = self.metric_table(names, higher_better=better, sign={"bwt", *names[len(MAIN):]},
-                                  label=lambda n: LABELS.get(n) or "Δ " + n.split(":", 1)[1].removeprefix("probe:"))
+        table = self.metric_table(names, higher_better=better)
         table.headers.insert(1, "status")
         for row, method in zip(table.rows, self.methods):
             worse = self.learned_worse(method)
@@ -237,7 +191,7 @@ class _Report(Summary):
 
     def learned_worse(self, method: str) -> list[str]:
         """Tasks that scored clearly below their starting head right after being learned (the runner's
-        rule, README "When a task ends below its start"): `mnist (0.930 -> 0.510)` for one run, else
+        rule, docs/learned-worse.md): `mnist (0.930 -> 0.510)` for one run, else
         `mnist (2 of 3 runs)`."""
         found: dict[str, list[str]] = {}
         for run in self.runs:
@@ -250,43 +204,42 @@ class _Report(Summary):
             return [f"{task} ({changes[0]})" for task, changes in found.items()]
         return [f"{task} ({len(changes)} of {len(self.runs)} runs)" for task, changes in found.items()]
 
-    def transfer_table(self) -> _Table:
-        return self.metric_table(TRANSFER, higher_better={n: metrics.FINAL[n][1] for n in TRANSFER},
-                                 label=LABELS.get, sign={"forward_transfer"})
+    def transfer_table(self) -> Table:
+        return self.metric_table(TRANSFER, higher_better={n: metrics.FINAL[n][1] for n in TRANSFER})
 
-    def per_task_table(self) -> _Table:
+    def per_task_table(self) -> Table:
         names = [f"plasticity:{t}" for t in self.tasks] + [f"forgetting:{t}" for t in self.tasks[:-1]]
         better = {n: n.startswith("plasticity") for n in names}
         return self.metric_table(names, higher_better=better,
                                  label=lambda n: f"{n.split(':')[0]} {self.tasks.index(n.split(':', 1)[1]) + 1}: "
                                                  f"{n.split(':', 1)[1]}")
 
-    def matrix_table(self, mean: pd.DataFrame, std: pd.DataFrame) -> _Table:
+    def matrix_table(self, mean: pd.DataFrame, std: pd.DataFrame) -> Table:
         n = len(self.runs)
         headers = ["step", *mean.columns]
         rows, bold = [], set()
         for i, step in enumerate(mean.index):
-            rows.append([str(step)] + [_fmt(mean.loc[step, c], std.loc[step, c], n if n > 1 else 1)
+            rows.append([str(step)] + [mean_std(mean.loc[step, c], std.loc[step, c], n if n > 1 else 1)
                                        for c in mean.columns])
             if 1 <= step <= len(self.tasks):
                 bold.add((i, step))  # the diagonal: the task just learned
-        return _Table(headers, rows, bold)
+        return Table(headers, rows, bold)
 
-    def cost_table(self, names: list[str] | None = None) -> _Table:
+    def cost_table(self, names: list[str] | None = None) -> Table:
         """One row per method, a column per COSTS metric (`names`, default all) as summary.md shows it (mean ± std
         over the runs where it is complete; — where the runs did not record it); bold: the best of each column
         (fewest seconds, bytes, parameters; most images/s)."""
         names = list(COSTS) if names is None else names
         rows, bold = [], set()
         for method in self.methods:
-            rows.append([self.labels[method]] + [_fmt(*self.value(method, n), scale=COST_UNITS[n][0],
-                                                      digits=COST_UNITS[n][1]) for n in names])
+            rows.append([self.labels[method]] + [mean_std(*self.value(method, n), scale=COST_UNITS[n][0],
+                                                          digits=COST_UNITS[n][1]) for n in names])
         for j, name in enumerate(names, start=1):
             means = [self.value(m, name)[0] for m in self.methods]
             bold |= {(i, j) for i in best(means, higher_better=not COSTS[name][1])}
-        return _Table(["method", *(COSTS[n][0] for n in names)], rows, bold)
+        return Table(["method", *(COSTS[n][0] for n in names)], rows, bold)
 
-    def timing_table(self) -> _Table:
+    def timing_table(self) -> Table:
         cols = [("fit_seconds", "fit (s)"), ("eval_seconds", "evaluation (s)"), ("total_seconds", "total (s)"),
                 ("step0_seconds", "step 0, shared (s)"), ("train_steps", "optimiser steps")]
         if len(self.timings) and (self.timings["metric"] == "buffer_images").any():
@@ -299,11 +252,12 @@ class _Report(Summary):
             row = [self.labels[method]]
             for key, _ in cols:
                 digits = 0 if key in ("train_steps", "buffer_images") else 1
-                row.append(_fmt(*found[method, key], scale=1, digits=digits) if (method, key) in found else "—")
-            row.append(self.losses.get(method, "—"))
+                row.append(mean_std(*found[method, key], scale=1, digits=digits) if (method, key) in found
+                           else MISSING)
+            row.append(self.losses.get(method, MISSING))
             rows.append(row)
         losses = "loss terms, last step" + (" (first run)" if len(self.runs) > 1 else "")
-        return _Table(["method", *(c[1] for c in cols), losses], rows)
+        return Table(["method", *(c[1] for c in cols), losses], rows)
 
     # --- figures
 
@@ -355,7 +309,7 @@ class _Report(Summary):
         """(title, caption, png) of the page's figures but the heatmaps, in page order."""
         return [(f.title, f.caption, f.png()) for f in self.figure_list if f.method is None]
 
-    def heatmaps(self) -> list[tuple[str, bytes, _Table]]:
+    def heatmaps(self) -> list[tuple[str, bytes, Table]]:
         """(method, png, its matrix as a table) per method with a matrix."""
         return [(f.method, f.png(), self.matrix_table(self.mean[f.method], self.std[f.method]))
                 for f in self.figure_list if f.method is not None]
@@ -371,7 +325,7 @@ class _Report(Summary):
                if n > 1 else "one run, no std")
         return (f"Accuracies and their differences in % (percentage points); {agg}. Bold: best per column. "
                 "⚠ in the status: a task scored clearly lower right after it was learned than with the head it started "
-                "from (see README). Formulas: `continual/metrics.py` module docstring. A_T: average accuracy over all tasks after "
+                "from (see docs/outputs.md). Formulas: `continual/metrics.py` module docstring. A_T: average accuracy over all tasks after "
                 "the last; forgetting F_T: best accuracy since learned minus final, averaged over all tasks but "
                 "the last; BWT: final minus right after learning; plasticity: right after learning; Δ <probe>: "
                 "final probe accuracy minus the pre-trained model's (concept forgetting, < 0 = forgotten). "
@@ -425,9 +379,9 @@ class _Report(Summary):
     def _config_html(self) -> str:
         parts = [f"<p>config.yaml of {html.escape(str(self.first.folder))}:</p>",
                  f"<pre>{html.escape(self.first.config_text or '(no config.yaml)')}</pre>"]
-        base = _flatten(yaml.safe_load(self.first.config_text or "{}") or {})
+        base = flatten(yaml.safe_load(self.first.config_text or "{}") or {})
         for run in self.runs[1:]:
-            other = _flatten(yaml.safe_load(run.config_text or "{}") or {})
+            other = flatten(yaml.safe_load(run.config_text or "{}") or {})
             diff = [f"{k}: {base.get(k)!r} → {other.get(k)!r}" for k in dict.fromkeys([*base, *other])
                     if base.get(k) != other.get(k)]
             parts.append(f"<p>{html.escape(str(run.folder))} differs in: "
@@ -447,8 +401,10 @@ class _Report(Summary):
                                               "report, not necessarily the one that ran")
             items = {**env.get("versions", {}), **env.get("machine", {})}
             rows = [[k, str(v)] for k, v in items.items()]
-            parts += [f"<p>{html.escape(source)}:</p>", _Table(["software / machine", "version / value"], rows).html()]
+            parts += [f"<p>{html.escape(source)}:</p>", Table(["software / machine", "version / value"], rows).html()]
         return "\n".join(parts)
+
+
 
 
 @dataclass
@@ -483,20 +439,6 @@ def _draw(fn, *args, formats: tuple[str, ...] = ("png",), **kwargs) -> dict[str,
         fig = fn(*args, **kwargs)
         _DRAWN[key] = {fmt: plots.figure_bytes(fig, fmt) for fmt in formats}
     return _DRAWN[key]
-
-
-def _flatten(doc, prefix: str = "") -> dict:
-    if isinstance(doc, dict):
-        out = {}
-        for k, v in doc.items():
-            out |= _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    if isinstance(doc, list):
-        out = {}
-        for i, v in enumerate(doc):
-            out |= _flatten(v, f"{prefix}[{i}]")
-        return out
-    return {prefix: doc}
 
 
 def _code(text: str) -> str:

@@ -20,9 +20,10 @@ import yaml
 
 from continual import metrics
 from continual.config.schema import MISSING, schema_default
-from continual.methods.options import (EWCOptions, L2SPOptions, LDIFSOptions, LwFOptions, ReplayOptions, WiseFTOptions,
-                                       item_key)
+from continual.methods import METHODS
+from continual.methods.options import method_items
 from continual.run_folder import RunFolder
+from continual.tree import flatten
 
 
 class ReportError(Exception):
@@ -32,7 +33,7 @@ class ReportError(Exception):
 # Keys of config.yaml that say where and how a run ran, not what it computed: runs that differ only in
 # these and the seed are repetitions of one experiment and are averaged. eval_batch_size only regroups
 # inference (BatchNorm is in eval mode); the device changes kernels' summation order, as another CPU does
-# (README), which is exactly the spread a mean ± std over repetitions should show.
+# (docs/results.md), which is exactly the spread a mean ± std over repetitions should show.
 NOT_SETTINGS = ("seed", "keep_checkpoints", "data_root", "download", "training.device", "training.eval_batch_size")
 
 
@@ -82,7 +83,7 @@ def read_run(folder: str | Path) -> Run:
     found = run_folder.methods_with_results()
     if not config_text and not found:
         raise ReportError(f"{folder}: not a run folder (no config.yaml and no <method>/accuracy_matrix.csv)")
-    configured = [key for m in config.get("methods") or [] if (key := item_key(m)) is not None]
+    configured = [m.key for m in method_items(config.get("methods"))]
     names = configured + [m for m in found if m not in configured]
 
     methods = {}
@@ -300,41 +301,20 @@ def aggregate(frames: list[pd.DataFrame], *, by: list[str], value: str = "value"
     return out
 
 
-def best(means: list[float], *, higher_better: bool) -> list[int]:
-    """The positions of the best of `means` (all of them when tied), where more than one is a number: the
-    cells a table sets in bold."""
-    finite = [v for v in means if v == v]
-    if len(finite) < 2:
-        return []
-    top = max(finite) if higher_better else min(finite)
-    return [i for i, v in enumerate(means) if v == top]
-
-
 def settings(config: dict) -> dict[str, object]:
     """config.yaml as key paths -> values (`training.lr`, `tasks[0].classes[1]`, `methods.ldifs.lambda`),
     without NOT_SETTINGS. Methods are keyed by name (their order in the file changes nothing)."""
-    flat: dict[str, object] = {}
+    def leaves(value, prefix: str) -> dict[str, object]:  # an empty mapping or list is a setting too
+        return {k: v for k, v in flatten(value, prefix, empty_leaves=True).items() if k not in NOT_SETTINGS}
 
-    def walk(value, key):
-        if isinstance(value, dict) and (value or not key):
-            for k, v in value.items():
-                walk(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, list) and value:
-            for i, v in enumerate(value):
-                walk(v, f"{key}[{i}]")
-        elif key not in NOT_SETTINGS:
-            flat[key] = value
-
-    walk({k: v for k, v in config.items() if k != "methods"}, "")
-    for item in config.get("methods") or []:
-        name, options = (item, {}) if not isinstance(item, dict) else next(iter(item.items()), (None, {}))
-        label = item_key(item)  # the label, else the name
-        flat[f"methods.{label}"] = "listed"
-        if label != name:
-            flat[f"methods.{label}.method"] = name
-        for key, value in (options.items() if isinstance(options, dict) else []):
+    flat = leaves({k: v for k, v in config.items() if k != "methods"}, "")
+    for m in method_items(config.get("methods")):
+        flat[f"methods.{m.key}"] = "listed"
+        if m.key != m.name:
+            flat[f"methods.{m.key}.method"] = m.name
+        for key, value in m.options.items():
             if key != "label":
-                walk(value, f"methods.{label}.{key}")
+                flat |= leaves(value, f"methods.{m.key}.{key}")
     return flat
 
 
@@ -349,33 +329,20 @@ def chance(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(values, columns=run.tasks).rename_axis("step")
 
 
-# The options that define a method's entry, shown in its legend entries, heatmap titles and LaTeX rows with
-# the symbols papers use: (option as YAML names it, how it is shown, shown only where it is not the default).
-# The default where an entry sets none is its options class's (methods/options.py: pydantic only, no torch).
-DEFINING = {
-    "ldifs": (LDIFSOptions, [("lambda", "λ = {}", False)]),
-    "l2sp": (L2SPOptions, [("lambda", "λ = {}", False)]),
-    "ewc": (EWCOptions, [("lambda", "λ = {}", False), ("mode", "{}", True)]),  # `online` is another method
-    "wise_ft": (WiseFTOptions, [("alpha", "α = {}", False)]),
-    "lwf": (LwFOptions, [("alpha", "α = {}", False), ("temperature", "T = {}", True)]),
-    "replay": (ReplayOptions, [("memory_size", "memory {}", False)]),
-}
-
-
 def method_labels(config: dict) -> dict[str, str]:
     """Every method key of config.yaml -> its legend entry: the key with the options that define it
-    (DEFINING) and, for a method listed more than once, any other option in which its entries differ:
+    (its options' LEGEND) and, for a method listed more than once, any other option in which its entries differ:
     `ldifs (λ = 10)`, `ldifs-paper (λ = 100, distance paper)`, `wise_ft (α = 0.5)`, `replay (memory 300)`.
     A method with no such option keeps its bare key (`finetune`)."""
     entries = {}  # key -> (method name, options as listed)
-    for item in config.get("methods") or []:
-        if (key := item_key(item)) is None:
-            continue
-        name, options = (item, {}) if isinstance(item, str) else next(iter(item.items()))
-        entries[key] = (name, {k: v for k, v in options.items() if k != "label"} if isinstance(options, dict) else {})
+    for m in method_items(config.get("methods")):
+        entries[m.key] = (m.name, {k: v for k, v in m.options.items() if k != "label"})
     labels = {}
     for key, (name, options) in entries.items():
-        cls, defining = DEFINING.get(name, (None, []))
+        # The options its class names for legends (Options.LEGEND), with the symbols papers use; an option an
+        # entry does not set shows its class's default. A method no longer registered (a plugin) has none.
+        cls = METHODS.get(name)
+        defining = cls.LEGEND if cls is not None else ()
         shown = []
         for option, text, unless_default in defining:
             default = _default(cls, option)

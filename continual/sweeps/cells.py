@@ -24,7 +24,7 @@ def state(cell: Cell, queue: dict[str, str] | None = None) -> tuple[str, str]:
     holder = run.lock_holder() if cell.run_folder.is_dir() else None
     if holder is not None:
         return "running", f"{holder.get('host', '?')} pid {holder.get('pid', '?')}"
-    docs = {m: _metrics(run, m) for m in _methods(cell)} if cell.run_folder.is_dir() else {}
+    docs = {m: _metrics(run, m) for m in cell_methods(cell)} if cell.run_folder.is_dir() else {}
     if docs and all(d and d.get("complete") and not d.get("error") for d in docs.values()):
         return "done", ", ".join(f"{m} {d.get('steps_done', '?')}/{d.get('steps_total', '?')}" for m, d in docs.items())
     steps = ", ".join(f"{m} {d.get('steps_done', '?')}/{d.get('steps_total', '?')}" for m, d in docs.items() if d)
@@ -54,7 +54,7 @@ def _read(path: Path) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def _methods(cell: Cell) -> list[str]:
+def cell_methods(cell: Cell) -> list[str]:
     if cell.methods or cell.runs:  # known from load_sweep: no sequence read again per cell
         return list(cell.methods or cell.runs)
     return [o.key for o in load_sequence(cell.sequence, cell.overrides).methods]

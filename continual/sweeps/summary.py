@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from continual.run_folder import CONFIG, FIGURES
-from continual.sweeps.cells import _methods, state
+from continual.sweeps.cells import cell_methods, state
 from continual.sweeps.spec import Cell, SweepFile
 
 
@@ -26,7 +26,7 @@ def aggregate(cells: list[Cell]) -> pd.DataFrame:
     for cell in cells:
         if state(cell)[0] == "done":
             summary = load_tables(cell.run_folder)["summary"]  # every method of its config; the cell ran these:
-            frames.append(summary[summary["method"].isin(_methods(cell))].assign(sequence=cell.name, **dict(cell.point)))
+            frames.append(summary[summary["method"].isin(cell_methods(cell))].assign(sequence=cell.name, **dict(cell.point)))
     if not frames:
         return pd.DataFrame()
     return over_seeds(frames, by=["sequence", *[k for k, _ in cells[0].point], "method", "metric"])
@@ -45,8 +45,8 @@ def write_summary(spec: SweepFile, cells: list[Cell], table: pd.DataFrame, root:
     longer asked for) is removed. Everything is made before the first file is written, and each file is written
     whole (atomic_write); a figure that fails is left out with a warning."""
     from continual.report import outputs
-    from continual.report.latex import SWEEP, _value, sweep_metrics, sweep_tex
-    from continual.report.page import LABELS, _fmt
+    from continual.report.cells import Table, grid_value, label, mean_std, signed
+    from continual.report.latex import SWEEP, sweep_metrics, sweep_rows, sweep_tex
 
     formats = None if formats is None else _formats(formats)  # ReportError naming an unknown one, before writing
     if table.empty:
@@ -56,27 +56,19 @@ def write_summary(spec: SweepFile, cells: list[Cell], table: pd.DataFrame, root:
     keys = [k for k, _ in cells[0].point]
     labels = _labels(cells)
     shown = sweep_metrics(table)
-    index = ["sequence", *keys, "method"]
-    main = table[table["metric"].isin(shown)]
-    rows = []  # ((sequence, *grid values, method), {metric: (mean, std, n)})
-    for group, frame in main.groupby(index, sort=False, dropna=False):
-        cells_of = {r.metric: (r.mean, r.std, int(r.n)) for r in frame.itertuples(index=False)}
-        rows.append((group, cells_of))
+    rows = sweep_rows(table, keys)  # ((sequence, *grid values, method), {metric: (mean, std, n)})
     counts = {n for _, c in rows for mean, _, n in c.values() if n and mean == mean}
     one_n = len(counts) <= 1  # every cell over the same seeds: n once, in the heading
-    headers = [*index] + ([] if one_n else ["n"]) + [
-        LABELS.get(m) or "Δ " + m.split(":", 1)[1].removeprefix("probe:") for m in shown]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    md = Table(["sequence", *keys, "method", *([] if one_n else ["n"]), *map(label, shown)], [])
     for (sequence, *point, method), values in rows:
         n_row = max((n for mean, _, n in values.values() if n and mean == mean), default=0)
         texts = []
         for metric in shown:
             mean, std, n = values.get(metric, (float("nan"), float("nan"), 0))
-            text = _fmt(mean, std, n, sign=metric == "bwt" or metric.startswith("concept_delta:"))
+            text = mean_std(mean, std, n, sign=signed(metric))
             texts.append(f"{text} (n={n})" if 0 < n != n_row and mean == mean else text)
         name = labels.get((sequence, *point, method), method)
-        lines.append("| " + " | ".join([str(sequence), *map(_value, point), name, *([] if one_n else [str(n_row)]),
-                                        *texts]) + " |")
+        md.rows.append([str(sequence), *map(grid_value, point), name, *([] if one_n else [str(n_row)]), *texts])
     n = next(iter(counts), 0)
     over = (f"Mean ± std over {n} seeds" if n > 1 else "One seed") if one_n else \
         "Mean ± std over the row's n seeds ((n=k): a cell over k seeds)"
@@ -107,7 +99,7 @@ def write_summary(spec: SweepFile, cells: list[Cell], table: pd.DataFrame, root:
         if why is not None:
             print(f"warning: {root}: no figure for {key}: {why}", file=sys.stderr)
             notes.append(f"No figure for `{key}`: {why}.")
-    files["sweep.md"] = f"# {spec.name}\n\n" + "\n\n".join(notes) + "\n\n" + "\n".join(lines) + "\n"
+    files["sweep.md"] = f"# {spec.name}\n\n" + "\n\n".join(notes) + "\n\n" + md.markdown()
     outputs.write(root, files, latex=latex, formats=formats, before=before, tracked=_ours)
     return root / "sweep.csv"
 
