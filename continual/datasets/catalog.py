@@ -316,6 +316,22 @@ def resolve_classes(classes: list[int | str] | None, class_names: list[str], *, 
     return resolved
 
 
+def check_two_classes(spec, path: Path | None, names: list) -> None:
+    """A task or probe of one class scores 1.0 whatever the model does: refuse it, whatever the source, with
+    DataError. `spec`: its DataSpec; `path`: its image folder (imagefolder), else None; `names`: the classes it
+    selects (names, or as the file gives them where the names are not known). `continual validate` checks it
+    where the class names are known without reading the files, a run once it has read them (datasets/tasks.py)."""
+    if len(names) >= 2:
+        return
+    if spec.classes is not None:
+        key, one, where = "classes", spec.classes[0], ""  # as the file spells it
+    else:
+        key, one = ("path" if path is not None else "dataset"), (names[0] if names else None)
+        where = f" ({path} has one class folder)" if path is not None else f" ({spec.dataset} has no other)"
+    raise DataError(key, f"one class ({one!r}){where}: a task or probe needs at least 2 classes "
+                         "(accuracy over one class is always 1.0)")
+
+
 def files_present(dataset: str, *, data_root: Path) -> bool | None:
     """Whether the dataset's files are on this machine (None: depends on the spec's path)."""
     check = info(dataset).files_present

@@ -19,7 +19,7 @@ import torch
 
 from continual import seeds
 from continual.datasets import store
-from continual.datasets.catalog import DataError, info, resolve_classes
+from continual.datasets.catalog import DataError, check_two_classes, info, resolve_classes
 from continual.datasets.source import Images, Pool, Source, array_images, random_split
 
 
@@ -87,7 +87,7 @@ def load_task(spec, *, image_size: int, data_root: Path, seed: int, download: bo
             train_pool, test_pool = random_split(source.whole, train=split.random, seed=split.seed)
             source = Source(source.class_names, train_pool, test_pool, whole=source.whole)
         chosen = resolve_classes(spec.classes, source.class_names, dataset=spec.dataset)
-        _check_two_classes(spec, path, [source.class_names[c] for c in chosen])
+        check_two_classes(spec, path, [source.class_names[c] for c in chosen])
         where = _Where(spec.dataset, path if path is not None else data_root / spec.dataset, data_root)
         train, test = (_select(pool, chosen, cap=cap, image_size=image_size, seed=seed, where=where, split=split)
                        for split, pool, cap in [("train", source.train, spec.train_per_class),
@@ -96,20 +96,6 @@ def load_task(spec, *, image_size: int, data_root: Path, seed: int, download: bo
     if (spec.name, key) not in _TASKS:
         _TASKS[(spec.name, key)] = TaskData(spec.name, spec.dataset, *_DECODED[key])
     return _TASKS[(spec.name, key)]
-
-
-def _check_two_classes(spec, path: Path | None, names: list[str]) -> None:
-    """A task or probe of one class scores 1.0 whatever the model does: refuse it, whatever the source.
-    (`continual validate` says the same where the class names are known without reading the files.)"""
-    if len(names) >= 2:
-        return
-    if spec.classes is not None:
-        key, one, where = "classes", spec.classes[0], ""  # as the file spells it
-    else:
-        key, one = ("path" if path is not None else "dataset"), (names[0] if names else None)
-        where = f" ({path} has one class folder)" if path is not None else f" ({spec.dataset} has no other)"
-    raise DataError(key, f"one class ({one!r}){where}: a task or probe needs at least 2 classes "
-                         "(accuracy over one class is always 1.0)")
 
 
 def _path(path) -> Path | None:

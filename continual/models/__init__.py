@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 
+from continual.model_catalog import EFFICIENTNET, FAMILIES, OPEN_CLIP, TIMM
 from continual.models import clip, efficientnet, timm_models
-from continual.models.backbone import EFFICIENTNET, FAMILIES, OPEN_CLIP, TIMM, Backbone, Head, ModelError, TaskModel
+from continual.models.backbone import Backbone, Head, ModelError, TaskModel
 from continual.models.clip import text_tower, zero_shot_head
 
 __all__ = ["Backbone", "Head", "ModelError", "TaskModel", "build_backbone", "text_tower", "zero_shot_head"]

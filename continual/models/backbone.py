@@ -15,11 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EFFICIENTNET = "efficientnet_lite0"
-OPEN_CLIP = "open_clip"
-TIMM = "timm"
-FAMILIES = (EFFICIENTNET, OPEN_CLIP, TIMM)
-
 
 class ModelError(Exception):
     """Bad model spec or checkpoint. `key` is the model-config key at fault ("pretrained", "arch", "family", "head_init"...)."""

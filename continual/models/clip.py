@@ -13,7 +13,10 @@ import torch
 from torch import nn
 
 from continual.files import BadFile, read_json
-from continual.models.backbone import OPEN_CLIP, Backbone, Head, ModelError
+from continual.model_catalog import (HF_HUB, LOCAL_DIR, LOCAL_DIR_CONFIG, OPEN_CLIP, config_file, example_archs,
+                                     local_dir_problem, model_config_problem, non_square, own_weights, patch_misfit,
+                                     untapped_tower)
+from continual.models.backbone import Backbone, Head, ModelError
 from continual.models.weights import as_state_dict, check_state_fits, check_values, one_line, read_checkpoint
 from continual.network import reachable as _reachable  # tests stand in for the network here
 
@@ -73,8 +76,7 @@ class OpenClipVisual(Backbone):
             return ["ln_pre"] + [f"resblocks.{i}" for i in self._vit_ends()]
         if isinstance(self.visual, ModifiedResNet):
             return ["stem"] + [f"layer{i}" for i in range(1, 5)]
-        raise ModelError("arch", "LDIFS taps are defined for ViT and ModifiedResNet towers "
-                                 f"(this open_clip tower is {type(self.visual).__name__})")
+        raise ModelError("arch", untapped_tower(type(self.visual).__name__))
 
     def _forward_taps(self, x: torch.Tensor, wanted: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         from open_clip.transformer import VisionTransformer
@@ -175,10 +177,6 @@ def _check_download_possible(arch: str, tag: str, tag_cfg: dict) -> None:
                                    "or give a local checkpoint file as model.pretrained")
 
 
-LOCAL_DIR = "local-dir:"  # open_clip's own form: a folder with open_clip_config.json and the weights
-HF_HUB = "hf-hub:"  # open_clip's form for a model repo on the Hugging Face hub: hf-hub:<org>/<repo>
-
-
 def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -> Backbone:
     """`arch`: an open_clip architecture name, `local-dir:<folder>` (open_clip_config.json and weights,
     as open_clip and the HF hub save a model), or a model config JSON file (the user's architecture,
@@ -193,7 +191,7 @@ def build(*, arch: str | None, pretrained: str | None, image_size: int | None) -
         arch = _register_config(open_clip, arch)
     known = open_clip.list_models()
     if arch not in known:
-        examples = ", ".join(a for a in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50") if a in known)
+        examples = ", ".join(example_archs(known))
         raise ModelError("arch", f"unknown open_clip architecture {arch!r} (e.g. {examples}, ...)")
 
     kwargs = dict(force_image_size=image_size, pretrained_text=False, weights_only=True)
@@ -257,11 +255,10 @@ def _visual(clip: nn.Module, *, arch: str, embed_dim: int) -> Backbone:
     size = clip.visual.preprocess_cfg["size"]
     height, width = (size, size) if isinstance(size, int) else size
     if height != width:
-        raise ModelError("image_size", f"{arch} expects non-square {height}x{width} input; only square images are supported")
+        raise ModelError("image_size", non_square(arch, height, width))
     patch = getattr(clip.visual, "patch_size", None)
-    if patch is not None and height % patch[0]:
-        # A ViT silently drops the border pixels that do not fill a patch.
-        raise ModelError("image_size", f"{height} is not a multiple of {arch}'s patch size {patch[0]}")
+    if patch is not None and (misfit := patch_misfit(height, arch, patch[0])):
+        raise ModelError("image_size", misfit)
     return OpenClipVisual(clip, arch=arch, embed_dim=embed_dim, image_size=height)
 
 
@@ -274,19 +271,17 @@ def _model_config(path: Path, *, nested: bool) -> dict:
     except OSError as err:
         raise ModelError("arch", f"cannot read the model config {str(path)!r}: {one_line(err)}") from None
     cfg = doc.get("model_cfg") if nested and isinstance(doc, dict) else doc
-    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
-    if missing:
-        where = " under model_cfg" if nested else ""
-        raise ModelError("arch", f"{str(path)!r} is not an open_clip model config: no {', '.join(missing)}{where}")
+    if problem := model_config_problem(cfg, path, nested=nested):
+        raise ModelError("arch", problem)
     return cfg
 
 
 def _register_config(open_clip, text: str) -> str:
     """A user's model config JSON registered with open_clip under its file name (which names it)."""
-    path = Path(text).expanduser()
+    path, nested = config_file(text)
     if not path.is_file():
         raise ModelError("arch", f"model config file not found: {text!r}")
-    _model_config(path, nested=False)
+    _model_config(path, nested=nested)
     open_clip.add_model_config(path)
     return path.stem
 
@@ -294,14 +289,11 @@ def _register_config(open_clip, text: str) -> str:
 def _build_local_dir(open_clip, arch: str, *, pretrained: str | None, image_size: int | None) -> Backbone:
     folder = Path(arch[len(LOCAL_DIR):]).expanduser()
     if pretrained is not None:  # open_clip ignores it with a log line: a run would use other weights than asked
-        raise ModelError("pretrained", f"{arch} holds its own weights; leave pretrained unset")
-    if not (folder / "open_clip_config.json").is_file():
-        raise ModelError("arch", f"{arch}: no open_clip_config.json in {folder} (a local-dir is a folder "
-                                 "saved by open_clip or downloaded from the hub, with its weights)")
-    cfg = _model_config(folder / "open_clip_config.json", nested=True)
-    weights = sorted(p.name for ext in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(ext))
-    if not weights:  # open_clip would only warn and build random weights
-        raise ModelError("arch", f"{arch}: no weights (.safetensors, .bin or .pth) in {folder}")
+        raise ModelError("pretrained", own_weights(arch))
+    if problem := local_dir_problem(arch):  # its config file or its weights missing
+        raise ModelError("arch", problem)
+    path, nested = config_file(arch)
+    cfg = _model_config(path, nested=nested)
     try:
         clip = open_clip.create_model(f"{LOCAL_DIR}{folder}", force_image_size=image_size, pretrained_text=False,
                                       weights_only=True)
@@ -319,13 +311,13 @@ def _build_hf_hub(open_clip, arch: str, *, pretrained: str | None, image_size: i
 
     repo = arch[len(HF_HUB):]
     if pretrained is not None:  # open_clip ignores it: a run would use other weights than asked
-        raise ModelError("pretrained", f"{arch} holds its own weights; leave pretrained unset")
+        raise ModelError("pretrained", own_weights(arch))
     try:
         folder = snapshot_download(repo, local_files_only=True,
-                                   allow_patterns=["open_clip_config.json", "*.safetensors", "*.bin"])
+                                   allow_patterns=[LOCAL_DIR_CONFIG, "*.safetensors", "*.bin"])
     except Exception:  # not cached (huggingface_hub raises LocalEntryNotFoundError, or a ValueError on a bad id)
         folder = None
-    if folder is not None and (Path(folder) / "open_clip_config.json").is_file():
+    if folder is not None and (Path(folder) / LOCAL_DIR_CONFIG).is_file():
         return _build_local_dir(open_clip, f"{LOCAL_DIR}{folder}", pretrained=None, image_size=image_size)
     why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
            else None if _reachable(constants.ENDPOINT) else f"{constants.ENDPOINT} cannot be reached from this machine")

@@ -13,7 +13,8 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from continual.models.backbone import EFFICIENTNET, Backbone, ModelError
+from continual.model_catalog import EFFICIENTNET
+from continual.models.backbone import Backbone, ModelError
 from continual.models.weights import check_state_fits, check_values, load_state_file
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from continual.models.backbone import TIMM, Backbone, ModelError
+from continual.model_catalog import TIMM, patch_misfit
+from continual.models.backbone import Backbone, ModelError
 from continual.models.weights import check_state_fits, load_state_file, one_line
 
 
@@ -145,10 +146,10 @@ def _check_input_size(net: nn.Module, *, arch: str, size: int) -> None:
 
     embed = getattr(net, "patch_embed", None)
     patch = getattr(embed, "patch_size", None)
-    if (isinstance(patch, (tuple, list)) and patch and isinstance(patch[0], int) and size % patch[0]
+    if (isinstance(patch, (tuple, list)) and patch and isinstance(patch[0], int)
             and not getattr(embed, "dynamic_img_pad", False)):
-        # A ViT silently drops the border pixels that do not fill a patch (as models/clip.py refuses them).
-        raise ModelError("image_size", f"{size} is not a multiple of timm {arch}'s patch size {patch[0]}")
+        if misfit := patch_misfit(size, f"timm {arch}", patch[0]):
+            raise ModelError("image_size", misfit)
 
     def forward(device: str) -> None:
         state = None

@@ -1,0 +1,84 @@
+"""What models there are, without torch: the families, the forms an open_clip `arch` takes, the architectures
+named as examples, and the rules a model config must meet, with their messages.
+
+Both sides read them here, so that the two never drift: the light checks (`continual validate`, `continual
+list`: config/loading.py, from names and config files only) and the builders (models/, on the model they
+build). Like datasets/catalog.py for datasets; it lives outside models/ because importing that package
+loads torch.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Literal
+
+Family = Literal["efficientnet_lite0", "open_clip", "timm"]  # the YAML's model.family
+FAMILIES = typing.get_args(Family)
+EFFICIENTNET, OPEN_CLIP, TIMM = FAMILIES
+
+# open_clip's own forms of a model the user brings, besides an architecture name and a model config JSON file.
+LOCAL_DIR = "local-dir:"  # a folder saved by open_clip or the hub: open_clip_config.json and the weights
+HF_HUB = "hf-hub:"  # a model repo on the Hugging Face hub: hf-hub:<org>/<repo>
+LOCAL_DIR_CONFIG = "open_clip_config.json"  # a local-dir's model config, under "model_cfg"
+LOCAL_DIR_WEIGHTS = ("*.safetensors", "*.bin", "*.pth")  # none: open_clip would warn and build random weights
+
+# open_clip architectures a message names as examples (an unknown arch; `continual list`, and the tags
+# `continual list --pretrained` shows): OpenAI CLIP's ViT-B/32, B/16, L/14 and ResNet-50.
+EXAMPLE_ARCHS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50")
+
+
+def example_archs(known) -> list[str]:
+    """The example architectures among `known` (the names this open_clip knows), in EXAMPLE_ARCHS order."""
+    return [arch for arch in EXAMPLE_ARCHS if arch in known]
+
+
+def own_weights(arch: str) -> str:
+    """A `local-dir:` or `hf-hub:` arch with a `pretrained` too: open_clip ignores it (a run would use other
+    weights than asked)."""
+    return f"{arch} holds its own weights; leave pretrained unset"
+
+
+def config_file(arch: str) -> tuple[Path, bool]:
+    """The model config file of a `local-dir:` or model config JSON `arch`, and whether the config is nested
+    under "model_cfg" in it (a local-dir's is)."""
+    if arch.startswith(LOCAL_DIR):
+        return Path(arch[len(LOCAL_DIR):]).expanduser() / LOCAL_DIR_CONFIG, True
+    return Path(arch).expanduser(), False
+
+
+def local_dir_problem(arch: str) -> str | None:
+    """What a `local-dir:<folder>` lacks (its model config, its weights), or None. Its config's contents:
+    model_config_problem, once read."""
+    folder = Path(arch[len(LOCAL_DIR):]).expanduser()
+    if not (folder / LOCAL_DIR_CONFIG).is_file():
+        return (f"{arch}: no {LOCAL_DIR_CONFIG} in {folder} (a local-dir is a folder saved by open_clip or "
+                "downloaded from the hub, with its weights)")
+    if not any(next(folder.glob(pattern), None) for pattern in LOCAL_DIR_WEIGHTS):
+        return f"{arch}: no weights (.safetensors, .bin or .pth) in {folder}"
+    return None
+
+
+def model_config_problem(cfg, path: Path, *, nested: bool) -> str | None:
+    """Why `cfg`, read from `path` (under "model_cfg" when `nested`: a local-dir's), is no open_clip model
+    config, or None."""
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        where = " under model_cfg" if nested else ""
+        return f"{str(path)!r} is not an open_clip model config: no {', '.join(missing)}{where}"
+    return None
+
+
+def non_square(arch: str, height: int, width: int) -> str:
+    return f"{arch} expects non-square {height}x{width} input; only square images are supported"
+
+
+def patch_misfit(size: int, arch: str, patch: int) -> str | None:
+    """A ViT tower silently drops the border pixels that do not fill a patch: refused."""
+    return f"{size} is not a multiple of {arch}'s patch size {patch}" if size % patch else None
+
+
+def untapped_tower(tower: str) -> str:
+    """Why an open_clip image tower has no LDIFS taps (the taps of models/clip.py's OpenClipVisual): named by
+    its class, built (OpenClipVisual.tap_names) or read from its config (config/loading.py)."""
+    return f"LDIFS taps are defined for ViT and ModifiedResNet towers (this open_clip tower is {tower})"
