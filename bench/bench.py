@@ -92,7 +92,7 @@ def bare_loop(model: TaskModel, task: TaskData, training, device: torch.device) 
 
 def method_step(name: str, options: dict, model: TaskModel, task: TaskData, trainer: Trainer, pretrained,
                 context: methods.Context | None = None) -> tuple[float, dict]:
-    method = methods.build(methods.METHODS[name].options.model_validate(options), pretrained=pretrained,
+    method = methods.build(methods.METHODS[name].model_validate(options), pretrained=pretrained,
                            context=context)
     stats = method.fit_task(model, task, step=1, trainer=trainer)
     if trainer.device.type == "cuda":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of bench/, in one run that fits the lent device machine's 10-minute command limit:
 #   1. bench/bench.py --gpu: open_clip ViT-B-32 and ViT-B-16 training, evaluation and store rows, and the
-#      methods' step cost (README, "Performance", GPU);
+#      methods' step cost (docs/performance.md, GPU);
 #   2. bench/mtil.py at MTIL_SCALE (default 0.02: 20 steps of 64 a task, ~8k synthetic images plus ImageNet's
 #      1000 classes for zscl), ViT-B-16 at 224 px, every method of sequences/mtil-order-1.yaml.
 # Each part has its own time limit (BENCH_LIMIT, MTIL_LIMIT seconds), so one that runs long still leaves the

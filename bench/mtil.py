@@ -61,7 +61,7 @@ SIZES = {
     "imagenet": (1_000, None, None, 256),  # zscl's reference: the file's train_per_class / test_per_class
 }
 TINY = "tiny"
-# A CLIP small enough for a CPU (tests/conftest.py's TINY_CLIP_CONFIG): width 32, 4 blocks, 32 px; the text
+# A CLIP small enough for a CPU (tests/helpers.py's TINY_CLIP_CONFIG): width 32, 4 blocks, 32 px; the text
 # tower keeps the real BPE vocabulary so the tokenizer's ids are valid embeddings.
 TINY_CLIP_CONFIG = {
     "embed_dim": 16,

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                            "slurm, ray), each one `continual run`, skipping those done; `continual sweep status "
                            "SWEEP.yaml` shows where each stands, `continual sweep report SWEEP.yaml` aggregates "
                            "those done")
-    sweep.add_argument("words", nargs="+", metavar="[status|report] SWEEP", help="a sweep YAML file (see README, Sweeps)")
+    sweep.add_argument("words", nargs="+", metavar="[status|report] SWEEP", help="a sweep YAML file (see docs/sweeps.md)")
     sweep.add_argument("--out", type=Path, help="output root (default: the sweep file's `out`, next to it)")
     sweep.add_argument("--jobs", type=int, help="local backend: cells at once (default: one per visible GPU, else 1)")
     sweep.add_argument("--no-wait", action="store_true", help="slurm backend: return once the job array is submitted")
@@ -220,7 +220,10 @@ def _run_sequence(args: argparse.Namespace) -> int:
     if methods is not None and len(set(methods)) < len(methods):
         raise ConfigError("--methods", [(m, "listed twice") for m in dict.fromkeys(methods) if methods.count(m) > 1])
 
-    from continual.run_folder import DiskFull, RunExists, RunFolder, RunLocked, check_output
+    from continual.files import DiskFull
+    from continual.out_folder import check_output
+    from continual.run_folder import RunExists, RunFolder
+    from continual.run_lock import RunLocked
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # under torchrun, rank 0 says it (runner.run_sequence)
         try:  # before importing torch (seconds): an --out that cannot be used, or that holds a run, is said at once
@@ -235,7 +238,7 @@ def _run_sequence(args: argparse.Namespace) -> int:
 
     from continual.checkpoints import CheckpointError
     from continual.report import LiveReport
-    from continual.run_folder import InTheWay
+    from continual.files import InTheWay
     from continual.runner import MethodsFailed, run_sequence  # torch-heavy: only when running
 
     try:
@@ -327,7 +330,7 @@ def _report(args: argparse.Namespace) -> int:
     from continual.report import ReportError, write_report
     from continual.report.outputs import recorded
     from continual.report.tables import UnknownMethods
-    from continual.run_folder import DiskFull, InTheWay
+    from continual.files import DiskFull, InTheWay
 
     formats = None if args.formats is None else () if args.formats == "none" else _figure_formats(args.formats)
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -428,6 +431,7 @@ def _list(*, pretrained: bool = False, data_root: Path = Path(DEFAULT_DATA_ROOT)
     from continual.datasets import DATASETS, files_present
     from continual.datasets.catalog import package_dir
     from continual.methods import METHODS, NEEDS
+    from continual.model_catalog import example_archs
 
     root = data_root
     which = "the default data_root" if root == Path(DEFAULT_DATA_ROOT).expanduser() else "data_root"
@@ -443,7 +447,7 @@ def _list(*, pretrained: bool = False, data_root: Path = Path(DEFAULT_DATA_ROOT)
     else:
         configs = package / "model_configs"
         archs = sorted(p.stem for p in configs.glob("*.json"))
-        common = [a for a in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50") if a in archs]
+        common = example_archs(archs)
         print(f"  open_clip           {len(archs)} architectures, e.g. {', '.join(common)}; pretrained tags need a "
               "download" + ("" if pretrained else " (continual list --pretrained names them)"))
         if pretrained:
@@ -456,12 +460,12 @@ def _list(*, pretrained: bool = False, data_root: Path = Path(DEFAULT_DATA_ROOT)
         print("  timm                any timm architecture (arch: resnet50, convnext_tiny, ...), weights from a "
               "local file or random")
     print("methods:")
-    for name, info in METHODS.items():
-        fields = {k: f for k, f in info.options.model_fields.items() if k not in ("name", "label")}
+    for name, options in METHODS.items():
+        fields = {k: f for k, f in options.model_fields.items() if k not in ("name", "label")}
         defaults = ", ".join(f"{f.alias or k}=" + ("(required)" if f.is_required() else f"{f.default}")
                              for k, f in fields.items())
-        needs = f" (needs {', '.join(info.needs)})" if info.needs else ""
-        print(f"  {name:<10} {defaults or '(no options)'}  {info.summary}{needs}")
+        needs = f" (needs {', '.join(options.NEEDS)})" if options.NEEDS else ""
+        print(f"  {name:<10} {defaults or '(no options)'}  {options.SUMMARY}{needs}")
     for need, what in NEEDS.items():
         print(f"  needs {need}: {what}")
     return 0

@@ -2,7 +2,7 @@
 
 torchrun starts N copies of the command; each is a rank, told by its environment (WORLD_SIZE > 1, RANK,
 LOCAL_RANK). Together they make one run, trained with DistributedDataParallel, whose numbers are those of
-one process with the same `training.batch_size` (README, "Several GPUs in one run"):
+one process with the same `training.batch_size` (docs/gpus.md, "Several GPUs in one run"):
 
 - each rank uses cuda:LOCAL_RANK with NCCL, or the CPU with gloo (`start`);
 - every rank draws the same shuffled order (the runner seeds each step alike everywhere) and trains on its

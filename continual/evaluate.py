@@ -150,7 +150,7 @@ def feature_scale(x: torch.Tensor) -> torch.Tensor:
     every MNIST image in eval mode and 39 more barely vary; in training mode drop-connect moves them by up
     to 0.5 and BatchNorm's batch statistics (training.batchnorm: train) by 0.6 on average, which such
     weights turned into logits in the hundreds. Under the floor their weights are penalised in the units of
-    every other feature's. Probe accuracy measured with it: README, "When a task ends below its start"."""
+    every other feature's. Probe accuracy measured with it: docs/learned-worse.md."""
     spread = x.std(0)
     return spread.clamp_min(float(spread.pow(2).mean().sqrt().clamp_min(1e-12)))
 

@@ -24,9 +24,11 @@ from continual.datasets import DataError, prompts
 from continual.datasets.tasks import TaskData, load_task
 from continual.evaluate import Evaluation, auto_eval_batch, evaluate
 from continual.methods import METHODS, NEEDS
+from continual.methods.contract import Method
 from continual.models import Backbone, Head, TaskModel
 from continual.monitor import Events
-from continual.run_folder import METRICS, RunFolder, check_output
+from continual.out_folder import check_output
+from continual.run_folder import METRICS, RunFolder
 from continual.train import Trainer, use_bf16, use_compile
 
 # Called after each step's files are written: (method, step, number of steps). The CLI and
@@ -120,15 +122,15 @@ def check_needs(seq: Sequence, names: list[str], backbone: Backbone, *, source: 
         options = seq.method(name)
         method = options.name
         unmet = []
-        for need in METHODS[method].needs:
+        for need in METHODS[method].NEEDS:
             try:
                 MEETS[need](backbone)
             except models.ModelError as err:
                 unmet.append((key, f"{method} needs {NEEDS[need]}: {err.message}"))
         problems += unmet
-        check = getattr(methods.implementation(method), "problems", None)  # options that name parts of the model
-        if check is not None and not unmet:
-            problems += [(f"{key}.{method}.{option}", message) for option, message in check(options, backbone)]
+        if not unmet:  # options that name parts of the model (contract.Method.problems)
+            problems += [(f"{key}.{method}.{option}", message)
+                         for option, message in methods.implementation(method).problems(options, backbone)]
     if problems:
         raise ConfigError(source, problems)
 
@@ -169,7 +171,7 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
         check_output(Path(out), seq.name)  # before loading anything: a folder we cannot write is said at once
         run.check_free(seq.name, resume=resume, overwrite=overwrite)  # and one that holds a run (claim checks again)
         return _run(seq, names, added, run=run, device=resolve_device(seq.training.device, source=source), **how)
-    # torchrun: one run over several ranks (continual/distributed.py; README, "Several GPUs in one run").
+    # torchrun: one run over several ranks (continual/distributed.py; docs/gpus.md, "Several GPUs in one run").
     with distributed.said_once():  # before anything is loaded or written
         refuse_single_process(seq, names, source=source)
         distributed.check_device(seq.training.device, source=source)
@@ -193,7 +195,7 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
     alone writes, and the other ranks wait for it where they need what it wrote)."""
     shared = distributed.active()
     main = distributed.is_main()
-    wanted = {getattr(seq.method(n), "reference", None) for n in names} - {None}
+    wanted = {reference for n in names for reference in seq.method(n).references()}
 
     def load() -> Loaded:
         if main:
@@ -260,12 +262,12 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
 
 def refuse_single_process(seq: Sequence, names: list[str], *, source: str) -> None:
     """Under torchrun, refuse (naming each and why) the methods that cannot be one run over several ranks
-    (methods.MethodInfo.single_process), before anything is loaded."""
+    (their options' DISTRIBUTED), before anything is loaded."""
     listed = [o.key for o in seq.methods]
     problems = []
     for name in names:
         method = seq.method(name).name
-        why = METHODS[method].single_process
+        why = methods.single_process(method)
         if why:
             key = f"methods[{listed.index(name)}]" if name in listed else "--methods"
             problems.append((key, f"{method} cannot run under torchrun ({distributed.world()} ranks): {why}; run it "
@@ -287,8 +289,9 @@ def check_distributed(seq: Sequence, names: list[str], inputs: Loaded, *, device
     # Each rank trains on a share of every batch, so every batch needs an image per rank: the last one of an
     # epoch, shorter when the task's images are not a multiple of batch_size, too.
     sizes = [(f"task {task.name}", len(task.train.labels), seq.task_training(i)) for i, task in enumerate(inputs.tasks)]
-    if any(seq.method(n).name == "joint" for n in names):
-        sizes.append(("joint (every task at once)", sum(n for _, n, _ in sizes), t))
+    once = [n for n in names if seq.method(n).ONCE]  # joint: trains once, on every task together
+    if once:
+        sizes.append((f"{once[0]} (every task at once)", sum(n for _, n, _ in sizes), t))
     for what, n, training in sizes:  # each task's own steps (tasks[i].training); batch_size is the run's
         trainer = Trainer(training, device=torch.device("cpu"))
         smallest = min(t.batch_size, n)
@@ -473,7 +476,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
     if tensorboard and main:  # its optimiser steps and rows go on from the checkpoint's
         trainer.events = Events.for_method(run.method(name), timings=timings, resume=resume,
                                            rows_on_disk=_rows_on_disk(run, name))
-    once = METHODS[seq.method(name).name].once  # joint: trains at the last step only
+    options = seq.method(name)
+    once = options.ONCE  # joint: trains at the last step only
     try:
         # Rewritten from the checkpoint: a kill may have come before the files.
         distributed.on_main(lambda: write(rows, timings))
@@ -496,7 +500,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             began = time.perf_counter()
-            stats = method.fit_task(model, task, step=step, trainer=replace(trainer, training=training))
+            stats = method.fit_task(model, task, step=step, trainer=replace(
+                trainer, training=training, label=f"{options.key} {step}:{task.name}"))
             # The report's costs (report/tables.py COSTS): the whole of fit_task (LDIFS's anchor cache, LP-FT's
             # probe too), where and on how many GPUs, the memory it took, what it trained, with which batch.
             cost = {"task_seconds": time.perf_counter() - began, "device": device.type,
@@ -506,7 +511,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                     "eval_batch_size": inputs.eval_batch}
             began = time.perf_counter()
             # A method that trains the text tower (FLYP) scores probes zero-shot with its own text heads.
-            zero_shot_probes = getattr(method, "zero_shot_probes", None) or start.zero_shot_probes
+            zero_shot_probes = method.zero_shot_probes or start.zero_shot_probes
             result = evaluate(model, tasks, probes, learned=step, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=inputs.eval_batch,
                               device=device, bf16=use_bf16(seq.training, device),
@@ -528,7 +533,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                 if main:
                     warnings.warn(TrainingWarning(_worse_line(name, task.name, rows, cause, step=step,
                                                               where=run.method(name) / METRICS)), stacklevel=2)
-            state = method.state_dict() if hasattr(method, "state_dict") else {}
+            state = method.state_dict()
             timings[-1]["method_state_bytes"] = tensor_bytes(state)  # what it carries to the next task
             distributed.on_main(lambda: keep(step, rows, timings, result, state))
     finally:
@@ -540,17 +545,17 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                 scratch.parent.rmdir()  # `cache/`, once no method uses it
 
 
-def _modules(model: TaskModel, method) -> list[torch.nn.Module]:
+def _modules(model: TaskModel, method: Method) -> list[torch.nn.Module]:
     """The model and the modules a method holds of its own (FLYP's text tower, LDIFS's frozen anchor)."""
-    return [model, *(v for v in vars(method).values() if isinstance(v, torch.nn.Module))]
+    return [model, *method.modules()]
 
 
-def _clear_gradients(model: TaskModel, method) -> None:
+def _clear_gradients(model: TaskModel, method: Method) -> None:
     for module in _modules(model, method):
         module.zero_grad(set_to_none=True)
 
 
-def trained_parameters(model: TaskModel, method) -> int:
+def trained_parameters(model: TaskModel, method: Method) -> int:
     """Elements of the parameters that hold a gradient, in the model and the method's own modules, each once:
     after `_clear_gradients` and fit_task, what the step trained (the backbone and the task's head for
     fine-tuning, LDIFS, EWC; FLYP's text tower too; nothing for frozen), whichever loop trained it."""
@@ -574,7 +579,7 @@ class TrainingWarning(UserWarning):
     """A run that goes on but whose numbers the user should not trust without a look."""
 
 
-# The rule for "training made the task it just learned worse" (README, "When a task ends below its start"):
+# The rule for "training made the task it just learned worse" (docs/learned-worse.md):
 # after step k, task k scores more than WORSE_BY below the accuracy its head had when step k began (the
 # linear probe on the features of step k-1, or the zero-shot or random head), and more than two standard
 # errors of a test-set accuracy, so that a few test images flipping is not called a regression.
@@ -661,7 +666,7 @@ def _complete(run: RunFolder, name: str, *, n_steps: int) -> bool:
         return False
 
 
-def _resume_method(run: RunFolder, *, name: str, model: TaskModel, method, trainer: Trainer, n_steps: int):
+def _resume_method(run: RunFolder, *, name: str, model: TaskModel, method: Method, trainer: Trainer, n_steps: int):
     """Load the newest checkpoint of one method into `model` and `method`; (step, rows, timings, evaluation)
     or None when there is none. A checkpoint that cannot be used is an error, never silently skipped."""
     steps = run.checkpoint_steps(name)
@@ -674,8 +679,7 @@ def _resume_method(run: RunFolder, *, name: str, model: TaskModel, method, train
         raise checkpoints.CheckpointError(path, f"is after step {step}, but the sequence has {n_steps} tasks")
     try:
         checkpoints.load_model(model, state)
-        if hasattr(method, "load_state_dict"):
-            method.load_state_dict(state["method_state"], model=model, trainer=trainer)
+        method.load_state_dict(state["method_state"], model=model, trainer=trainer)
         future_heads = checkpoints.build_heads(state["future_heads"], device=next(model.parameters()).device)
     except (KeyError, RuntimeError, ValueError) as err:
         raise checkpoints.CheckpointError(path, f"does not fit this run's model or method "

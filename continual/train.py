@@ -1,4 +1,11 @@
-"""The one training loop. A method supplies named loss terms; this loop sums, steps and logs them."""
+"""The one training loop. A method supplies named loss terms; this loop sums, steps and logs them.
+
+Every piece of a training step is written here once: the task's plan of steps and passes
+(`Trainer.plan`), the optimiser and schedule, autocast, the label-smoothed cross-entropy, the update
+(`Trainer.update`: clipping, the optimiser's and the schedule's steps, the images/s and lr points) and
+the loss log (`LossLog`: device-side sums, the first batch's terms, the bar and the reads every
+`log_every` steps). `Trainer.fit` is the loop; Avalanche's template (methods/avalanche.py), which must
+keep its own loop and plugins, calls the same pieces."""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import torch.nn.functional as F
 from continual import distributed, progress
 from continual.augment import augment
 from continual.augment import generator as augmentation_generator
+from continual.config.schema import TrainingConfig
 from continual.datasets.tasks import TaskData
 from continual.models import TaskModel
 from continual.monitor import Events, Reporter
@@ -55,21 +63,19 @@ class FitStats:
     extra: dict = field(default_factory=dict)  # method-specific facts worth recording (e.g. buffer size)
 
 
-def use_bf16(training, device: torch.device) -> bool:
+def use_bf16(training: TrainingConfig, device: torch.device) -> bool:
     """`precision` resolved: auto means bf16 on CUDA and fp32 on CPU."""
-    precision = getattr(training, "precision", "fp32")
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return training.precision == "bf16" or (training.precision == "auto" and device.type == "cuda")
 
 
-def use_compile(training, device: torch.device) -> bool:
+def use_compile(training: TrainingConfig, device: torch.device) -> bool:
     """`compile` resolved: true, else off (auto: off until measured faster on a GPU; schema.py says why)."""
-    return getattr(training, "compile", False) is True
+    return training.compile is True
 
 
-def use_fused(training, device: torch.device) -> bool:
+def use_fused(training: TrainingConfig, device: torch.device) -> bool:
     """`fused` resolved: auto means fused on CUDA (measured faster there; schema.py), torch's default elsewhere."""
-    fused = getattr(training, "fused", False)
-    return fused is True or (fused == "auto" and device.type == "cuda")
+    return training.fused is True or (training.fused == "auto" and device.type == "cuda")
 
 
 def epoch_means(sums: dict[str, torch.Tensor], *, steps: int, task: str) -> dict[str, float]:
@@ -81,17 +87,50 @@ def epoch_means(sums: dict[str, torch.Tensor], *, steps: int, task: str) -> dict
     return losses
 
 
+class LossLog:
+    """What a training loop logs, alike in both loops: each loss term summed over the pass on the device (no
+    sync per step), the first step's terms, the progress bar, and the Reporter's reads of the sums (bar and
+    TensorBoard) every `log_every` steps and at a pass's end. `scale`: under torchrun, rank 0's share of each
+    batch read as if it were the whole batch."""
+
+    def __init__(self, trainer: Trainer, total: int, label: str, *, scale: float = 1):
+        self.bar = progress.bar(total, label, enabled=trainer.progress, unit="step", leave=True)
+        self.report = Reporter(self.bar, show=trainer.progress, events=trainer.events, scale=scale)
+        self.every = trainer.log_every
+        self.sums: dict[str, torch.Tensor] = {}
+        self.first: dict[str, torch.Tensor] = {}
+
+    def new_pass(self) -> None:
+        self.sums = {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for k, v in terms.items():  # accumulate on device: no sync per step
+            self.sums[k] = self.sums.get(k, 0) + v.detach()
+        if not self.first:
+            self.first = {k: v.detach() for k, v in terms.items()}
+
+    def stepped(self, count: int, *, last: bool, **postfix: str) -> None:
+        """After the `count`-th step of the pass (`last`: the pass's last)."""
+        self.bar.update(1)
+        if self.report.reads and (count % self.every == 0 or last):
+            self.report.read(self.sums, count=count, **postfix)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @dataclass
 class Trainer:
     """Settings shared by every method: optimiser, schedule, epochs, batch size, device, progress bar."""
 
-    training: object  # config.TrainingConfig (duck-typed, so this module needs no config import)
+    training: TrainingConfig  # the task's own (tasks[i].training over the sequence's), set by the runner per task
     device: torch.device
     progress: bool = True
     log_every: int = 10  # progress bar and TensorBoard points: reading a loss syncs the device, so not every step
     scratch: Path | None = None  # where a method may keep large files it can recompute (LDIFS's anchor cache)
     events: Events | None = None  # the method's TensorBoard scalars (continual/monitor.py); None: none written
     eval_batch_size: int = 64  # training.eval_batch_size resolved for the run (runner.resolve_eval_batch)
+    label: str = ""  # the progress bar's, e.g. "ldifs-100 2:cifar10" (the method's key, the step, the task); set by the runner
 
     @property
     def autocast(self) -> torch.autocast:
@@ -167,17 +206,38 @@ class Trainer:
     def steps_per_epoch(self, n: int) -> int:
         return math.ceil(n / self.training.batch_size)
 
-    def total_steps(self, n: int) -> int:
-        """Optimiser steps on a task of `n` training images: `steps_per_task`, else `epochs` full passes."""
-        steps = getattr(self.training, "steps_per_task", None)
-        return steps if steps is not None else self.training.epochs * self.steps_per_epoch(n)
+    def plan(self, per_epoch: int) -> tuple[int, int]:
+        """(optimiser steps, passes) of a task whose pass is `per_epoch` batches: `steps_per_task` steps, the
+        passes repeating until then and the last cut short, else `epochs` full passes."""
+        steps = self.training.steps_per_task
+        if steps is None:
+            return self.training.epochs * per_epoch, self.training.epochs
+        return steps, math.ceil(steps / per_epoch)
 
-    def fit(self, model: TaskModel, task: TaskData, *, loss_terms: LossTerms, label: str = "",
+    def total_steps(self, n: int) -> int:
+        """Optimiser steps on a task of `n` training images."""
+        return self.plan(self.steps_per_epoch(n))[0]
+
+    def cross_entropy(self) -> torch.nn.CrossEntropyLoss:
+        """The task's `ce` as a criterion (for a loop that takes one): label-smoothed as Batch.ce is."""
+        return torch.nn.CrossEntropyLoss(label_smoothing=self.training.label_smoothing)
+
+    def update(self, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+               params: list[torch.nn.Parameter], log: LossLog, *, images: int) -> None:
+        """The end of every optimiser step, once the gradients are in: clipping, the optimiser's step, the
+        step's images and lr for images/s and TensorBoard (before the schedule moves it), the schedule's step."""
+        if self.training.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.training.grad_clip)
+        optimizer.step()
+        log.report.stepped(images=images, lr=optimizer.param_groups[0]["lr"])
+        schedule.step()
+
+    def fit(self, model: TaskModel, task: TaskData, *, loss_terms: LossTerms, label: str | None = None,
             extra_parameters: list[torch.nn.Parameter] = (), after_step: Callable[[int], None] | None = None,
             ) -> FitStats:
         """Train `model` on `task` for the configured epochs with `loss_terms`; `extra_parameters` train
         too (a method's own modules: FLYP's text tower); `after_step(i)` runs after the i-th optimiser step
-        (1-based; ZSCL's weight ensemble). Shuffling and dropout draw from torch's global RNG, which the
+        (1-based; ZSCL's weight ensemble); `label` the progress bar's, else the trainer's. Shuffling and dropout draw from torch's global RNG, which the
         runner seeds per step; augmentation from a generator seeded by it.
 
         Under torchrun (distributed.active()) every rank draws the same order and trains on its share of
@@ -191,8 +251,7 @@ class Trainer:
         labels = (task.train.labels + model.label_offset(task.name)).to(self.device)
         n = len(labels)
         per_epoch = self.steps_per_epoch(n)
-        total = self.total_steps(n)
-        epochs = math.ceil(total / per_epoch)  # the last one cut short when steps_per_task is not a multiple
+        total, epochs = self.plan(per_epoch)  # the last pass cut short when steps_per_task is not a multiple
         params = self.trainable_parameters(model, task.name) + [p for p in extra_parameters if p.requires_grad]
         optimizer = self.make_optimizer(params)
         schedule = self.make_schedule(optimizer, total)
@@ -200,17 +259,13 @@ class Trainer:
         shared = distributed.active()
         step = _distributed_step(model, loss_terms, params) if shared else None
         start = time.perf_counter()
-        bar = progress.bar(total, label or task.name, enabled=self.progress, unit="step", leave=True)
-        # scale: under torchrun, rank 0's share of each batch read as if it were the whole batch
-        report = Reporter(bar, show=self.progress, events=self.events, scale=distributed.world() if shared else 1)
-        sums: dict[str, torch.Tensor] = {}
-        first: dict[str, torch.Tensor] = {}
+        log = LossLog(self, total, label or self.label or task.name, scale=distributed.world() if shared else 1)
         first_ce: dict[str, torch.Tensor] = {}
-        draws = augmentation_generator(getattr(t, "augment", "none"))  # None (and nothing drawn) for none
+        draws = augmentation_generator(t.augment)  # None (and nothing drawn) for none
         # training.compile: the backbone's forward compiled for this task's steps only (Backbone.compiled).
         with model.backbone.compiled(use_compile(t, self.device)):
             for epoch in range(epochs):
-                sums = {}
+                log.new_pass()
                 steps = min(per_epoch, total - epoch * per_epoch)
                 order = torch.randperm(n)
                 if self.device.type == "cuda":  # pinned: slices of it reach the GPU without a sync (LDIFS cache)
@@ -229,7 +284,7 @@ class Trainer:
                              else augment(x, t.augment, draws))
                     x = model.backbone.preprocess(x)
                     batch = Batch(x, labels[dev_idx.to(self.device)], idx, task.name,
-                                  label_smoothing=getattr(t, "label_smoothing", 0.0))
+                                  label_smoothing=t.label_smoothing)
                     with _features_of(model.backbone, batch.x, watch=epoch == b == 0) as seen:
                         if shared:
                             with self.autocast, model.backbone.sharing(whole, rows):
@@ -245,21 +300,13 @@ class Trainer:
                         first_ce = self.first_batch_ce(model, batch, seen, weight=weight if shared else 1.0)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    if t.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-                    optimizer.step()
-                    report.stepped(images=trained, lr=optimizer.param_groups[0]["lr"])  # before the schedule moves it
-                    schedule.step()
+                    self.update(optimizer, schedule, params, log, images=trained)
                     if after_step is not None:
                         after_step(epoch * per_epoch + b + 1)
-                    for k, v in terms.items():  # accumulate on device: no sync per step
-                        sums[k] = sums.get(k, 0) + v.detach()
-                    if not first:
-                        first = {k: v.detach() for k, v in terms.items()}
-                    bar.update(1)
-                    if report.reads and ((b + 1) % self.log_every == 0 or b + 1 == steps):
-                        report.read(sums, count=b + 1, epoch=f"{epoch + 1}/{epochs}")
-        bar.close()
+                    log.add(terms)
+                    log.stepped(b + 1, last=b + 1 == steps, epoch=f"{epoch + 1}/{epochs}")
+        log.close()
+        sums, first = log.sums, log.first
         if shared:  # the whole batches' terms: each rank's weighted share, summed over the ranks
             keys, ce = list(sums), list(first_ce)
             summed = distributed.all_sum([float(sums[k]) for k in keys] + [float(first[k]) for k in keys]

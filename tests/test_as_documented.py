@@ -2,7 +2,6 @@
 finished methods, config.yaml records what ran, names that torch reserves work, and a task that training
 made worse is said in the log and marked in the report."""
 
-import dataclasses
 import json
 import shutil
 
@@ -11,21 +10,17 @@ import torch
 import yaml
 
 from continual.cli import main
-from continual.methods import METHODS
+from continual.methods import CLASSES, METHODS
 from continual.methods.finetune import Finetune
 from continual.runner import learned_worse
+from helpers import digits, tiny_sequence
 
-SEQ = {
-    "name": "tiny",
-    "model": {"family": "efficientnet_lite0", "image_size": 32},
+SEQ = tiny_sequence(
     # `train` and `keys` are attributes of torch's ModuleDict, which holds the heads: it refuses them as keys
-    "tasks": [{"name": "train", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 5},
-              {"name": "keys", "dataset": "digits", "classes": [8, 9], "train_per_class": 8, "test_per_class": 5}],
-    "training": {"batch_size": 8, "lr": 1.0e-4},
-    "methods": ["finetune"],
-    "download": False,
-    "keep_checkpoints": 0,  # as README's advice to delete checkpoints/ after a run leaves it
-}
+    tasks=[digits("train", [0, 1], test=5), digits("keys", [8, 9], test=5)],
+    training={"batch_size": 8, "lr": 1.0e-4},
+    keep_checkpoints=0,  # as README's advice to delete checkpoints/ after a run leaves it
+)
 
 
 def write_seq(tmp_path, **changes):
@@ -45,7 +40,7 @@ def test_resume_never_retrains_a_finished_method_and_config_records_what_ran(tmp
     folder = out / "tiny"
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert [next(iter(m)) for m in config["methods"]] == ["finetune", "ewc"]
-    assert config["methods"][1]["ewc"] == METHODS["ewc"].options().settings()
+    assert config["methods"][1]["ewc"] == METHODS["ewc"]().settings()
     assert "| ewc (λ = " in (folder / "summary.md").read_text()  # its row, named as its legend is
     assert not (folder / "checkpoints" / "finetune").exists()  # keep_checkpoints 0: nothing to resume from
     before = snapshot(folder / "finetune") | snapshot(folder / "ewc")
@@ -88,8 +83,7 @@ class ZeroesHead(Finetune):
 
 
 def test_a_task_made_worse_by_training_is_said_and_marked(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(METHODS, "finetune", dataclasses.replace(
-        METHODS["finetune"], implementation=f"{__name__}:{ZeroesHead.__name__}"))
+    monkeypatch.setitem(CLASSES, "finetune", ZeroesHead)
     assert main(["run", str(write_seq(tmp_path)), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     err = capsys.readouterr().err
     folder = tmp_path / "out" / "tiny"

@@ -6,13 +6,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from continual.config.schema import TrainingConfig
 from continual.datasets.tasks import Split, TaskData
 from continual.methods.ldifs import LDIFS, AnchorCache, FrozenBackbone, feature_distance
 from continual.methods.options import LDIFSOptions
 from continual.models import Head, TaskModel, build_backbone
 from continual.train import Batch, Trainer
 
-TRAINING = SimpleNamespace(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=0,
+TRAINING = TrainingConfig(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=0,
                            grad_clip=1.0, batchnorm="frozen", eval_batch_size=64)
 
 
@@ -124,7 +125,7 @@ def test_cache_is_built_once_per_task_and_follows_the_anchor(backbone, monkeypat
     builds = []
     build = AnchorCache.build.__func__
     monkeypatch.setattr(AnchorCache, "build", classmethod(lambda cls, *a, **k: builds.append(1) or build(cls, *a, **k)))
-    two_epochs = SimpleNamespace(**{**vars(TRAINING), "epochs": 2})  # 2 visits an image: cache: auto caches
+    two_epochs = TRAINING.model_copy(update={"epochs": 2})  # 2 visits an image: cache: auto caches
     trainer = Trainer(two_epochs, device=torch.device("cpu"), progress=False)
     task = tiny_task()
     model, method = make(backbone)  # anchor: pretrained -> the same taps for the same images
@@ -141,10 +142,10 @@ def test_a_disk_cache_on_a_full_disk_is_disk_full_not_a_crash(backbone, monkeypa
     """The taps' memory-mapped files are allocated up front: on a full disk their lazily written pages
     would kill the process with SIGBUS in the middle of a step. (The plan refuses a cache larger than the
     free space before this, test_ldifs_cache_rule.py; here the disk fills between the two.)"""
-    from test_faults import fill, small_tmpfs
+    from helpers import fill, small_tmpfs
 
     from continual.methods import ldifs
-    from continual.run_folder import DiskFull
+    from continual.files import DiskFull
 
     monkeypatch.setattr(ldifs, "free_disk", lambda folder: 10**12)
     with small_tmpfs(1) as disk:

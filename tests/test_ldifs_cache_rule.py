@@ -8,23 +8,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from continual.config.schema import TrainingConfig
 from continual.datasets.tasks import Split, TaskData
 from continual.methods import ldifs
 from continual.methods.ldifs import LDIFS, PAYS_FROM, CacheTooLarge, plan_cache
 from continual.methods.options import LDIFSOptions
 from continual.models import Head, TaskModel, build_backbone
-from continual.run_folder import DiskFull
+from continual.files import DiskFull
 from continual.train import Trainer
 
 GB = 10**9
-# A ViT-B/16's five taps at 224 px: (197 tokens, 768 wide) each (README, "How LDIFS is computed").
+# A ViT-B/16's five taps at 224 px: (197 tokens, 768 wide) each (docs/methods/ldifs.md, "How LDIFS is computed").
 VIT_B16 = 5 * 197 * 768
 
 
 def training(**changes):
-    base = dict(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=0, grad_clip=1.0,
+    base = dict(batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=0, grad_clip=1.0,
                 batchnorm="frozen", eval_batch_size=64)
-    return SimpleNamespace(**{**base, **changes})
+    return TrainingConfig(**{**base, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def fit(backbone, options, train, scratch=None):
     model = TaskModel(copy.deepcopy(backbone), freeze_batchnorm=True)
     model.heads["t"] = Head(backbone.feature_dim, 2, normalize=False)
     method = LDIFS(options, pretrained=backbone)
-    trainer = Trainer(train, device=torch.device("cpu"), progress=False, scratch=scratch)
+    trainer = Trainer(train, device=torch.device("cpu"), progress=False, scratch=scratch, label="ldifs 1:t")  # as the runner labels it
     return method, method.fit_task(model, tiny_task(), step=1, trainer=trainer)
 
 

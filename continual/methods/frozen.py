@@ -8,14 +8,11 @@ plasticity floor a method must beat on each task and the probe score it must kee
 from __future__ import annotations
 
 from continual.datasets.tasks import TaskData
-from continual.methods.options import FrozenOptions
-from continual.models import Backbone, TaskModel
+from continual.methods.contract import Method
+from continual.models import TaskModel
 from continual.train import FitStats, Trainer
 
 
-class Frozen:
-    def __init__(self, options: FrozenOptions, *, pretrained: Backbone):
-        self.options = options
-
+class Frozen(Method):
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         return FitStats(steps=0, seconds=0.0, losses={})

@@ -21,14 +21,17 @@ import torch
 from continual.datasets.source import concatenated
 from continual.datasets.tasks import Split, TaskData
 from continual.methods import Context
+from continual.methods.contract import Method
 from continual.methods.options import JointOptions
 from continual.models import Backbone, Head, TaskModel
 from continual.train import Batch, FitStats, Trainer
 
 
-class Joint:
-    def __init__(self, options: JointOptions, *, pretrained: Backbone, context: Context):
-        self.options = options
+class Joint(Method):
+    def __init__(self, options: JointOptions, *, pretrained: Backbone, context: Context | None = None):
+        super().__init__(options, pretrained=pretrained)
+        if context is None:
+            raise ValueError("joint trains on every task of the sequence: build it with context=Context(...)")
         self.tasks = context.tasks
 
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:

@@ -12,21 +12,22 @@ from __future__ import annotations
 import torch
 
 from continual.datasets.tasks import TaskData
+from continual.methods.contract import Method
 from continual.methods.options import L2SPOptions
 from continual.models import Backbone, TaskModel
 from continual.train import Batch, FitStats, Trainer
 
 
-class L2SP:
-    def __init__(self, options: L2SPOptions, *, pretrained: Backbone):
-        self.options = options
+class L2SP(Method):
+    def __init__(self, options: L2SPOptions, *, pretrained: Backbone, context=None):
+        super().__init__(options, pretrained=pretrained)
         # The starting point, frozen: name -> tensor (moved to the training device on the first task).
         self.start = {name: p.detach().clone() for name, p in pretrained.named_parameters()}
 
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         self.pairs = [(p, self.start[name].to(p.device)) for name, p in model.backbone.named_parameters()
                       if p.requires_grad]
-        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
+        return trainer.fit(model, task, loss_terms=self.loss_terms)
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
         distance = sum((p.float() - p0.float()).pow(2).sum() for p, p0 in self.pairs)

@@ -28,9 +28,10 @@ from torch import nn
 
 from continual import checkpoints, distributed, progress
 from continual.datasets.tasks import TaskData
+from continual.methods.contract import Method
 from continual.methods.options import LDIFSOptions
 from continual.models import Backbone, ModelError, TaskModel
-from continual.run_folder import DiskFull, full_disk
+from continual.files import DiskFull, full_disk
 from continual.train import Batch, FitStats, Trainer
 
 
@@ -108,7 +109,7 @@ DISTANCES = {"per_sample": feature_distance, "paper": paper_distance}
 
 # `cache: auto` builds the anchor cache only where it pays. Building it is one anchor forward per training
 # image (in inference mode, BatchNorm folded); without it the anchor runs once per image a step visits; the
-# cache's lookup is not free either. Break-even, from README's Performance numbers: ViT-B/16 on an H100
+# cache's lookup is not free either. Break-even, from the Performance numbers (docs/performance.md): ViT-B/16 on an H100
 # (build 0.23 ms an image, the anchor per step 0.20 ms a visit, the lookup 0.04 ms) at 1.41 visits per image;
 # EfficientNet-Lite0 on 2 CPU cores (build 1.2 ms, per step 2.0 ms, lookup 0.34 ms) at 0.73. Per device type,
 # a little above each: on a GPU one pass (epochs: 1) runs the anchor per step; on a CPU, where a batched
@@ -361,12 +362,12 @@ def cache_key(anchor: FrozenBackbone, images: torch.Tensor, names: list[str] | N
     return digest.hexdigest()[:16]
 
 
-class LDIFS:
-    def __init__(self, options: LDIFSOptions, *, pretrained: Backbone):
+class LDIFS(Method):
+    def __init__(self, options: LDIFSOptions, *, pretrained: Backbone, context=None):
         problems = self.problems(options, pretrained)
         if problems:
-            raise ValueError("; ".join(f"methods.ldifs.{key}: {message}" for key, message in problems))
-        self.options = options
+            raise ValueError("; ".join(f"methods.{options.key}.{key}: {message}" for key, message in problems))
+        super().__init__(options, pretrained=pretrained)
         # The selected taps in the model's order (the same taps in any order are the same cache), or None: all.
         self.tap_names = None if options.taps is None else [n for n in pretrained.tap_names if n in options.taps]
         self.anchor = FrozenBackbone(pretrained)
@@ -374,9 +375,9 @@ class LDIFS:
         self.cache_plan: CachePlan | None = None  # why the cache is where it is
         self.said_per_step = False
 
-    @staticmethod
-    def problems(options: LDIFSOptions, backbone: Backbone) -> list[tuple[str, str]]:
-        """(options key, message) for each way `options` does not fit this backbone; none: it fits."""
+    @classmethod
+    def problems(cls, options: LDIFSOptions, backbone: Backbone) -> list[tuple[str, str]]:
+        """`taps:` must name taps of this backbone, each once."""
         if options.taps is None:
             return []
         try:
@@ -395,10 +396,10 @@ class LDIFS:
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         if self.options.anchor == "previous" and step > 1:
             self.anchor = FrozenBackbone(model.backbone)
-        label = f"{self.options.key} {step}:{task.name}"
-        augment = getattr(trainer.training, "augment", "none")
-        extra = self.anchor_per_step(augment) if augment != "none" else self.prepare_cache(task, trainer, label=label)
-        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=label)
+        augment = trainer.training.augment
+        extra = (self.anchor_per_step(augment) if augment != "none"
+                 else self.prepare_cache(task, trainer, label=trainer.label))
+        stats = trainer.fit(model, task, loss_terms=self.loss_terms)
         stats.extra.update(extra)
         return stats
 
@@ -451,7 +452,7 @@ class LDIFS:
             return
         where = ("per step, no cache" if plan.where == "off" else
                  f"cached in {'GPU memory' if plan.on_gpu else plan.where}, {_size(plan.estimate)}")
-        print(f"{label}: anchor {where}: {plan.reason}", file=sys.stderr)
+        print((f"{label}: " if label else "") + f"anchor {where}: {plan.reason}", file=sys.stderr)
 
     def drop_cache(self) -> None:
         if self.cache is not None:
@@ -461,13 +462,12 @@ class LDIFS:
     def anchor_per_step(self, augment: str) -> dict:
         """With training.augment, the anchor's taps depend on each batch's draws, so no cache can hold them:
         the anchor runs on every augmented batch (the batch the model sees). Said once, and in metrics.json."""
-        if self.options.cache in ("memory", "disk"):  # load_sequence refuses this; a Sequence built in Python may not
-            raise ValueError(f"methods.ldifs.cache: {self.options.cache} cannot hold the anchor's features with "
-                             f"training.augment: {augment}; use cache: auto (or off)")
+        if why := self.options.cache_refused(augment):  # load_sequence refuses this; a Sequence built in Python may not
+            raise ValueError(f"methods.{self.options.key}.{why}")
         self.drop_cache()
         if not self.said_per_step and distributed.is_main():
-            print(f"ldifs: training.augment is {augment}, so the anchor's features cannot be cached; the frozen "
-                  f"anchor runs on every augmented batch (about 1.3-1.4x a fine-tuning step, README)", file=sys.stderr)
+            print(f"{self.options.key}: training.augment is {augment}, so the anchor's features cannot be cached; the frozen "
+                  f"anchor runs on every augmented batch (about 1.3-1.4x a fine-tuning step, docs/performance.md)", file=sys.stderr)
             self.said_per_step = True
         return {"anchor_cache": "off", "anchor_per_step": f"training.augment: {augment}"}
 

@@ -19,15 +19,12 @@ import torch
 
 from continual.datasets.tasks import TaskData
 from continual.evaluate import extract_features, fit_linear_head
-from continual.methods.options import LPFTOptions
-from continual.models import Backbone, TaskModel
+from continual.methods.contract import Method
+from continual.models import TaskModel
 from continual.train import Batch, FitStats, Trainer, use_bf16
 
 
-class LPFT:
-    def __init__(self, options: LPFTOptions, *, pretrained: Backbone):
-        self.options = options
-
+class LPFT(Method):
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         # The probe draws nothing from the RNG the step was seeded with (its Head's init would), so the
         # fine-tuning that follows shuffles as finetune's does: with head_init linear_probe, update for update.
@@ -38,7 +35,7 @@ class LPFT:
             head = fit_linear_head(features, task.train.labels, len(task.class_names),
                                    normalize=model.backbone.normalize_features)
         model.heads[task.name] = head.to(trainer.device)
-        return trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
+        return trainer.fit(model, task, loss_terms=self.loss_terms)
 
     def loss_terms(self, model: TaskModel, batch: Batch) -> dict[str, torch.Tensor]:
         return {"ce": batch.ce(model(batch.x, batch.task))}

@@ -1,22 +1,41 @@
-"""Each method's options, as the sequence YAML gives them: one strict pydantic class per method.
+"""Each method's options, as the sequence YAML gives them, and what the method declares of itself: one
+strict pydantic class per method.
 
 Only pydantic here, so the schema (and `continual validate`, `continual list`) can check a method's
 options without importing torch or avalanche. `name` is the tag the schema dispatches on: the YAML item
 `- ldifs: {lambda: 10}` becomes LDIFSOptions(name="ldifs", lambda_=10.0), and from there on the typed
 object is what the runner hands to the method (`options.lambda_` from YAML to loss).
+
+Besides its fields, each class declares (the `Options` base says what each means): its one-line SUMMARY,
+where its IMPLEMENTATION is, what it NEEDS of the model, whether it trains ONCE, whether it can run
+DISTRIBUTED, the options that name it in a LEGEND, the `references:` it reads and the PROBLEMS of its
+options in a sequence. The runner, `continual list` and the report read these and name no method; the
+other half of the contract, what a method does, is continual/methods/contract.py.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from continual.config.schema import Sequence
 
 
 # A label names a folder, CSV values and legend entries, as task names do (config/schema.py's DATA_NAME).
 LABEL = r"[A-Za-z0-9][A-Za-z0-9_+-]{0,63}"
 # A method's folder is <run>/<key>, next to the run folder's own (run_folder.py): no key may be one of these.
 RESERVED_KEYS = frozenset({"checkpoints", "cache"})
+
+# Why the methods that cannot run under torchrun cannot (Options.DISTRIBUTED; docs/gpus.md, "Several GPUs in one run").
+AVALANCHE_LOOP = ("Avalanche trains with its own loop and plugins (continual/methods/avalanche.py), which do not "
+                  "support DistributedDataParallel: each rank would train a model of its own")
+BATCH_COUPLED = ("its contrastive loss compares each image with every caption in the batch, so it is not a mean "
+                 "of per-image terms: split over ranks, each image would meet only its own rank's captions")
+UNDECLARED = ("a method runs under torchrun only when its options declare DISTRIBUTED = True (its loss a mean of "
+              "per-image terms, trained by Trainer.fit)")
 
 
 class Options(BaseModel):
@@ -28,6 +47,39 @@ class Options(BaseModel):
     # What this entry is called in the run folder, the tables and the legends: the method's name unless
     # given. The same method twice in one sequence (two λ of LDIFS) needs a label on all but one.
     label: str | None = Field(default=None, pattern=f"^{LABEL}$")
+
+    # ---- What the method declares of itself (class constants: pydantic leaves ClassVars out of the fields) ----
+    # One line for `continual list`.
+    SUMMARY: ClassVar[str] = ""
+    # Its class, "module:Class", imported only when it runs (the Avalanche baselines pull in avalanche-lib, ~9 s).
+    # A plugin hands its class to `methods.register` instead.
+    IMPLEMENTATION: ClassVar[str] = ""
+    # What it needs of the model, keys of methods.NEEDS ("taps", "text"): checked by `validate` from the model's
+    # config and by `run` on the built model, before anything is written, naming the method's entry.
+    NEEDS: ClassVar[tuple[str, ...]] = ()
+    # Trains once, at the last step, on every task together (joint): the runner skips the steps before it,
+    # leaving their rows empty (NaN), and sizes torchrun's batches for the union of the tasks.
+    ONCE: ClassVar[bool] = False
+    # Whether it can be one run over several ranks under torchrun: True, or why not. A method that trains
+    # with Trainer.fit can when each loss term is a mean over the batch of a term per image (cross-entropy,
+    # LDIFS's distances) or the same on every rank (L2-SP's weight distance, ZSCL's distillation on a
+    # reference batch every rank draws alike): the loop weights each rank's share by its size, and DDP's mean
+    # of the ranks' gradients is then the whole batch's gradient. False: it has not said (UNDECLARED).
+    DISTRIBUTED: ClassVar[bool | str] = False
+    # The options that name it in the report's legends, `ldifs (λ = 10)`: (option as YAML names it, format,
+    # shown only when it differs from its default). Any other option shows where two entries differ in it.
+    LEGEND: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+
+    def references(self) -> tuple[str, ...]:
+        """The sequence's `references:` (by name) it reads: only those are loaded (a run without ZSCL needs
+        no ImageNet on disk)."""
+        return ()
+
+    def problems(self, sequence: Sequence) -> list[tuple[str, str]]:
+        """What is wrong with these options in `sequence`, found without torch, as (option, message) pairs,
+        the option as YAML names it (the entry's key path is added by the caller): refused by `validate` and
+        `run` before anything is loaded. (What only the built model can say: contract.Method.problems.)"""
+        return []
 
     @field_validator("label")
     @classmethod
@@ -48,34 +100,63 @@ class Options(BaseModel):
         return raw
 
 
-def item_key(item) -> str | None:
-    """The key of a method item as YAML or config.yaml holds it (`ldifs`, `{ldifs: {label: l100}}`): its
-    label, else its name; None for an item of another shape."""
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict) and len(item) == 1:
-        (name, options), = item.items()
-        label = options.get("label") if isinstance(options, dict) else None
-        return label if isinstance(label, str) else name
-    return None
+@dataclass(frozen=True)
+class MethodItem:
+    """One item of a sequence's `methods:` as written, before validation."""
+
+    index: int  # its place in the list: methods[index]
+    key: str  # its label, else its name: its folder in the run, its column, its legend entry
+    name: str  # the method
+    options: dict  # as written, `label` included; {} for none
+
+
+def method_items(methods) -> list[MethodItem]:
+    """The items of `methods:` as a sequence file or a run's config.yaml holds them, read without validating:
+    `- finetune`, `- ldifs:` (no options), `- {ldifs: {lambda: 10, label: l10}}`. For the readers of a file
+    that a hand, or a version before a key existed, may have left in another shape (the report, a resume,
+    `--set`, the checks that go on past a validation error), whose own messages come from the schema: a
+    `methods` that is not a list holds no item; an item that is neither a name nor a one-key mapping, or
+    whose name is not a string (`- 5: {}`), is skipped; options that are not a mapping count as none; a
+    label that is not a string is no label."""
+    items = []
+    for index, item in enumerate(methods if isinstance(methods, list) else []):
+        if isinstance(item, str):
+            name, options = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            (name, options), = item.items()
+            options = options if isinstance(options, dict) else {}
+        else:
+            continue
+        if isinstance(name, str):
+            label = options.get("label")
+            items.append(MethodItem(index, label if isinstance(label, str) else name, name, options))
+    return items
 
 
 class FinetuneOptions(Options):
     name: Literal["finetune"] = "finetune"
+    SUMMARY = "plain end-to-end fine-tuning: cross-entropy on the current task's head"
+    IMPLEMENTATION = "continual.methods.finetune:Finetune"
+    DISTRIBUTED = True
 
 
 class LDIFSOptions(Options):
     name: Literal["ldifs"] = "ldifs"
+    SUMMARY = "cross-entropy + λ · distance of intermediate features to the frozen pre-trained model"
+    IMPLEMENTATION = "continual.methods.ldifs:LDIFS"
+    NEEDS = ("taps",)
+    DISTRIBUTED = True
+    LEGEND = (("lambda", "λ = {}", False),)
     # The paper's value. On the default sequence λ=100 keeps more (BWT -0.06 against -0.42 at λ=10,
-    # README), so that sequence sets it; per-sample normalisation makes λ mean the same for any tap size.
+    # docs/results.md), so that sequence sets it; per-sample normalisation makes λ mean the same for any tap size.
     lambda_: float = Field(default=10.0, alias="lambda", ge=0)
     # pretrained: the model as loaded before task 1, never refreshed (the paper's definition).
     # previous: re-anchor to the model at the start of each task (what the paper's code does in sequences).
     anchor: Literal["pretrained", "previous"] = "pretrained"
     # The anchor is frozen and the training transform deterministic, so its tap outputs for a task's
     # training images are computed once per task and looked up per batch, instead of a second forward
-    # every step (the paper's code: 1.30-1.41x a fine-tuning step against 1.05-1.07x cached, README).
-    # auto: only where it pays (methods/ldifs.py plan_cache, README): a task whose steps visit each image 1.5
+    # every step (the paper's code: 1.30-1.41x a fine-tuning step against 1.05-1.07x cached, docs/performance.md).
+    # auto: only where it pays (methods/ldifs.py plan_cache, docs/methods/ldifs.md): a task whose steps visit each image 1.5
     # times or more, and taps that fit a quarter of free GPU memory (float16), else a quarter of available
     # RAM (float32), else half the scratch disk (float16); otherwise the anchor runs per step. memory, disk:
     # cache whatever the visits (refused before allocating where it cannot fit at all). off: the paper's way.
@@ -91,18 +172,43 @@ class LDIFSOptions(Options):
     # with the model's list); None = all of them, the paper's five for a ViT.
     taps: list[str] | None = Field(default=None, min_length=1)
 
+    def cache_refused(self, augment: str) -> str | None:
+        """Why `cache` cannot be used with training.augment `augment`, or None. The cache holds the anchor's
+        features of the training images as they are; augmented images differ every step. `cache: auto` then
+        runs the anchor per batch (said in the log and in metrics.json); a cache asked for by name is refused
+        rather than silently not used."""
+        if augment == "none" or self.cache not in ("memory", "disk"):
+            return None
+        return (f"cache: {self.cache} cannot be used with training.augment: {augment} (augmented images differ "
+                "every step, so the anchor runs on each batch); use cache: auto or off, or training.augment: none")
+
+    def problems(self, sequence: Sequence) -> list[tuple[str, str]]:
+        why = self.cache_refused(sequence.training.augment)
+        return [("cache", why)] if why else []
+
 
 class FrozenOptions(Options):
     name: Literal["frozen"] = "frozen"
+    SUMMARY = "no training: the pre-trained backbone and each task's starting head (the reference row)"
+    IMPLEMENTATION = "continual.methods.frozen:Frozen"
+    DISTRIBUTED = True
 
 
 class JointOptions(Options):
     # No options: it trains with the sequence's `training:`, once, on every task together.
     name: Literal["joint"] = "joint"
+    SUMMARY = "one model trained on every task at once, scored after the last step (the upper-bound row)"
+    IMPLEMENTATION = "continual.methods.joint:Joint"
+    ONCE = True
+    DISTRIBUTED = True
 
 
 class L2SPOptions(Options):
     name: Literal["l2sp"] = "l2sp"
+    SUMMARY = "cross-entropy + λ/2 · squared distance of the backbone's weights to the pre-trained ones"
+    IMPLEMENTATION = "continual.methods.l2sp:L2SP"
+    DISTRIBUTED = True
+    LEGEND = (("lambda", "λ = {}", False),)
     # Li et al. 2018 search α in {0.001, 0.01, 0.1, 1} and report 0.1 for most targets (their table 2);
     # the sum runs over every backbone weight, so a larger model pulls harder at the same λ.
     lambda_: float = Field(default=0.1, alias="lambda", ge=0)
@@ -110,6 +216,11 @@ class L2SPOptions(Options):
 
 class WiseFTOptions(Options):
     name: Literal["wise_ft"] = "wise_ft"
+    SUMMARY = ("fine-tune, then interpolate the backbone with the pre-trained (or previous) one: "
+               "(1-α)·anchor + α·fine-tuned")
+    IMPLEMENTATION = "continual.methods.wise_ft:WiseFT"
+    DISTRIBUTED = True
+    LEGEND = (("alpha", "α = {}", False),)
     # 0.5: the paper's headline mixing weight (Wortsman et al. 2022, fig. 1), and ZSCL's WiSE-FT row.
     alpha: float = Field(default=0.5, ge=0, le=1)
     # pretrained: interpolate towards the model as loaded (ZSCL's MTIL baseline); previous: towards the
@@ -121,10 +232,19 @@ class LPFTOptions(Options):
     # No options: the linear probe is the evaluation's (L-BFGS logistic regression to convergence, as Kumar
     # et al. fit theirs), and the fine-tuning is `training:`'s.
     name: Literal["lp_ft"] = "lp_ft"
+    SUMMARY = ("linear probe, then fine-tune: each task's head refit as a logistic regression on the frozen "
+               "features, then end-to-end fine-tuning")
+    IMPLEMENTATION = "continual.methods.lp_ft:LPFT"
+    DISTRIBUTED = True
 
 
 class FLYPOptions(Options):
     name: Literal["flyp"] = "flyp"
+    SUMMARY = ("fine-tune like CLIP was pre-trained: contrastive loss between images and their class prompts, "
+               "text tower included")
+    IMPLEMENTATION = "continual.methods.flyp:FLYP"
+    NEEDS = ("text",)
+    DISTRIBUTED = BATCH_COUPLED
     # No options of its own: the paper's recipe (Goyal et al. 2023; locuslab/FLYP's flyp_loss.py) is CLIP's
     # loss with every weight trained and no extra coefficient; lr, weight decay, epochs and batch size
     # (whose size sets how many negatives each image sees) are `training:`'s.
@@ -132,6 +252,10 @@ class FLYPOptions(Options):
 
 class ZSCLOptions(Options):
     name: Literal["zscl"] = "zscl"
+    SUMMARY = "distil the pre-trained CLIP on reference images, plus a weight ensemble across steps"
+    IMPLEMENTATION = "continual.methods.zscl:ZSCL"
+    NEEDS = ("text",)
+    DISTRIBUTED = True
     reference: str  # the name of one of the sequence's `references:` (ZSCL distils on ImageNet images)
     # Defaults: ZSCL's MTIL recipe, Thunderbeee/ZSCL mtil/scripts/ZSCL.sh (lines 13-25) on mtil/src/args.py.
     # Distillation temperature: --T, default 2.0 (args.py line 103), not set by the script.
@@ -150,15 +274,32 @@ class ZSCLOptions(Options):
     # --l2 1 (ZSCL.sh line 23): + l2 · Σ (θ − θ_task start)² over every trained weight (helpers.py l2_loss).
     l2: float = Field(default=1.0, ge=0)
 
+    def references(self) -> tuple[str, ...]:
+        return (self.reference,)
+
+    def problems(self, sequence: Sequence) -> list[tuple[str, str]]:
+        names = [r.name for r in sequence.references]
+        if self.reference in names:
+            return []
+        return [("reference", f"{self.reference!r} is not one of the sequence's `references:` "
+                              f"({', '.join(names) or 'none given'})")]
+
 
 class NaiveOptions(Options):
     name: Literal["naive"] = "naive"
+    SUMMARY = "Avalanche's Naive strategy: fine-tuning with no protection (a parity check)"
+    IMPLEMENTATION = "continual.methods.avalanche:Naive"
+    DISTRIBUTED = AVALANCHE_LOOP
 
 
 class EWCOptions(Options):
     name: Literal["ewc"] = "ewc"
+    SUMMARY = "Avalanche's EWCPlugin: quadratic penalty weighted by parameter importance on past tasks"
+    IMPLEMENTATION = "continual.methods.avalanche:EWC"
+    DISTRIBUTED = AVALANCHE_LOOP
+    LEGEND = (("lambda", "λ = {}", False), ("mode", "{}", True))  # `online` is another method
     # On the default sequence (64 px EfficientNet-Lite0, 2k images/task) λ=1e3 was reported to barely
-    # help; λ=1e5 gave BWT +0.003 here (README). Avalanche's importances are mean squared mini-batch
+    # help; λ=1e5 gave BWT +0.003 here (docs/results.md). Avalanche's importances are mean squared mini-batch
     # gradients, tiny for a pre-trained network, hence the large λ.
     lambda_: float = Field(default=1e5, alias="lambda", ge=0)
     mode: Literal["separate", "online"] = "separate"
@@ -175,12 +316,20 @@ class EWCOptions(Options):
 
 class LwFOptions(Options):
     name: Literal["lwf"] = "lwf"
-    # Avalanche's defaults (alpha 1, temperature 2); BWT -0.39 on the default sequence (README).
+    SUMMARY = "Avalanche's LwFPlugin: distil every previous head from the model after the last task"
+    IMPLEMENTATION = "continual.methods.avalanche:LwF"
+    DISTRIBUTED = AVALANCHE_LOOP
+    LEGEND = (("alpha", "α = {}", False), ("temperature", "T = {}", True))
+    # Avalanche's defaults (alpha 1, temperature 2); BWT -0.39 on the default sequence (docs/results.md).
     alpha: float = Field(default=1.0, ge=0)
     temperature: float = Field(default=2.0, gt=0)
 
 
 class ReplayOptions(Options):
     name: Literal["replay"] = "replay"
-    # 300 stored images (15% of one task) gave BWT +0.003 on the default sequence (README).
+    SUMMARY = "Avalanche's ReplayPlugin: a buffer of past images mixed into each batch"
+    IMPLEMENTATION = "continual.methods.avalanche:Replay"
+    DISTRIBUTED = AVALANCHE_LOOP
+    LEGEND = (("memory_size", "memory {}", False),)
+    # 300 stored images (15% of one task) gave BWT +0.003 on the default sequence (docs/results.md).
     memory_size: int = Field(default=300, gt=0)

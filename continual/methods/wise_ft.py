@@ -16,20 +16,21 @@ import copy
 import torch
 
 from continual.datasets.tasks import TaskData
+from continual.methods.contract import Method
 from continual.methods.options import WiseFTOptions
 from continual.models import Backbone, TaskModel
 from continual.train import Batch, FitStats, Trainer
 
 
-class WiseFT:
-    def __init__(self, options: WiseFTOptions, *, pretrained: Backbone):
-        self.options = options
+class WiseFT(Method):
+    def __init__(self, options: WiseFTOptions, *, pretrained: Backbone, context=None):
+        super().__init__(options, pretrained=pretrained)
         self.pretrained = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
 
     def fit_task(self, model: TaskModel, task: TaskData, *, step: int, trainer: Trainer) -> FitStats:
         anchor = (self.pretrained if self.options.anchor == "pretrained"
                   else copy.deepcopy(model.backbone.state_dict()))
-        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}")
+        stats = trainer.fit(model, task, loss_terms=self.loss_terms)
         interpolate(model.backbone, anchor, alpha=self.options.alpha)
         stats.extra["wise_ft_alpha"] = self.options.alpha
         return stats

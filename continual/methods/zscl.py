@@ -47,6 +47,7 @@ from continual.datasets.prompts import readable_names
 from continual.datasets.tasks import TaskData
 from continual.methods import Context
 from continual.methods.ldifs import FrozenBackbone
+from continual.methods.contract import Method
 from continual.methods.options import ZSCLOptions
 from continual.models import Backbone, TaskModel, zero_shot_head
 from continual.train import Batch, FitStats, Trainer
@@ -81,9 +82,11 @@ class WeightEnsemble:
             p.copy_(m)
 
 
-class ZSCL:
-    def __init__(self, options: ZSCLOptions, *, pretrained: Backbone, context: Context):
-        self.options = options
+class ZSCL(Method):
+    def __init__(self, options: ZSCLOptions, *, pretrained: Backbone, context: Context | None = None):
+        super().__init__(options, pretrained=pretrained)
+        if context is None:
+            raise ValueError("zscl distils on the sequence's reference images: build it with context=Context(...)")
         ref = context.references[options.reference]
         self.images = ref.train.images  # uint8, read by rows; the labels are never used
         self.teacher = FrozenBackbone(pretrained)
@@ -102,7 +105,7 @@ class ZSCL:
         trained = trainer.trainable_parameters(model, task.name)
         self.anchor = [(p, p.detach().clone()) for p in trained]
         ensemble = None if self.options.we_freq is None else WeightEnsemble(trained, every=self.options.we_freq)
-        stats = trainer.fit(model, task, loss_terms=self.loss_terms, label=f"{self.options.key} {step}:{task.name}",
+        stats = trainer.fit(model, task, loss_terms=self.loss_terms,
                             after_step=None if ensemble is None else ensemble.after_step)
         if ensemble is not None:
             ensemble.copy_to_params()  # the averaged model ends the task, as ZSCL saves and evaluates it
