@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+from helpers import TINY_CLIP_ARCH, TINY_CLIP_CONFIG
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # tests in two processes: one thread each, their subprocesses too
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -9,14 +10,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # tests in two processes: one thread 
 
     torch.set_num_threads(1)
 
-TINY_CLIP_ARCH = "continual-tiny-vit"
-# A CLIP small enough for CPU tests, in the spirit of open_clip's own tests: width 32, 4 blocks, 32 px.
-# The text tower keeps the real BPE vocabulary size so the tokenizer's ids are valid embeddings.
-TINY_CLIP_CONFIG = {
-    "embed_dim": 16,
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 32, "head_width": 16, "patch_size": 8},
-}
+# Fixtures and pytest hooks here; the constants and plain functions test files share are in helpers.py.
 
 
 @pytest.fixture(scope="session")

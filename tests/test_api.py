@@ -11,7 +11,7 @@ import pytest
 import continual
 from continual.cli import main
 from continual.report import load_tables
-from test_report import write_run
+from helpers import write_run
 
 ROOT = Path(__file__).parents[1]
 

@@ -18,7 +18,9 @@ from continual.methods import METHODS
 from continual.methods.options import LDIFSOptions
 from continual.models import Head, TaskModel, build_backbone
 from continual.train import Trainer
-from test_resume import SEQ, assert_same_results
+from helpers import assert_same_results, resume_sequence, tiny_clip_model
+
+SEQ = resume_sequence()  # test_resume's
 
 
 def images(n=16, size=32, seed=0):
@@ -121,7 +123,7 @@ def seen_batches(clip, name, augment_kind):
     """(index or None, preprocessed input) of every training forward of method `name` on one task."""
     task = tiny_task()
     model = TaskModel(copy.deepcopy(clip), {"t": Head(clip.feature_dim, 2, normalize=True)})
-    method = methods.build(METHODS[name].options(), pretrained=clip)
+    method = methods.build(METHODS[name](), pretrained=clip)
     trainer = Trainer(TrainingConfig(epochs=2, batch_size=8, warmup_steps=0, augment=augment_kind),
                       device=torch.device("cpu"), progress=False)
     seen = []
@@ -200,8 +202,7 @@ def test_an_augmented_run_resumes_to_identical_results_and_ldifs_says_its_anchor
     # test_resume's sequence, smaller (the tiny CLIP, no probe, LDIFS only), with crop_flip. LDIFS trains
     # with the shared loop (Trainer.fit) and its anchor runs on the augmented batch, so both are covered;
     # the Avalanche strategy draws from a generator seeded the same way (tested above).
-    arch, checkpoint = tiny_clip
-    seq = {**SEQ, "model": {"family": "open_clip", "arch": arch, "pretrained": str(checkpoint)}, "probes": [],
+    seq = {**SEQ, "model": tiny_clip_model(tiny_clip), "probes": [],
            "training": {**SEQ["training"], "augment": "crop_flip"}, "methods": ["ldifs"]}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(seq))

@@ -17,14 +17,11 @@ from continual.datasets.tasks import load_task
 from continual.methods import METHODS
 from continual.models import Head, TaskModel, build_backbone
 from continual.train import Trainer
+from helpers import digits, tiny_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DIGITS = [
-    {"name": "low", "dataset": "digits", "classes": [0, 1, 2], "train_per_class": 16, "test_per_class": 10},
-    {"name": "high", "dataset": "digits", "classes": [7, 8, 9], "train_per_class": 16, "test_per_class": 10},
-    {"name": "pair", "dataset": "digits", "classes": [4, 5], "train_per_class": 16, "test_per_class": 10},
-]
+DIGITS = [digits("low", [0, 1, 2], 16, 10), digits("high", [7, 8, 9], 16, 10), digits("pair", [4, 5], 16, 10)]
 
 
 def test_only_one_module_imports_avalanche():
@@ -52,7 +49,7 @@ def test_naive_matches_finetune_exactly_in_float64(tiny_clip):
     trained, stats = {}, {}
     for name in ("finetune", "naive"):
         model = copy.deepcopy(start)
-        method = methods.build(METHODS[name].options(), pretrained=backbone)
+        method = methods.build(METHODS[name](), pretrained=backbone)
         stats[name] = [method.fit_task(model, task, step=step, trainer=trainer) for step, task in enumerate(tasks, 1)]
         trained[name] = model.state_dict()
     moved = max((trained["finetune"][k] - v).abs().max().item() for k, v in start.state_dict().items())
@@ -66,13 +63,10 @@ def test_naive_matches_finetune_exactly_in_float64(tiny_clip):
 
 @pytest.fixture(scope="module")
 def baselines(tmp_path_factory):
-    seq = {"name": "baselines", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
-           "tasks": DIGITS, "probes": [{"name": "p", "dataset": "digits", "classes": [6, 3], "train_per_class": 16,
-                                         "test_per_class": 10}],
-           "training": {"batch_size": 16, "lr": 1.0e-4, "warmup_steps": 1},
-           "methods": [{"ewc": {"lambda": 1.0e4, "mode": "online", "decay": 0.5}}, {"lwf": {"alpha": 2}},
-                       {"replay": {"memory_size": 40}}],
-           "download": False}
+    seq = tiny_sequence(name="baselines", seed=0, tasks=DIGITS, probes=[digits("p", [6, 3], 16, 10)],
+                        training={"batch_size": 16, "lr": 1.0e-4, "warmup_steps": 1},
+                        methods=[{"ewc": {"lambda": 1.0e4, "mode": "online", "decay": 0.5}}, {"lwf": {"alpha": 2}},
+                                 {"replay": {"memory_size": 40}}])
     return continual.run(seq, out=tmp_path_factory.mktemp("baselines"), progress=False)
 
 

@@ -13,19 +13,9 @@ from continual.cli import main
 from continual.config import TrainingConfig
 from continual.datasets.tasks import load_task
 from continual.methods.options import FinetuneOptions, L2SPOptions, WiseFTOptions
-from continual.models import Head, TaskModel, build_backbone
+from continual.models import TaskModel
 from continual.train import Trainer
-
-
-def tiny_setting():
-    """(backbone, head, task): EfficientNet-Lite0 at 32 px, a head seeded 0, a task of 3 digit classes."""
-    backbone = build_backbone(SimpleNamespace(family="efficientnet_lite0", arch=None, pretrained=None, image_size=32,
-                                              head_init="linear_probe"))
-    spec = SimpleNamespace(name="t", dataset="digits", classes=[0, 1, 2], train_per_class=16, test_per_class=4,
-                           path=None, templates=None)
-    task = load_task(spec, image_size=32, data_root=Path("/nonexistent"), seed=0)
-    torch.manual_seed(0)
-    return backbone, Head(backbone.feature_dim, 3, normalize=False), task
+from helpers import digits, tiny_sequence, tiny_setting
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +64,8 @@ def test_wise_ft_alpha_0_is_the_anchor_1_is_finetuning_and_between_is_the_line(s
 
 
 def test_both_run_through_the_cli_and_options_are_checked(tmp_path, capsys):
-    doc = {"name": "base", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
-           "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
-                     {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
-           "training": {"batch_size": 8, "warmup_steps": 1},
-           "methods": [{"l2sp": {"lambda": 0.1}}, {"wise_ft": {"alpha": 0.5, "anchor": "previous"}}],
-           "download": False}
+    doc = tiny_sequence(name="base", seed=0,
+                        methods=[{"l2sp": {"lambda": 0.1}}, {"wise_ft": {"alpha": 0.5, "anchor": "previous"}}])
     seq = tmp_path / "seq.yaml"
     seq.write_text(yaml.safe_dump(doc))
     assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 0
@@ -95,11 +81,7 @@ def test_both_run_through_the_cli_and_options_are_checked(tmp_path, capsys):
 def test_frozen_forgets_nothing_and_trains_nothing(tmp_path):
     import continual
 
-    doc = {"name": "ref", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
-           "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
-                     {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
-           "probes": [{"name": "p", "dataset": "digits", "classes": [5, 6], "train_per_class": 8, "test_per_class": 4}],
-           "training": {"batch_size": 8, "warmup_steps": 1}, "methods": ["frozen"], "download": False}
+    doc = tiny_sequence(name="ref", seed=0, probes=[digits("p", [5, 6])], methods=["frozen"])
     folder = continual.run(doc, out=tmp_path, progress=False)
     matrix = continual.load_run(folder)["frozen"]
     assert (matrix == matrix.iloc[0]).all().all()  # every step scores what the pre-trained model did
@@ -111,11 +93,10 @@ def test_joint_trains_once_on_every_task_and_fills_only_the_last_row(tmp_path):
     import continual
     from continual.datasets.source import concatenated, resize_uint8
 
-    doc = {"name": "j", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
-           "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
-                     {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4},
-                     {"name": "m", "dataset": "mnist", "classes": [4, 5], "train_per_class": 4, "test_per_class": 4}],
-           "training": {"batch_size": 8, "warmup_steps": 1}, "methods": ["joint"], "download": False}
+    # tiny_sequence's two digit tasks, then one of MNIST (a local `digits` below is a task, not the helper)
+    doc = tiny_sequence(name="j", seed=0, methods=["joint"], tasks=[
+        *tiny_sequence()["tasks"],
+        {"name": "m", "dataset": "mnist", "classes": [4, 5], "train_per_class": 4, "test_per_class": 4}])
     folder = continual.run(doc, out=tmp_path, progress=False)
     matrix = continual.load_run(folder)["joint"]
     assert matrix.loc[[1, 2]].isna().all().all() and matrix.loc[[0, 3]].notna().all().all()

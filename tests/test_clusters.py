@@ -17,12 +17,13 @@ from continual import sweeps
 from continual.config import ConfigError, load_sequence
 from continual.run_folder import RunFolder
 from continual.runner import run_sequence
-from test_sweep import SEQ as TINY
-from test_sweep import SWEEP
+from helpers import L2SP_SWEEP as SWEEP
+from helpers import digits, tiny_sequence
 
-# The second task long enough (12 optimiser steps, not 2) that a cell caught after its first step is still
-# running when the requeue or the kill lands: with 2 steps a cell sometimes finished first (seen in CI).
-SEQ = {**TINY, "tasks": [TINY["tasks"][0], {**TINY["tasks"][1], "train_per_class": 48}]}
+# test_sweep's sequence, the second task long enough (12 optimiser steps, not 2) that a cell caught after its
+# first step is still running when the requeue or the kill lands: with 2 steps a cell sometimes finished first
+# (seen in CI).
+SEQ = tiny_sequence(methods=["finetune", "l2sp"], tasks=[digits("a", [0, 1]), digits("b", [2, 3], 48)])
 
 
 @pytest.fixture

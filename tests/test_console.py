@@ -1,5 +1,5 @@
 """What the console says (issue #23): near misses get a "did you mean", `validate` takes `--set` as `run` does,
-and the names the README gives the metrics are the ones the API returns."""
+and the names the docs give the metrics are the ones the API returns."""
 
 from __future__ import annotations
 
@@ -12,16 +12,11 @@ import yaml
 from continual.cli import main
 from continual.config import ConfigError, load_sequence
 from continual.config.schema import did_you_mean
+from helpers import digits, tiny_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-GOOD = {
-    "name": "tiny",
-    "model": {"family": "efficientnet_lite0", "image_size": 32},
-    "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 2, "test_per_class": 2}],
-    "training": {"batch_size": 4},
-    "methods": ["finetune", {"ldifs": {"lambda": 10}}],
-    "download": False,
-}
+GOOD = tiny_sequence(tasks=[digits("a", [0, 1], 2, 2)], training={"batch_size": 4},
+                     methods=["finetune", {"ldifs": {"lambda": 10}}])
 
 
 def write(tmp_path: Path, doc: dict) -> Path:
@@ -100,17 +95,17 @@ def test_log_every_is_a_training_setting(tmp_path):
         load_sequence(write(tmp_path, GOOD), ["training.log_every=0"])
 
 
-def test_readme_names_the_metrics_as_the_api_spells_them(tmp_path):
-    """README's load_metrics line names `concept_delta:probe:<probe>`: the metric load_metrics returns for a
-    probe (its accuracy_matrix.csv column `probe:<name>`)."""
+def test_the_docs_name_the_metrics_as_the_api_spells_them(tmp_path):
+    """The docs' load_metrics line (docs/outputs.md) names `concept_delta:probe:<probe>`: the metric load_metrics
+    returns for a probe (its accuracy_matrix.csv column `probe:<name>`)."""
     import continual
-    from test_report import write_run
+    from helpers import write_run
 
     config = {**GOOD, "probes": [{**GOOD["tasks"][0], "name": "held"}]}
     folder = write_run(tmp_path / "tiny", config, {"finetune": [(0.5, 0.6), (0.9, 0.4)]})
     names = set(continual.load_metrics(folder)["metric"])
-    readme = (ROOT / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith("metrics = continual.load_metrics"))
+    page = (ROOT / "docs" / "outputs.md").read_text()
+    line = next(line for line in page.splitlines() if line.startswith("metrics = continual.load_metrics"))
     documented = set(re.findall(r"\b(?:average_accuracy|forgetting|bwt|concept_delta:[\w:<>]+)", line))
     assert {n.replace("<probe>", "held") for n in documented if "zero_shot" not in n} == names
 

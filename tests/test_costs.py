@@ -10,14 +10,13 @@ import math
 import pandas as pd
 import pytest
 import yaml
-from test_report import write_run
-from test_run import TINY
 
 from continual.cli import main
 from continual.config import load_sequence
 from continual.models import build_backbone
 from continual.report import write_report
 from continual.report.tables import COSTS, costs
+from helpers import end_to_end_sequence, write_run
 
 CONFIG = {"name": "toy", "seed": 0, "training": {"batch_size": 16},
           "tasks": [{"name": "t1", "dataset": "digits"}, {"name": "t2", "dataset": "digits"}],
@@ -156,14 +155,14 @@ def test_an_incomplete_method_has_no_cost(tmp_path):
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     seq = tmp / "tiny.yaml"
-    seq.write_text(yaml.safe_dump({**TINY, "methods": ["finetune", "frozen"]}))
+    seq.write_text(yaml.safe_dump(end_to_end_sequence(methods=["finetune", "frozen"])))
     with contextlib.redirect_stderr(io.StringIO()):
         assert main(["run", str(seq), "--out", str(tmp / "out"), "--quiet"]) == 0
     return tmp / "out" / "tiny"
 
 
 def test_a_real_run_records_what_the_costs_need(tiny_run):
-    backbone = build_backbone(load_sequence(TINY).model)
+    backbone = build_backbone(load_sequence(end_to_end_sequence()).model)
     in_backbone = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     head = backbone.feature_dim * 3 + 3  # each task has 3 classes: Linear(feature_dim, 3)
     for method, trained in (("finetune", in_backbone + head), ("frozen", 0)):

@@ -19,6 +19,7 @@ from continual.cli import main
 from continual.config import ConfigError, load_sequence
 from continual.models import TaskModel
 from continual.runner import check_distributed, load_inputs, run_sequence
+from helpers import end_to_end_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,20 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # AdamW's first updates are lr · g / |g| per weight, so a weight whose gradient is ~0 moves by ±lr whichever
 # way float reduction order tips it (measured: 18 of 3.4M weights differ by up to 2·lr after 4 steps), which
 # would hide a wrong gradient below that noise; SGD's update is linear in the gradient.
-SEQ = {
-    "name": "tiny",
-    "seed": 3,
-    "model": {"family": "efficientnet_lite0", "image_size": 32},  # BatchNorm frozen, the default
-    "tasks": [
-        {"name": "low", "dataset": "digits", "classes": [0, 1, 2], "train_per_class": 16, "test_per_class": 10},
-        {"name": "high", "dataset": "digits", "classes": ["7", "8", "9"], "train_per_class": 16, "test_per_class": 10},
-    ],
-    "probes": [{"name": "mid", "dataset": "digits", "classes": [4, 5], "train_per_class": 16, "test_per_class": 10}],
-    "training": {"batch_size": 15, "warmup_steps": 1, "optimizer": "sgd", "lr": 0.01},
-    "methods": [{"ldifs": {"lambda": 10}}],  # cross-entropy, and a feature distance to an anchor cache both ranks fill
-    "keep_checkpoints": 2,
-    "download": False,
-}
+# Otherwise test_run's sequence: EfficientNet-Lite0 at 32 px (BatchNorm frozen, the default), two tasks, a probe.
+SEQ = end_to_end_sequence(
+    training={"batch_size": 15, "warmup_steps": 1, "optimizer": "sgd", "lr": 0.01},
+    methods=[{"ldifs": {"lambda": 10}}],  # cross-entropy, and a feature distance to an anchor cache both ranks fill
+    keep_checkpoints=2,
+)
 # The step trained over two ranks agrees with the one process's to 1.2e-7 in every weight (measured, AMD EPYC;
 # heads to 7e-9): float sums in another order (each rank's share, then DDP's all-reduce). Training moved the
 # weights by 7.5e-2 in that step, so a wrong gradient (a share weighted wrongly, an image seen twice or never,

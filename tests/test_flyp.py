@@ -19,22 +19,19 @@ from continual.models import TaskModel, zero_shot_head
 from continual.models.clip import text_tower
 from continual.runner import run_sequence
 from continual.train import Batch, Trainer
+from helpers import digits, tiny_clip_model, tiny_clip_sequence
 
 
 def sequence(tiny_clip) -> dict:
-    arch, checkpoint = tiny_clip
-    return {
-        "name": "tiny", "seed": 2,
-        "model": {"family": "open_clip", "arch": arch, "pretrained": str(checkpoint), "head_init": "zero_shot"},
-        "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1, 2], "train_per_class": 8, "test_per_class": 4},
-                  # its own templates: each task's prompts are its spec's, else its dataset's
-                  {"name": "b", "dataset": "digits", "classes": [7, 8], "train_per_class": 8, "test_per_class": 4,
-                   "templates": ["a photo of the number {}.", "{}"]}],
-        "probes": [{"name": "p", "dataset": "digits", "classes": [4, 5], "train_per_class": 8, "test_per_class": 4}],
-        "training": {"batch_size": 8, "warmup_steps": 1, "lr": 1e-4, "device": "cpu"},
-        "methods": ["flyp"],
-        "download": False,
-    }
+    return tiny_clip_sequence(
+        tiny_clip, seed=2, model=tiny_clip_model(tiny_clip, head_init="zero_shot"),
+        tasks=[digits("a", [0, 1, 2]),
+               # its own templates: each task's prompts are its spec's, else its dataset's
+               {**digits("b", [7, 8]), "templates": ["a photo of the number {}.", "{}"]}],
+        probes=[digits("p", [4, 5])],
+        training={"batch_size": 8, "warmup_steps": 1, "lr": 1e-4, "device": "cpu"},
+        methods=["flyp"],
+    )
 
 
 @pytest.fixture(scope="module")

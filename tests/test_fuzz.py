@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,35 +25,15 @@ from hypothesis import strategies as st
 from continual.cli import main
 from continual.config import ConfigWarning
 from continual.datasets import DATASETS
+from helpers import ODD_NAMES, ODD_NUMBERS, everything_under, inside, leaves, paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {p.name: yaml.safe_load(p.read_text()) for p in sorted((ROOT / "sequences").glob("*.yaml"))}
 LITE0 = "mnist-fashion-animals.yaml"  # the shipped efficientnet sequence: runs offline
 
-ODD_NAMES = ["..", ".", "a/b", "a" * 300, "train", "step", "", " ", "-a", "a.b", "~", "é", "x\ny"]
-ODD_NUMBERS = [-1, 0, 1, 1e308, -1e308, float("inf"), float("-inf"), float("nan"), 2**70, 2**63, 0.5, True]
 ODD_VALUES = [None, [], {}, [None], {"a": 1}, "x" * 10_000, "3", [3], [3, 3], [-1, 2], ["cat"], "imagefolder",
               "cifar100", "digits", "resisc45", "open_clip", "efficientnet_lite0", "ViT-B-32", "ViT-Nope",
               "imagenet", "openai", "/nonexistent/w.pt", "online", "cuda", "ldifs", {"ewc": {"mode": "online"}}]
-
-
-def paths(node, prefix=()) -> list[tuple]:
-    """Every key path into a YAML document: ("tasks", 0, "classes"), ..."""
-    found = []
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
-    for key, value in items:
-        found.append(prefix + (key,))
-        found += paths(value, prefix + (key,))
-    return found
-
-
-def leaves(node) -> list:
-    """Every scalar value of a document: swapped into other keys, they give plausible wrong types."""
-    if isinstance(node, dict):
-        return [v for value in node.values() for v in leaves(value)]
-    if isinstance(node, list):
-        return [v for value in node for v in leaves(value)]
-    return [node]
 
 
 @st.composite
@@ -82,17 +61,6 @@ def mutants(draw, docs: dict[str, dict]) -> dict:
     return doc
 
 
-@contextlib.contextmanager
-def inside(folder: Path):
-    """Work in `folder`, so that a relative path a mutant names lands there, where it is seen."""
-    before = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
 def call(argv: list[str]) -> tuple[int, str, list[warnings.WarningMessage]]:
     """main(argv) in this process: (status, stdout + stderr, warnings given)."""
     out = io.StringIO()
@@ -101,10 +69,6 @@ def call(argv: list[str]) -> tuple[int, str, list[warnings.WarningMessage]]:
         warnings.simplefilter("always")
         status = main(argv)
     return status, out.getvalue(), given_warnings
-
-
-def everything_under(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
 def write_mutant(folder: Path, doc: dict) -> Path:

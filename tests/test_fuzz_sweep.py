@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_fuzz import ODD_NAMES, ODD_NUMBERS, everything_under, inside, leaves, paths
 
 from continual.cli import main
+from helpers import ODD_NAMES, ODD_NUMBERS, everything_under, inside, leaves, paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQUENCES = ["small-user-sequence.yaml", "mnist-fashion-animals.yaml"]

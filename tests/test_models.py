@@ -12,16 +12,16 @@ from efficientnet_lite_pytorch import EfficientNet
 from open_clip.transformer import Transformer
 
 from continual.models import Backbone, Head, ModelError, TaskModel, build_backbone, zero_shot_head
+from helpers import TINY_CLIP_CONFIG
 
 TINY_VIT = "continual-test-tiny-vit"
 TINY_RN = "continual-test-tiny-rn"
 TINY_TIMM = "continual-test-tiny-timm"
 # Tiny towers in the spirit of open_clip's own tests: width 32, a few layers, 32 px. The text tower keeps
 # the real BPE vocabulary size so open_clip's tokenizer ids are valid embeddings.
-TEXT_CFG = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+TEXT_CFG = TINY_CLIP_CONFIG["text_cfg"]
 TINY_CONFIGS = {
-    TINY_VIT: {"embed_dim": 16, "text_cfg": TEXT_CFG,
-               "vision_cfg": {"image_size": 32, "layers": 4, "width": 32, "head_width": 16, "patch_size": 8}},
+    TINY_VIT: TINY_CLIP_CONFIG,  # conftest's tiny CLIP, under a name of its own
     TINY_RN: {"embed_dim": 16, "text_cfg": TEXT_CFG,
               "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8}},
     TINY_TIMM: {"embed_dim": 16, "text_cfg": TEXT_CFG,
@@ -62,10 +62,12 @@ def effnet():
 
 
 @pytest.fixture()
-def tiny_clip():
-    """A random tiny CLIP model and its checkpoint file, as a user would save it."""
-    torch.manual_seed(0)
-    return open_clip.create_model(TINY_VIT).eval()
+def clip_model(tiny_clip):
+    """conftest's tiny CLIP as the open_clip model a user holds: its random weights (seed 0), loaded."""
+    arch, checkpoint = tiny_clip
+    model = open_clip.create_model(arch)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    return model.eval()
 
 
 def save_state(module, path):
@@ -319,12 +321,12 @@ def test_open_clip_preprocess_uses_clip_mean_std():
     torch.testing.assert_close(backbone.preprocess(images), (images.float() / 255 - mean) / std)
 
 
-def test_open_clip_checkpoint_round_trip(tiny_clip, tmp_path):
-    path = save_state(tiny_clip, tmp_path / "tiny_clip.pt")
+def test_open_clip_checkpoint_round_trip(clip_model, tmp_path):
+    path = save_state(clip_model, tmp_path / "tiny_clip.pt")
     backbone = build_backbone(clip_cfg(pretrained=path)).eval()
     x = backbone.preprocess(uint8_images(2, 32))
     with torch.no_grad():
-        assert torch.equal(backbone(x), tiny_clip.visual(x))
+        assert torch.equal(backbone(x), clip_model.visual(x))
 
 
 def test_open_clip_bad_checkpoint(effnet, tmp_path):
@@ -349,13 +351,13 @@ def test_open_clip_trains_only_the_image_tower():
     assert reference.visual is not backbone.visual and reference._text is backbone._text
 
 
-def test_zero_shot_head_matches_hand_computation(tiny_clip, tmp_path):
-    backbone = build_backbone(clip_cfg(pretrained=save_state(tiny_clip, tmp_path / "tiny_clip.pt"))).eval()
+def test_zero_shot_head_matches_hand_computation(clip_model, tmp_path):
+    backbone = build_backbone(clip_cfg(pretrained=save_state(clip_model, tmp_path / "tiny_clip.pt"))).eval()
     classes = ["cat", "dog", "traffic light"]
     templates = ["a photo of a {}.", "a blurry photo of the {}."]
     head = zero_shot_head(backbone, classes, templates=templates)
     assert head.normalize and head.linear.weight.shape == (3, 16)
-    scale = tiny_clip.logit_scale.exp()
+    scale = clip_model.logit_scale.exp()
     torch.testing.assert_close(head.linear.weight.norm(dim=1), scale.expand(3))
     assert torch.equal(head.linear.bias, torch.zeros(3))
 
@@ -364,9 +366,9 @@ def test_zero_shot_head_matches_hand_computation(tiny_clip, tmp_path):
     with torch.no_grad():
         rows = []
         for name in classes:
-            embeddings = F.normalize(tiny_clip.encode_text(tokenizer([t.format(name) for t in templates])), dim=-1)
+            embeddings = F.normalize(clip_model.encode_text(tokenizer([t.format(name) for t in templates])), dim=-1)
             rows.append(F.normalize(embeddings.mean(dim=0), dim=0))
-        expected = scale * F.normalize(tiny_clip.encode_image(x), dim=-1) @ torch.stack(rows).T
+        expected = scale * F.normalize(clip_model.encode_image(x), dim=-1) @ torch.stack(rows).T
         torch.testing.assert_close(head(backbone(x)), expected)
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_CLIP_CONFIG
 from continual.cli import READER_LEFT, main
 from continual.config import dump_sequence, load_sequence
 from continual.files import BadFile, read_json
+from helpers import TINY_CLIP_CONFIG, digits, tiny_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTINUAL = [sys.executable, "-m", "continual"]
@@ -302,7 +302,7 @@ def test_a_damaged_cell_file_is_a_state_not_a_traceback(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["deep", "a list", "a folder"])
 def test_a_damaged_environment_json_is_left_out_of_the_report(tmp_path, capsys, kind):
-    from test_report import write_run
+    from helpers import write_run
 
     config = {"name": "toy", "tasks": [{"name": "a", "dataset": "digits"}], "methods": ["finetune"]}
     folder = write_run(tmp_path / "toy", config, {"finetune": [(0.5,), (0.9,)]})
@@ -315,9 +315,7 @@ def test_a_damaged_environment_json_is_left_out_of_the_report(tmp_path, capsys, 
 def test_a_folder_where_the_run_writes_a_file_is_one_line(tmp_path, capsys):
     """A folder standing where a run or a report writes a file (accuracy_matrix.csv, index.html): one line
     naming it, exit 2, the folder left as it was."""
-    doc = {"name": "tiny", "model": {"family": "efficientnet_lite0", "image_size": 32},
-           "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 4, "test_per_class": 4}],
-           "training": {"batch_size": 4}, "methods": ["finetune"], "download": False}
+    doc = tiny_sequence(tasks=[digits("a", [0, 1], 4, 4)], training={"batch_size": 4})
     seq = tmp_path / "s.yaml"
     seq.write_text(yaml.safe_dump(doc))
     (tmp_path / "out" / "tiny" / "finetune" / "accuracy_matrix.csv" / "mine").mkdir(parents=True)
@@ -328,7 +326,7 @@ def test_a_folder_where_the_run_writes_a_file_is_one_line(tmp_path, capsys):
                                 "run the command again (a run: with --resume)"), err
     assert (tmp_path / "out" / "tiny" / "finetune" / "accuracy_matrix.csv" / "mine").is_dir()
 
-    from test_report import write_run
+    from helpers import write_run
 
     config = {"name": "toy", "tasks": [{"name": "a", "dataset": "digits"}], "methods": ["finetune"]}
     folder = write_run(tmp_path / "toy", config, {"finetune": [(0.5,), (0.9,)]})

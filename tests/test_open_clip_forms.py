@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_CLIP_CONFIG
 from continual.cli import main
 from continual.config import load_sequence
 from continual.models import ModelError, build_backbone, clip, zero_shot_head
+from helpers import TINY_CLIP_CONFIG
 
 
 def sequence(tmp_path, **model):

@@ -11,6 +11,7 @@ import yaml
 from continual.cli import main
 from continual.config import ConfigError, ModelConfig, load_sequence
 from continual.datasets import DATASETS, prompts, resolve_classes
+from helpers import tiny_clip_model
 
 DATA = json.loads((Path(prompts.__file__).parent / "zeroshot.json").read_text())
 # Datasets with no templates in the literature: ours, the user's folders, and two clip-benchmark lacks.
@@ -211,11 +212,9 @@ def test_run_builds_heads_from_readable_names_and_templates(tmp_path, tiny_clip)
     from continual import runner
     from continual.models import build_backbone, zero_shot_head
 
-    arch, checkpoint = tiny_clip
     caps = {"train_per_class": 4, "test_per_class": 3}
     seq = load_sequence({
-        "name": "zs", "model": {"family": "open_clip", "arch": arch, "pretrained": str(checkpoint),
-                                "head_init": "zero_shot"},
+        "name": "zs", "model": tiny_clip_model(tiny_clip, head_init="zero_shot"),
         "tasks": [{"name": "own", "dataset": "digits", "classes": [0, 1], "templates": ["a {} digit."], **caps},
                   {"name": "lit", "dataset": "mnist", "classes": [2, 3], **caps}],
         "probes": [{"name": "p", "dataset": "mnist", "classes": [4, 5], "templates": ["the number {}"], **caps}],

@@ -18,20 +18,14 @@ from continual.datasets import tasks
 from continual.methods import METHODS
 from continual.models import TaskModel
 from continual.train import Trainer
-from test_baselines import tiny_setting
+from helpers import tiny_sequence, tiny_setting
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"family": "efficientnet_lite0", "image_size": 32}
 
 
 def sequence(**changes) -> dict:
-    doc = {"name": "recipe", "seed": 0, "model": dict(TINY),
-           "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
-                     {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
-           "training": {"batch_size": 8, "warmup_steps": 1, "steps_per_task": 2}, "methods": ["finetune"],
-           "download": False}
-    doc.update(changes)
-    return doc
+    return tiny_sequence(**{"name": "recipe", "seed": 0,
+                            "training": {"batch_size": 8, "warmup_steps": 1, "steps_per_task": 2}, **changes})
 
 
 def with_task_training(doc: dict, task: int, training: dict) -> dict:
@@ -119,7 +113,7 @@ def test_each_task_trains_with_its_own_settings_in_both_loops_and_a_resume_compa
 
 @pytest.fixture(scope="module")
 def setting():
-    backbone, head, task = tiny_setting()  # test_baselines.py's
+    backbone, head, task = tiny_setting()
     with torch.no_grad():  # confident logits: smoothing then moves the loss far from plain cross-entropy
         head.linear.weight.mul_(50)
     return backbone, head, task
@@ -132,7 +126,7 @@ def first_ce(name: str, smoothing: float, setting) -> float:
     trainer = Trainer(TrainingConfig(batch_size=16, steps_per_task=1, warmup_steps=0, label_smoothing=smoothing),
                       device=torch.device("cpu"), progress=False)
     context = methods.Context(tasks=[task], probes=[], references={}, templates={})
-    method = methods.build(METHODS[name].options(), pretrained=backbone, context=context)
+    method = methods.build(METHODS[name](), pretrained=backbone, context=context)
     torch.manual_seed(1)
     return method.fit_task(model, task, step=1, trainer=trainer).first_losses["ce"]
 

@@ -9,7 +9,7 @@ import yaml
 
 from continual.cli import main
 from continual.report import ReportError, load_tables, write_report
-from continual.run_folder import RunFolder
+from helpers import write_run
 
 CONFIG = {"name": "toy", "seed": 0,
           "tasks": [{"name": "t1", "dataset": "digits"}, {"name": "t2", "dataset": "digits"}],
@@ -24,20 +24,6 @@ ROWS = {
     1: {"finetune": [(0.50, 0.40, 0.80), (0.80, 0.40, 0.75), (0.70, 0.90, 0.70)],
         "ldifs": [(0.50, 0.40, 0.80), (0.90, 0.42, 0.81), (0.86, 0.83, 0.80)]},  # ewc never started
 }
-
-
-def write_run(folder, config: dict, rows: dict[str, list[tuple]], *, timings=None):
-    """A run folder as `continual run` writes it, by hand: config.yaml, and each method's rows (one tuple a step:
-    its tasks' accuracies, then its probes'); `timings(number of rows)` gives its timings (default: 1 s each)."""
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    tasks = [t["name"] for t in config["tasks"]]
-    columns = tasks + [f"probe:{p['name']}" for p in config.get("probes", [])]
-    timings = timings or (lambda n: [{"step": s, "fit_seconds": 1.0, "eval_seconds": 1.0} for s in range(n)])
-    for method, matrix in rows.items():
-        RunFolder(folder).write_step(method, rows=[dict(zip(columns, r)) for r in matrix], tasks=tasks,
-                                     n_steps=len(tasks), timings=timings(len(matrix)))
-    return folder
 
 
 def _write_run(root, seed):

@@ -15,20 +15,11 @@ import yaml
 
 from continual.checkpoints import FORMAT
 from continual.cli import main
+from helpers import assert_same_results, resume_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SEQ = {
-    "name": "tiny",
-    "seed": 1,
-    "model": {"family": "efficientnet_lite0", "image_size": 32},
-    "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 12, "test_per_class": 6},
-              {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 12, "test_per_class": 6}],
-    "probes": [{"name": "p", "dataset": "digits", "classes": [8, 9], "train_per_class": 12, "test_per_class": 6}],
-    "training": {"batch_size": 8, "warmup_steps": 1},
-    "methods": ["finetune", "ldifs", "ewc", "lwf", "replay"],
-    "download": False,
-}
+SEQ = resume_sequence()
 
 # Runs the CLI in a subprocess and SIGKILLs it at KILL_AT = kind:method:step, where kind is
 #   train       during training of that step's task (at its second optimiser update),
@@ -102,16 +93,6 @@ def run_and_kill(seq_file, out, methods, kill_at):
     proc = subprocess.run([sys.executable, "-c", KILLER, "run", str(seq_file), "--out", str(out), "--quiet",
                            "--methods", methods], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-
-
-def assert_same_results(folder, reference, method):
-    assert (folder / method / "accuracy_matrix.csv").read_text() == (reference / method / "accuracy_matrix.csv").read_text()
-    ours, theirs = (json.loads((f / method / "metrics.json").read_text()) for f in (folder, reference))
-    assert ours["complete"] and [t.get("losses") for t in ours["timings"]] == [t.get("losses") for t in theirs["timings"]]
-    ours, theirs = (torch.load(f / "checkpoints" / method / "step-2.pt", weights_only=True) for f in (folder, reference))
-    assert ours["backbone"].keys() == theirs["backbone"].keys()
-    assert all(torch.equal(ours["backbone"][k], theirs["backbone"][k]) for k in ours["backbone"])
-    assert all(torch.equal(ours["heads"][t]["weight"], theirs["heads"][t]["weight"]) for t in theirs["heads"])
 
 
 @pytest.mark.parametrize("kill_at, methods", [

@@ -13,20 +13,9 @@ import yaml
 
 import continual
 from continual.cli import main
+from helpers import end_to_end_sequence, tiny_clip_model
 
-TINY = {
-    "name": "tiny",
-    "seed": 3,
-    "model": {"family": "efficientnet_lite0", "image_size": 32},
-    "tasks": [
-        {"name": "low", "dataset": "digits", "classes": [0, 1, 2], "train_per_class": 16, "test_per_class": 10},
-        {"name": "high", "dataset": "digits", "classes": ["7", "8", "9"], "train_per_class": 16, "test_per_class": 10},
-    ],
-    "probes": [{"name": "mid", "dataset": "digits", "classes": [4, 5], "train_per_class": 16, "test_per_class": 10}],
-    "training": {"batch_size": 16, "warmup_steps": 1, "lr": 1.0e-4},
-    "methods": ["finetune", {"ldifs": {"lambda": 10}}],
-    "download": False,
-}
+TINY = end_to_end_sequence()
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +143,7 @@ def test_open_clip_zero_shot_run_from_a_local_checkpoint(tmp_path, capsys, tiny_
     zero-shot task heads from class names, zero-shot probe column, LDIFS on ViT taps."""
     import torch
 
-    arch, checkpoint = tiny_clip
-    doc = dict(TINY, model={"family": "open_clip", "arch": arch, "pretrained": str(checkpoint),
-                            "head_init": "zero_shot"}, methods=[{"ldifs": {"lambda": 1}}])
+    doc = dict(TINY, model=tiny_clip_model(tiny_clip, head_init="zero_shot"), methods=[{"ldifs": {"lambda": 1}}])
     doc["tasks"] = [dict(t, train_per_class=8) for t in TINY["tasks"]]
     seq = tmp_path / "clip.yaml"
     seq.write_text(yaml.safe_dump(doc))

@@ -21,16 +21,12 @@ from continual.report.tables import chance, read_run
 from continual.run_folder import RunFolder
 from continual.runner import run_sequence
 from continual.train import Trainer
-
-
-def digits(name, classes, n=8):
-    return {"name": name, "dataset": "digits", "classes": classes, "train_per_class": n, "test_per_class": 4}
+from helpers import digits, tiny_sequence
 
 
 def doc(**changes):
-    return {"name": "s", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
-            "tasks": [digits("a", [0, 1]), digits("b", [2, 3]), digits("c", [4, 5])],
-            "training": {"batch_size": 8, "warmup_steps": 1}, "methods": ["frozen"], "download": False, **changes}
+    return tiny_sequence(**{"name": "s", "seed": 0, "methods": ["frozen"],
+                            "tasks": [digits("a", [0, 1]), digits("b", [2, 3]), digits("c", [4, 5])], **changes})
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from continual.cli import main
 from continual.datasets import store, tasks
 from continual.datasets.catalog import DataError
 from continual.datasets.source import Images, Pool, array_images
-from test_faults import fill, small_tmpfs
+from helpers import fill, small_tmpfs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,13 +17,10 @@ from continual.cli import main
 from continual.config import ConfigError, load_sequence
 from continual.run_folder import RunFolder
 from continual.runner import run_sequence
+from helpers import L2SP_SWEEP as SWEEP
+from helpers import tiny_sequence
 
-SEQ = {"name": "tiny", "model": {"family": "efficientnet_lite0", "image_size": 32},
-       "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
-                 {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
-       "training": {"batch_size": 8, "warmup_steps": 1}, "methods": ["finetune", "l2sp"], "download": False}
-SWEEP = {"name": "lam", "sequences": ["tiny.yaml"], "methods": ["l2sp"], "seeds": [0, 1],
-         "grid": {"methods.l2sp.lambda": [100]}, "out": "runs"}  # 2 cells: one done before the kill, one after
+SEQ = tiny_sequence(methods=["finetune", "l2sp"])
 
 
 @pytest.fixture
@@ -118,11 +115,11 @@ def test_a_cell_running_in_another_process_is_shown_and_left_to_it(files):
     assert sweeps.state(cell)[0] == "pending"
 
 
-def test_the_readme_sweep_file_is_valid_as_written(tmp_path):
+def test_the_documented_sweep_file_is_valid_as_written(tmp_path):
     import shutil
     from pathlib import Path
 
-    text = (Path(__file__).parents[1] / "README.md").read_text().split("## Sweeps\n", 1)[1]
+    text = (Path(__file__).parents[1] / "docs" / "sweeps.md").read_text()  # its first yaml block
     (tmp_path / "sweep.yaml").write_text(text.split("```yaml\n", 1)[1].split("```", 1)[0])
     shutil.copytree(Path(__file__).parents[1] / "sequences", tmp_path / "sequences")
     spec, cells = sweeps.load_sweep(tmp_path / "sweep.yaml")  # the whole file's checks, as `continual sweep` makes

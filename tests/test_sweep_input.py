@@ -15,11 +15,9 @@ from continual import sweeps
 from continual.sweeps import spec
 from continual.cli import main
 from continual.config.schema import shown
+from helpers import tiny_sequence
 
-SEQ = {"name": "tiny", "model": {"family": "efficientnet_lite0", "image_size": 32},
-       "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
-                 {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
-       "training": {"batch_size": 8, "warmup_steps": 1}, "methods": ["finetune", "ldifs", "l2sp"], "download": False}
+SEQ = tiny_sequence(methods=["finetune", "ldifs", "l2sp"])
 SWEEP = {"name": "lam", "sequences": ["tiny.yaml"], "methods": ["ldifs"], "seeds": [0, 1],
          "grid": {"methods.ldifs.lambda": [10, 100]}, "out": "runs"}
 

@@ -15,19 +15,16 @@ from continual.config import load_sequence
 from continual.monitor import Events, MonitorWarning
 from continual.runner import run_sequence
 from continual.train import Trainer
+from helpers import digits, tiny_sequence
 
-SEQ = {
-    "name": "tiny",
-    "seed": 0,
-    "model": {"family": "efficientnet_lite0", "image_size": 32},
+SEQ = tiny_sequence(
+    seed=0,
     # 24 images in batches of 4: 6 optimiser steps a task, read at the 4th and 6th (LOG_EVERY below)
-    "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 12, "test_per_class": 6},
-              {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 12, "test_per_class": 6}],
-    "probes": [{"name": "p", "dataset": "digits", "classes": [8, 9], "train_per_class": 6, "test_per_class": 6}],
-    "training": {"batch_size": 4, "warmup_steps": 3, "lr": 1.0e-4, "log_every": 4},
-    "methods": ["frozen", {"ldifs": {"lambda": 10}}, {"ewc": {"lambda": 100}}],
-    "download": False,
-}
+    tasks=[digits("a", [0, 1], 12, 6), digits("b", [2, 3], 12, 6)],
+    probes=[digits("p", [8, 9], 6, 6)],
+    training={"batch_size": 4, "warmup_steps": 3, "lr": 1.0e-4, "log_every": 4},
+    methods=["frozen", {"ldifs": {"lambda": 10}}, {"ewc": {"lambda": 100}}],
+)
 LOG_EVERY = SEQ["training"]["log_every"]  # under an epoch (6 steps): an epoch's points are a window of 4 steps, then one of 2
 STEPS = [4, 6, 10, 12]  # the points of each task, in optimiser steps over the sequence
 TERMS = {"ldifs": ["ce", "ldifs"], "ewc": ["ce", "ewc"]}  # Trainer.fit's, Avalanche's

@@ -10,6 +10,7 @@ import yaml
 from continual.cli import main
 from continual.config import load_sequence
 from continual.models import ModelError, build_backbone
+from helpers import digits, tiny_sequence
 
 
 def model(**changes):
@@ -64,11 +65,10 @@ def test_timm_needs_an_arch(tmp_path, capsys):
 
 def test_a_timm_sequence_runs_end_to_end_with_ldifs(tmp_path):
     seq = tmp_path / "seq.yaml"
-    seq.write_text(yaml.safe_dump({
-        "name": "t", "model": {"family": "timm", "arch": "test_resnet", "image_size": 32},
-        "tasks": [{"name": "low", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 5},
-                  {"name": "high", "dataset": "digits", "classes": [8, 9], "train_per_class": 8, "test_per_class": 5}],
-        "training": {"batch_size": 8}, "methods": ["finetune", "ldifs"], "download": False}))
+    seq.write_text(yaml.safe_dump(tiny_sequence(
+        name="t", model={"family": "timm", "arch": "test_resnet", "image_size": 32},
+        tasks=[digits("low", [0, 1], test=5), digits("high", [8, 9], test=5)], training={"batch_size": 8},
+        methods=["finetune", "ldifs"])))
     assert main(["run", str(seq), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     for method in ("finetune", "ldifs"):
         doc = json.loads((tmp_path / "out" / "t" / method / "metrics.json").read_text())

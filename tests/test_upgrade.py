@@ -10,7 +10,7 @@ import yaml
 from continual.config import dump_sequence, load_sequence
 from continual.config.schema import MISSING, schema_default
 from continual.report import ReportError, write_report
-from test_report import write_run
+from helpers import write_run
 
 SEQ = {"name": "toy", "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1]},
                                 {"name": "b", "dataset": "digits", "classes": [2, 3]}],

@@ -8,13 +8,10 @@ import yaml
 from continual.cli import main
 from continual.config import ConfigError, load_sequence
 from continual.report.tables import method_labels, settings
+from helpers import tiny_sequence
 
-SEQ = {"name": "var", "seed": 0, "model": {"family": "efficientnet_lite0", "image_size": 32},
-       "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1], "train_per_class": 8, "test_per_class": 4},
-                 {"name": "b", "dataset": "digits", "classes": [2, 3], "train_per_class": 8, "test_per_class": 4}],
-       "training": {"batch_size": 8, "warmup_steps": 1},
-       "methods": [{"l2sp": {"lambda": 0.1}}, {"l2sp": {"lambda": 1000, "label": "l2sp-1000"}}, "finetune"],
-       "download": False}
+SEQ = tiny_sequence(name="var", seed=0,
+                    methods=[{"l2sp": {"lambda": 0.1}}, {"l2sp": {"lambda": 1000, "label": "l2sp-1000"}}, "finetune"])
 
 
 def test_labelled_variants_run_side_by_side_and_resume(tmp_path, capsys):

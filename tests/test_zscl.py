@@ -20,6 +20,7 @@ from continual.methods.zscl import WeightEnsemble, distillation
 from continual.models import TaskModel, build_backbone, text_tower, zero_shot_head
 from continual.runner import run_sequence
 from continual.train import Batch, FitStats, Trainer
+from helpers import digits, tiny_clip_model, tiny_clip_sequence
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -181,15 +182,11 @@ def test_the_weight_ensemble_is_the_running_mean_of_the_start_and_every_snapshot
 
 
 def sequence(tiny_clip, **zscl):
-    arch, checkpoint = tiny_clip
-    return {"name": "zscl", "seed": 2,
-            "model": {"family": "open_clip", "arch": arch, "pretrained": str(checkpoint), "head_init": "zero_shot"},
-            "tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1, 2], "train_per_class": 8, "test_per_class": 4},
-                      {"name": "b", "dataset": "digits", "classes": [3, 4], "train_per_class": 8, "test_per_class": 4}],
-            "probes": [{"name": "p", "dataset": "digits", "classes": [8, 9], "train_per_class": 4, "test_per_class": 4}],
-            "references": [{"name": "ref", "dataset": "digits", "classes": [5, 6, 7], "train_per_class": 8}],
-            "training": {"batch_size": 8, "warmup_steps": 1, "lr": 1e-4},
-            "methods": [{"zscl": {"reference": "ref", **zscl}}], "keep_checkpoints": 2, "download": False}
+    return tiny_clip_sequence(
+        tiny_clip, name="zscl", seed=2, model=tiny_clip_model(tiny_clip, head_init="zero_shot"),
+        tasks=[digits("a", [0, 1, 2]), digits("b", [3, 4])], probes=[digits("p", [8, 9], 4, 4)],
+        references=[{"name": "ref", "dataset": "digits", "classes": [5, 6, 7], "train_per_class": 8}],
+        methods=[{"zscl": {"reference": "ref", **zscl}}], keep_checkpoints=2)
 
 
 def test_zscl_is_refused_without_a_text_tower_or_a_named_reference(tiny_clip):
