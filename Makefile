@@ -14,7 +14,7 @@ EXTRAS ?= test
 PIP := $(PY) -m pip install -q --no-compile
 CACHED := env -u PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup demo test fashion-mnist clusters
+.PHONY: setup demo test fashion-mnist clusters docs
 
 setup: $(STAMP) fashion-mnist
 
@@ -57,3 +57,13 @@ demo: setup
 test: EXTRAS = test,slurm,ray
 test: setup clusters
 	$(CACHED) $(PY) -m pytest -x -q -n auto --maxprocesses 4 --dist loadfile
+
+# The documentation site (mkdocs.yml, docs/) into build/site/, warnings as errors: a page left out of the
+# navigation, a link to a missing page, heading or repository file fails it. The reference pages are written
+# from the schema at each build (docs/hooks/reference.py). The docs extra is installed once, beside whatever
+# extras the venv has. NO_MKDOCS_2_WARNING: mkdocs-material's banner about its successor, printed on every build.
+docs: $(VENV)/.docs
+	$(CACHED) NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+$(VENV)/.docs: $(STAMP)
+	$(PIP) -e '.[docs]'
+	touch $@
