@@ -4,6 +4,9 @@ What is in them (their names and folders are continual/run_folder.py's):
     checkpoints/start.pt            step 0, shared by every method: initial heads, scores, probe heads
     checkpoints/<method>/step-K.pt  after step K: model, heads, method state, the rows and timings so far
 
+With a `model.trainable` other than full, a step's checkpoint holds only the backbone's tensors that train (and
+its buffers); a resume adapts the pre-trained model again, as the run did, and loads them.
+
 A step's checkpoint is written before its result files, each atomically (temporary name, then rename),
 so whatever moment a run dies at, the newest checkpoint is a completed step and the result files are
 at most one step behind it (resume rewrites them from the checkpoint). Older steps are deleted once a
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from continual.models import Backbone, Head, TaskModel
+from continual.models import Backbone, Head, TaskModel, trainable
 from continual.files import atomic_file, make_folder
 
 # Bumped when a checkpoint's layout, or what a resumed step would draw, changes; older ones are refused
@@ -96,15 +99,17 @@ def build_heads(state: dict[str, dict], *, device: torch.device) -> dict[str, He
 
 
 def model_state(model: TaskModel) -> dict:
-    return {"backbone": {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()},
-            "heads": heads_state(model.heads)}
+    """The model as a checkpoint keeps it: the backbone's weights (with a `model.trainable` other than full, only
+    what trains and the buffers: continual/models/trainable.py, `saved_state`) and every head."""
+    return {"backbone": trainable.saved_state(model.backbone), "heads": heads_state(model.heads)}
 
 
 def load_model(model: TaskModel, state: dict) -> None:
-    """Put a `model_state` into `model`, whose heads are replaced by the saved ones. A state that does
-    not fit (another architecture) raises KeyError or RuntimeError; callers name the file."""
+    """Put a `model_state` into `model`, whose heads are replaced by the saved ones; a model.trainable other than
+    full must have adapted `model` as the saved one was (the rest is the pre-trained backbone already). A state that
+    does not fit (another architecture, another mode) raises KeyError or RuntimeError; callers name the file."""
     heads = build_heads(state["heads"], device=next(model.backbone.parameters()).device)
-    model.backbone.load_state_dict(state["backbone"])
+    trainable.load_saved_state(model.backbone, state["backbone"])
     model.heads.clear()
     model.heads.update(heads)
 

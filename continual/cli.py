@@ -468,4 +468,13 @@ def _list(*, pretrained: bool = False, data_root: Path = Path(DEFAULT_DATA_ROOT)
         print(f"  {name:<10} {defaults or '(no options)'}  {options.SUMMARY}{needs}")
     for need, what in NEEDS.items():
         print(f"  needs {need}: {what}")
+    from continual.config.schema import TRAINABLE, TRAINABLE_OPTIONS, Trainable
+
+    print("model.trainable (what of the backbone trains, whichever method runs; the heads always train; "
+          "`trainable: lora` or `trainable: {kind: lora, r: 16}`):")
+    for kind, what in TRAINABLE.items():
+        fields = Trainable.model_fields
+        options = ", ".join(f"{key}=" + ("(required)" if key == "n" else "(the family's)" if key == "targets"
+                                         else f"{fields[key].default}") for key in TRAINABLE_OPTIONS[kind])
+        print(f"  {kind:<12} {options or '(no options)'}  {what}")
     return 0

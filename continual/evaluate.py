@@ -178,8 +178,8 @@ class Evaluation:
 
 def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *, learned: int, head_init: str,
              zero_shot_probes: dict[str, Head] | None, batch_size: int, device: torch.device,
-             bf16: bool = False, class_incremental: bool = False, show_progress: bool = False,
-             compile: bool = False) -> Evaluation:
+             bf16: bool = False, class_incremental: bool = False, all_classes: bool = False,
+             show_progress: bool = False, compile: bool = False) -> Evaluation:
     """One row of the accuracy matrix after `learned` tasks have been trained.
 
     A learned task is scored with its own head. A task not yet learned is scored with the head it would
@@ -190,6 +190,10 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
     `class_incremental`: task j's test images are predicted among the classes of every task seen so far
     (tasks 1..learned), by the heads of those tasks side by side (the grown head); a task not yet learned,
     among the classes of tasks 1..j, its own head being the one it would start with now.
+
+    `all_classes` (setting x_tail): every task's test images are predicted among the classes of all the tasks,
+    learned or not, at every step (the not-learned ones by the heads they would start with: zero-shot), as RAIL's
+    X-TAIL scores each domain's test set against the text head of every domain's classes (dual_RAIL.py:39-47,148).
 
     `show_progress`: a bar over the images whose features this pass computes. `compile`: the encoder's
     forward torch.compile'd for this pass (training.compile resolved, train.use_compile).
@@ -215,11 +219,11 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
                 heads.append(future[task.name])
             else:
                 heads.append(model.heads[task.name])
-            if not class_incremental:
+            if not (class_incremental or all_classes):
                 row[task.name] = accuracy(heads[j], features(task.test), task.test.labels)
         offset = 0
-        for j, task in enumerate(tasks if class_incremental else []):
-            seen = heads[: max(learned, j + 1)]
+        for j, task in enumerate(tasks if class_incremental or all_classes else []):
+            seen = heads if all_classes else heads[: max(learned, j + 1)]
             row[task.name] = accuracy(seen, features(task.test), task.test.labels + offset)
             offset += len(task.class_names)
         for probe in probes:

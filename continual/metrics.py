@@ -167,11 +167,14 @@ def zscl_last(R: np.ndarray) -> float:
     return float(R[-1].mean()) if is_complete(R) else np.nan
 
 
-def chance_accuracy(classes: list[int], *, class_incremental: bool = False) -> np.ndarray:
+def chance_accuracy(classes: list[int], *, class_incremental: bool = False, all_classes: bool = False) -> np.ndarray:
     """(T + 1) × T: the accuracy of a uniform guess, laid out as R. Task j alone has classes[j] classes;
-    class-incremental, task j is predicted at step i among the classes of tasks 1..max(i, j) (as scored)."""
+    class-incremental, task j is predicted at step i among the classes of tasks 1..max(i, j) (as scored);
+    `all_classes` (X-TAIL), among every task's classes at every step."""
     T = len(classes)
     seen = np.cumsum(classes)
+    if all_classes:
+        return np.full((T + 1, T), 1 / seen[-1])
     return np.array([[1 / (seen[max(i, j + 1) - 1] if class_incremental else classes[j]) for j in range(T)]
                      for i in range(T + 1)])
 

@@ -25,7 +25,7 @@ from continual.datasets.tasks import TaskData, load_task
 from continual.evaluate import Evaluation, auto_eval_batch, evaluate
 from continual.methods import METHODS, NEEDS
 from continual.methods.contract import Method
-from continual.models import Backbone, Head, TaskModel
+from continual.models import Backbone, Head, TaskModel, trainable
 from continual.monitor import Events
 from continual.out_folder import check_output
 from continual.run_folder import METRICS, RunFolder
@@ -214,9 +214,16 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
         with distributed.said_once():  # the same files for every rank: rank 0 says what is wrong with them
             inputs = load()
     with distributed.said_once():
-        check_needs(seq, names, inputs.backbone, source=source)
+        # model.trainable on a copy, here to refuse what the model cannot do before anything is written; a method's
+        # problems are asked of the model it will train (Start.measure and Start.resume adapt their own alike).
+        trained = inputs.backbone if seq.model.trainable.kind == "full" else trained_backbone(seq, inputs.backbone,
+                                                                                                   source=source)
+        check_needs(seq, names, trained, source=source)
         if shared:
             check_distributed(seq, names, inputs, device=device, source=source)
+    if main and trained is not inputs.backbone:
+        print(trainable.describe(trained), file=sys.stderr)
+    del trained
     if shared and device.type == "cuda" and seq.training.batchnorm == "train":
         # Batch statistics over the whole batch, as one process computes them: every rank's share.
         inputs.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(inputs.backbone)
@@ -241,7 +248,8 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
         if complete != set(names):
             with distributed.said_once(checkpoints.CheckpointError):  # every rank reads the same file
                 start = Start.resume(run, inputs, freeze_batchnorm=seq.training.batchnorm == "frozen",
-                                     class_incremental=seq.setting == "class_incremental") if resume else None
+                                     class_incremental=seq.one_head, all_classes=seq.setting == "x_tail",
+                                     seq=seq) if resume else None
             if start is None:
                 start = Start.measure(seq, inputs, device=device, show_progress=progress and main)
                 distributed.on_main(lambda: start.save(run, inputs))
@@ -339,8 +347,8 @@ class Start:
     @classmethod
     def measure(cls, seq: Sequence, inputs: Loaded, *, device: torch.device, show_progress: bool = False) -> Start:
         began = time.perf_counter()
-        model = TaskModel(copy.deepcopy(inputs.backbone), freeze_batchnorm=seq.training.batchnorm == "frozen",
-                          class_incremental=seq.setting == "class_incremental").to(device)
+        model = TaskModel(trained_backbone(seq, inputs.backbone), freeze_batchnorm=seq.training.batchnorm == "frozen",
+                          class_incremental=seq.one_head, all_classes=seq.setting == "x_tail").to(device)
         for task_name, head in _initial_heads(seq, model.backbone, inputs.tasks).items():
             model.heads[task_name] = head.to(device)
         zero_shot_probes = None
@@ -352,7 +360,8 @@ class Start:
         evaluation = evaluate(model, inputs.tasks, inputs.probes, learned=0, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=inputs.eval_batch,
                               device=device, bf16=use_bf16(seq.training, device),
-                              class_incremental=model.class_incremental, show_progress=show_progress,
+                              class_incremental=model.class_incremental, all_classes=model.all_classes,
+                              show_progress=show_progress,
                               compile=use_compile(seq.training, device))
         return cls(model, evaluation, zero_shot_probes, time.perf_counter() - began)
 
@@ -367,18 +376,32 @@ class Start:
             "seconds": self.seconds})
 
     @classmethod
-    def resume(cls, run: RunFolder, inputs: Loaded, *, freeze_batchnorm: bool, class_incremental: bool) -> Start | None:
+    def resume(cls, run: RunFolder, inputs: Loaded, *, freeze_batchnorm: bool, class_incremental: bool,
+               all_classes: bool = False, seq: Sequence | None = None) -> Start | None:
+        """Step 0 from checkpoints/start.pt, None where there is none; `seq`: the sequence whose model.trainable and
+        seed adapt the model as Start.measure did (None: the backbone as loaded, as `full`)."""
         path = run.start_checkpoint
         if not path.exists():
             return None  # killed before step 0 was saved: measure it again
         state = checkpoints.load(path, expect={"step": 0, "backbone": checkpoints.fingerprint(inputs.backbone)})
         device = next(inputs.backbone.parameters()).device
-        model = TaskModel(copy.deepcopy(inputs.backbone), freeze_batchnorm=freeze_batchnorm,
-                          class_incremental=class_incremental)
+        backbone = copy.deepcopy(inputs.backbone) if seq is None else trained_backbone(seq, inputs.backbone)
+        model = TaskModel(backbone, freeze_batchnorm=freeze_batchnorm,
+                          class_incremental=class_incremental, all_classes=all_classes)
         model.heads.update(checkpoints.build_heads(state["heads"], device=device))
         zero_shot = state["zero_shot_probes"]
         return cls(model, Evaluation(state["row"], checkpoints.build_heads(state["future_heads"], device=device)),
                    None if zero_shot is None else checkpoints.build_heads(zero_shot, device=device), state["seconds"])
+
+
+def trained_backbone(seq: Sequence, backbone: Backbone, *, source: str = "<sequence>") -> Backbone:
+    """The backbone the run trains: a copy of the pre-trained `backbone` with `model.trainable` applied (continual/
+    models/trainable.py; `full` leaves the copy as it is), or ConfigError naming the option the model cannot take.
+    Methods are built with the pre-trained one, never this, so the anchors they copy of it stay un-adapted."""
+    try:
+        return trainable.apply(copy.deepcopy(backbone), seq.model.trainable, seed=seq.seed)
+    except models.ModelError as err:
+        raise ConfigError(source, [(f"model.{err.key}", err.message)]) from None
 
 
 def _initial_heads(seq: Sequence, backbone: Backbone, tasks: list[TaskData]) -> dict[str, Head]:
@@ -515,7 +538,8 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             result = evaluate(model, tasks, probes, learned=step, head_init=seq.model.head_init,
                               zero_shot_probes=zero_shot_probes, batch_size=inputs.eval_batch,
                               device=device, bf16=use_bf16(seq.training, device),
-                              class_incremental=model.class_incremental, show_progress=progress and main,
+                              class_incremental=model.class_incremental, all_classes=model.all_classes,
+                              show_progress=progress and main,
                               compile=use_compile(seq.training, device))
             rows.append(result.row)
             timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,

@@ -143,3 +143,5 @@ def test_chance_accuracy_by_setting():
     np.testing.assert_allclose(metrics.chance_accuracy([2, 4, 4], class_incremental=True),
                                [[1 / 2, 1 / 6, 1 / 10], [1 / 2, 1 / 6, 1 / 10], [1 / 6, 1 / 6, 1 / 10],
                                 [1 / 10, 1 / 10, 1 / 10]])
+    # X-TAIL: every task among every task's classes, at every step
+    np.testing.assert_allclose(metrics.chance_accuracy([2, 4, 4], all_classes=True), [[1 / 10] * 3] * 4)

@@ -454,19 +454,27 @@ def _checks(*, model: ModelConfig | None, specs: dict[str, list[tuple[int, DataS
             if why := _unmet(need, model):
                 found.problems.append((f"methods[{i}]", f"{name} needs {NEEDS[need]}: {why}"))
     found.doubts = _probes_trained_on(specs, chosen)
-    found.problems += _setting_problems(setting, specs.get("tasks", []), chosen)
+    found.problems += _setting_problems(setting, specs.get("tasks", []), chosen, model=model)
     return found
 
 
-def _setting_problems(setting: str, tasks: list[tuple[int, DataSpec]], chosen: dict[str, _Selection]) -> list:
-    """multi_domain: each task a dataset of its own. class_incremental: no class in two tasks (one head
-    cannot hold a class twice)."""
+def _setting_problems(setting: str, tasks: list[tuple[int, DataSpec]], chosen: dict[str, _Selection], *,
+                      model: ModelConfig | None = None) -> list:
+    """multi_domain and x_tail: each task a dataset of its own. class_incremental: no class in two tasks (one
+    head cannot hold a class twice). x_tail: zero-shot heads, the only ones that know a domain's classes
+    before it is learned (every image is scored among them from step 0)."""
     problems = []
+    if setting == "x_tail" and model is not None and model.head_init != "zero_shot":
+        problems.append(("model.head_init", f"{model.head_init}: setting x_tail predicts every image among the "
+                                            "classes of all tasks, those not learned yet too, which only CLIP's "
+                                            "zero-shot text heads know by then: set head_init: zero_shot "
+                                            "(family: open_clip)"))
     for k, (j, later) in enumerate(tasks):
         for i, earlier in tasks[:k]:
             a, b = chosen.get(f"tasks[{i}]"), chosen.get(f"tasks[{j}]")
-            if setting == "multi_domain" and earlier.dataset == later.dataset and (a is None or b is None or a.source == b.source):
-                problems.append((f"tasks[{j}].dataset", f"{later.dataset} is also tasks[{i}]'s: setting multi_domain "
+            if (setting in ("multi_domain", "x_tail") and earlier.dataset == later.dataset
+                    and (a is None or b is None or a.source == b.source)):
+                problems.append((f"tasks[{j}].dataset", f"{later.dataset} is also tasks[{i}]'s: setting {setting} "
                                                         "gives each task a dataset of its own (class_incremental or "
                                                         "task_incremental split one dataset)"))
             elif setting == "class_incremental" and a is not None and b is not None and a.source == b.source:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo,
-                      WrapValidator, create_model, field_validator, model_validator)
+                      WrapValidator, create_model, field_validator, model_serializer, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from continual.datasets import DATASETS
@@ -95,6 +95,67 @@ def local_path(text: str) -> Path:
     return path
 
 
+# model.trainable's modes: what of the backbone trains (docs/trainable.md; continual/models/trainable.py applies them).
+# The heads always train. `continual list` prints these lines.
+TRAINABLE = {
+    "full": "every weight of the backbone trains (the default: runs as before the key existed)",
+    "lora": "low-rank adapters (peft's LoRA, rank r, scale alpha/r) on `targets`; the rest of the backbone frozen",
+    "last_blocks": "the last `n` blocks and what follows them (final norm, projection); the rest frozen",
+    "bias": "BitFit: every bias of the backbone (norms' too); weights and norm scales frozen",
+    "frozen": "nothing of the backbone; the heads alone train (a linear probe trained by the method's loss)",
+}
+# Which options each mode takes (any other is refused, naming the mode).
+TRAINABLE_OPTIONS = {"full": (), "lora": ("r", "alpha", "targets"), "last_blocks": ("n",), "bias": (), "frozen": ()}
+
+
+class Trainable(Strict):
+    """`model.trainable`: what of the backbone trains, whichever method runs (docs/trainable.md). A mode's name
+    alone (`trainable: lora`) is that mode with its defaults; `{kind: lora, r: 16}` sets its options."""
+
+    # full = every weight: the default, so that every run is as it was before this key existed.
+    kind: Literal["full", "lora", "last_blocks", "bias", "frozen"] = "full"
+    # lora: the adapters' rank. 8: peft's LoraConfig default, and within the ranks Hu et al. found enough for a
+    # transformer's attention weights (LoRA, arXiv 2106.09685, Table 6: r = 1 to 8 did as well as 64).
+    r: int = Field(default=8, gt=0, le=4096)
+    # lora: the update is scaled by alpha / r. 16 = 2r, a common default of LoRA recipes (Hu et al. set alpha to
+    # the first r they tried and did not tune it; a larger alpha acts as a larger learning rate for the adapters).
+    alpha: float = Field(default=16.0, gt=0)
+    # lora: module names (or their last parts, as peft's target_modules: `mlp.c_fc` matches every block's), each of
+    # which must match: Linear layers, convolutions, or an nn.MultiheadAttention (its q/k/v projection). None: the
+    # family's defaults (open_clip ViT: attn, mlp.c_fc, mlp.c_proj; timm: attn.qkv, attn.proj, mlp.fc1, mlp.fc2;
+    # efficientnet_lite0: its 1x1 convolutions _expand_conv, _project_conv, _conv_head).
+    targets: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    # last_blocks: how many of the last blocks train, required there. No default: how deep to train depends on the
+    # model (16 blocks in EfficientNet-Lite0, 12 in ViT-B), so it is chosen on purpose.
+    n: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _options_of_the_mode(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        kind = raw.get("kind", "full")
+        takes = TRAINABLE_OPTIONS.get(kind) if isinstance(kind, str) else None
+        if takes is None:
+            return raw  # an unknown kind: the field's own error names the modes
+        others = [key for key in raw if key != "kind" and key in cls.model_fields and key not in takes]
+        if others:
+            owners = sorted({mode for key in others for mode, options in TRAINABLE_OPTIONS.items() if key in options})
+            said = f"takes {', '.join(f'`{o}`' for o in takes)}" if takes else "takes no options"
+            raise ValueError(f"{', '.join(f'`{k}`' for k in others)} {'is an option' if len(others) == 1 else 'are options'} "
+                             f"of {' and '.join(owners)}; kind {kind} {said}")
+        if kind == "last_blocks" and raw.get("n") is None:
+            raise ValueError("kind last_blocks needs `n`: how many of the model's last blocks train (e.g. "
+                             "{kind: last_blocks, n: 2})")
+        return raw
+
+    @model_serializer(mode="wrap")
+    def _only_the_mode_s_options(self, handler) -> dict:
+        # config.yaml records the mode and its own options only: `{kind: full}`, `{kind: lora, r: 8, ...}`.
+        raw = handler(self)
+        return {key: value for key, value in raw.items() if key == "kind" or key in TRAINABLE_OPTIONS[self.kind]}
+
+
 class ModelConfig(Strict):
     family: Family = EFFICIENTNET  # efficientnet_lite0 | open_clip | timm; the default's weights ship in a pip package
     arch: str | None = None  # open_clip or timm architecture name, e.g. ViT-B-32, resnet50
@@ -105,6 +166,14 @@ class ModelConfig(Strict):
     image_size: int | None = Field(default=None, gt=0)  # None = the model's own input size
     # linear_probe is the paper code's default: a new task's head starts as a linear probe on frozen features.
     head_init: Literal["linear_probe", "zero_shot", "random"] = "linear_probe"
+    # What of the backbone trains, whichever method runs: full (every weight, as before this key), lora,
+    # last_blocks, bias or frozen; a mode's name, or `{kind: lora, r: 16}` (Trainable; docs/trainable.md).
+    trainable: Trainable = Trainable()
+
+    @field_validator("trainable", mode="before")
+    @classmethod
+    def _mode_by_name(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value  # `trainable: lora` = `{kind: lora}`
 
     @field_validator("image_size")
     @classmethod
@@ -406,7 +475,10 @@ class Sequence(Strict):
     #   predicted among all of them, with no task label (split CIFAR-100 in the CIL literature).
     # multi_domain: each task a dataset of its own, with its own head, scored on every dataset after every
     #   step (ZSCL's MTIL); trained and scored as task_incremental, reported by Transfer / Avg / Last.
-    setting: Literal["task_incremental", "class_incremental", "multi_domain"] = "task_incremental"
+    # x_tail: each task a dataset of its own (RAIL's X-TAIL, Xu et al. NeurIPS 2024), trained as
+    #   class_incremental, and every test image predicted among the classes of all the tasks, learned or not,
+    #   with no domain label (RAIL's dual_RAIL.py builds its zero-shot head from every domain's classes).
+    setting: Literal["task_incremental", "class_incremental", "multi_domain", "x_tail"] = "task_incremental"
     tasks: list[DataSpec] = Field(min_length=1)
     probes: list[DataSpec] = []
     # Images a method may read but that are never scored: ZSCL's distillation set (its paper: ImageNet).
@@ -447,6 +519,11 @@ class Sequence(Strict):
     @property
     def root(self) -> Path:
         return Path(self.data_root).expanduser()
+
+    @property
+    def one_head(self) -> bool:
+        """class_incremental and x_tail: one head grown by each task's rows, and no task label at test time."""
+        return self.setting in ("class_incremental", "x_tail")
 
     def task_training(self, task: int) -> TrainingConfig:
         """The training settings of task `task` (its index): the sequence's `training` with the task's own

@@ -171,16 +171,19 @@ class Heads(nn.ModuleDict):
 class TaskModel(nn.Module):
     """Shared backbone + one head per task. Task-incremental: a task's logits are its head's.
     Class-incremental: the heads of every task up to it, side by side, in the order they were added (the
-    sequence's): one head grown by each task's rows, its labels offset by the classes before it."""
+    sequence's): one head grown by each task's rows, its labels offset by the classes before it.
+    `all_classes` (setting x_tail): trained as class-incremental, but scored among every task's classes,
+    learned or not (evaluate); it implies `class_incremental`."""
 
     def __init__(self, backbone: Backbone, heads: dict[str, Head] | None = None, *, freeze_batchnorm: bool = False,
-                 class_incremental: bool = False):
+                 class_incremental: bool = False, all_classes: bool = False):
         super().__init__()
         self.backbone = backbone
         self.heads = Heads()
         self.heads.update(heads or {})
         self.freeze_batchnorm = freeze_batchnorm
-        self.class_incremental = class_incremental
+        self.class_incremental = class_incremental or all_classes
+        self.all_classes = all_classes
 
     def heads_up_to(self, task: str) -> list[str]:
         """The tasks whose heads give `task`'s logits: itself, or with class_incremental every task up to it."""

@@ -325,7 +325,8 @@ def chance(run: Run) -> pd.DataFrame | None:
     if doc is None or list(doc["classes"]) != run.tasks:
         return None
     values = metrics.chance_accuracy(list(doc["classes"].values()),
-                                     class_incremental=doc.get("setting") == "class_incremental")
+                                     class_incremental=doc.get("setting") == "class_incremental",
+                                     all_classes=doc.get("setting") == "x_tail")
     return pd.DataFrame(values, columns=run.tasks).rename_axis("step")
 
 
