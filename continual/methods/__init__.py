@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from continual.methods.options import (LABEL, RESERVED_KEYS, UNDECLARED, EWCOptions, FinetuneOptions, FLYPOptions,
                                        FrozenOptions, JointOptions, L2SPOptions, LDIFSOptions, LPFTOptions, LwFOptions,
-                                       NaiveOptions, Options, ReplayOptions, WiseFTOptions, ZSCLOptions)
+                                       NaiveOptions, Options, RAILOptions, ReplayOptions, WiseFTOptions,
+                                       ZSCLOptions)
+from continual.methods.options import MagMaxOptions, TaskArithmeticOptions, TIESOptions
 
 # What a method may need of the model (Options.NEEDS; checked up front, named in `continual list`):
 #   taps  intermediate features of the backbone (a feature-space penalty: LDIFS)
@@ -53,6 +55,11 @@ METHODS: dict[str, type[Options]] = {
     "lp_ft": LPFTOptions,
     "flyp": FLYPOptions,
     "zscl": ZSCLOptions,
+    "rail": RAILOptions,
+    # merging: fine-tune, then θ_0 + λ · a merge of the task vectors so far (methods/merging.py)
+    "task_arithmetic": TaskArithmeticOptions,
+    "ties": TIESOptions,
+    "magmax": MagMaxOptions,
     # avalanche-lib's own strategy and plugins, on our model, data and settings (methods/avalanche.py)
     "naive": NaiveOptions,
     "ewc": EWCOptions,

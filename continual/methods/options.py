@@ -333,3 +333,91 @@ class ReplayOptions(Options):
     LEGEND = (("memory_size", "memory {}", False),)
     # 300 stored images (15% of one task) gave BWT +0.003 on the default sequence (docs/results.md).
     memory_size: int = Field(default=300, gt=0)
+
+
+class RAILOptions(Options):
+    name: Literal["rail"] = "rail"
+    SUMMARY = ("CLIP only, no backpropagation: a ridge-regression adapter on the frozen features, solved "
+               "recursively task by task, fused with zero-shot CLIP")
+    IMPLEMENTATION = "continual.methods.rail:RAIL"
+    NEEDS = ("text",)  # the zero-shot half of its fusion
+    DISTRIBUTED = ("it solves one ridge regression on the features of every training image of a task (no "
+                   "gradient steps to split): a rank would need every image's features; it trains nothing, so one "
+                   "process runs it in the time of a feature pass")
+    LEGEND = (("form", "{}", False),)
+    # Defaults: the reference code's configs/analytic_clip.yaml (linghan1997/Regression-based-Analytic-
+    # Incremental-Learning), the recipe of the paper's runs.
+    # primal: a random hidden layer, then ridge regression by recursive least squares (primal_RAIL.py);
+    # dual: kernel ridge regression on the features of every image seen so far (dual_RAIL.py).
+    form: Literal["primal", "dual"] = "primal"
+    # primal: λ of (ΦᵀΦ + λI)⁻¹ΦᵀY, `regularization: 0.1` (analytic_clip.yaml l. 8; primal_RAIL.py l. 69).
+    ridge: float = Field(default=0.1, gt=0)
+    # primal: the random hidden layer's width, `hidden_dim: 15000` (analytic_clip.yaml l. 12; primal_RAIL.py
+    # l. 30-33). Its R is width² float64s (1.8 GB at 15000), kept in every checkpoint. None: no hidden layer,
+    # ridge regression on the features themselves (`feature_expansion: 0`, primal_RAIL.py l. 49-51).
+    width: int | None = Field(default=15000, gt=0)
+    # dual: λ of (K + λI)⁻¹Y, 0.001, set in the code, not the config (dual_RAIL.py l. 62).
+    kernel_ridge: float = Field(default=0.001, gt=0)
+    # dual: γ of the Gaussian kernel exp(−γ‖x − x'‖²) on L2-normalised features, `gamma: 0.1`
+    # (analytic_clip.yaml l. 14; utils.py l. 86).
+    kernel_gamma: float = Field(default=0.1, gt=0)
+    # w of (1 − w)·softmax(zero-shot) + w·adapter, `fusion_weight: 0.8` (analytic_clip.yaml l. 9;
+    # primal_RAIL.py l. 273).
+    fusion_weight: float = Field(default=0.8, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _options_of_its_form(self) -> RAILOptions:
+        other = {"primal": ("kernel_ridge", "kernel_gamma"), "dual": ("ridge", "width")}[self.form]
+        given = [k for k in other if k in self.model_fields_set]
+        if given:
+            raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not an option of form "
+                             f"{self.form}")
+        return self
+
+
+# The merging methods (methods/merging.py): fine-tune on each task, then leave the backbone θ_0 + λ·τ, τ a merge
+# of the task vectors τ_t = θ_t − θ_0 so far. `finetuning` says where each task's fine-tuning starts: from the
+# last task's fine-tuned weights (sequential) or from the pre-trained ones (independent).
+# DISTRIBUTED: trained by Trainer.fit on cross-entropy, and every rank merges its identical weights alike.
+class MagMaxOptions(Options):
+    name: Literal["magmax"] = "magmax"
+    SUMMARY = ("sequential fine-tuning, then the backbone θ_0 + λ·τ, each entry of τ the task vector entry of "
+               "largest magnitude")
+    IMPLEMENTATION = "continual.methods.magmax:MagMax"
+    DISTRIBUTED = True
+    LEGEND = (("lambda", "λ = {}", False), ("finetuning", "{}", True))
+    # 0.5: MagMax's (danielm1405/magmax merge_splitted.py line 70, merge_8datasets.py line 25).
+    lambda_: float = Field(default=0.5, alias="lambda", ge=0)
+    # Where each task's fine-tuning starts. sequential: from the last task's fine-tuned weights, MagMax itself
+    # (finetune_splitted.py lines 35-38); independent: from the pre-trained ones (their scripts/CIL/finetune.sh).
+    finetuning: Literal["sequential", "independent"] = "sequential"
+
+
+class TaskArithmeticOptions(Options):
+    name: Literal["task_arithmetic"] = "task_arithmetic"
+    SUMMARY = "fine-tune, then the backbone θ_0 + λ·Σ τ_t, the sum of the task vectors so far"
+    IMPLEMENTATION = "continual.methods.task_arithmetic:TaskArithmetic"
+    DISTRIBUTED = True
+    LEGEND = (("lambda", "λ = {}", False), ("finetuning", "{}", True))
+    # 0.4: the TIES authors' task-arithmetic value without a validation set (ties-merging src/ties_minimal.ipynb);
+    # Ilharco et al. choose λ per experiment on validation data.
+    lambda_: float = Field(default=0.4, alias="lambda", ge=0)
+    # Where each task's fine-tuning starts. independent: from the pre-trained weights, as the paper defines task
+    # vectors and MagMax's comparison runs it; sequential: from the last task's fine-tuned weights (MagMax's).
+    finetuning: Literal["sequential", "independent"] = "independent"
+
+
+class TIESOptions(Options):
+    name: Literal["ties"] = "ties"
+    SUMMARY = ("fine-tune, then TIES-merge the task vectors so far: trim to the top k %, elect each entry's sign, "
+               "mean of the agreeing entries, θ_0 + λ·τ")
+    IMPLEMENTATION = "continual.methods.ties:TIES"
+    DISTRIBUTED = True
+    LEGEND = (("lambda", "λ = {}", False), ("k", "top {}%", True), ("finetuning", "{}", True))
+    # 1: the authors' (ties-merging src/ties_minimal.ipynb); MagMax ran TIES at 0.55 (merge_splitted.py line 117).
+    lambda_: float = Field(default=1.0, alias="lambda", ge=0)
+    # The share of each task vector's entries kept, in % of the whole model (one threshold): the authors' 20.
+    k: float = Field(default=20.0, gt=0, le=100)
+    # Where each task's fine-tuning starts. independent: from the pre-trained weights, as the paper defines task
+    # vectors and MagMax's comparison runs it; sequential: from the last task's fine-tuned weights (MagMax's).
+    finetuning: Literal["sequential", "independent"] = "independent"
