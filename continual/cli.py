@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a task sequence and write results after every step")
-    run.add_argument("sequence", type=Path, help="a sequence YAML file (see sequences/)")
+    run.add_argument("sequence", type=Path, help="a sequence YAML file, or a shipped sequence's name "
+                     "(`continual list --sequences`)")
     run.add_argument("--methods", help="comma-separated subset of methods to run (default: the file's list)")
     # Not reports/: that folder holds the committed example runs, which a first run must never touch.
     run.add_argument("--out", type=Path, default=Path("runs"), help="output root (default: runs)")
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="data_root=DIR: where datasets are looked for (default: the schema's, "
                          f"{DEFAULT_DATA_ROOT}); path=DIR: imagefolder's folder (repeatable)")
+    listing.add_argument("--sequences", action="store_true", help="the shipped sequences, which run by name "
+                         "(`continual run mtil-order-1`): tasks, probes, model and methods of each")
     listing.add_argument("--pretrained", action="store_true", help="also the open_clip pretrained tags of common "
                          "architectures (imports open_clip and torch: a few seconds)")
 
@@ -175,6 +178,11 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "data":
             return _prepare(args) if args.data_command == "prepare" else _stored(args.data_root)
         where = _list_settings(args.overrides)
+        if args.sequences:
+            if args.dataset is not None or args.pretrained or args.overrides:
+                raise ConfigError("--sequences", [("", "lists the shipped sequences: not with a DATASET, "
+                                                   "--pretrained or --set")])
+            return _list_sequences()
         if args.dataset is not None:
             if args.pretrained:
                 raise ConfigError("--pretrained", [("", "lists models' tags: not with a DATASET")])
@@ -424,6 +432,28 @@ def _list_classes(dataset: str, *, data_root: Path, path: Path | None) -> int:
     width = len(str(len(names) - 1))
     for i, (name, clip) in enumerate(zip(names, readable_names(dataset, names))):
         print(f"  {i:>{width}}  {name}" + (f"  (CLIP prompts: {clip!r})" if clip != name else ""))
+    return 0
+
+
+def _list_sequences() -> int:
+    """The shipped sequences: name, what each trains, and its first comment line."""
+    from continual.config.loading import _read_yaml, shipped_sequences
+
+    shipped = shipped_sequences()
+    print(f"shipped sequences ({shipped and next(iter(shipped.values())).parent}; run one by name: "
+          "continual run NAME):")
+    for name, path in shipped.items():
+        raw = _read_yaml(path)
+        model = raw.get("model") or {}
+        arch = model.get("arch") or model.get("family", "efficientnet_lite0")
+        methods = [m if isinstance(m, str) else next(iter(m)) for m in raw.get("methods") or []]
+        count = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
+        print(f"  {name:<28} {count(len(raw.get('tasks') or []), 'task')}, "
+              f"{count(len(raw.get('probes') or []), 'probe')}, {arch}; {count(len(methods), 'method')} "
+              f"({', '.join(methods)})")
+        about = next((line.lstrip("# ").rstrip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        if about:
+            print(f"  {'':<28} {about}")
     return 0
 
 

@@ -60,13 +60,37 @@ class ConfigWarning(UserWarning):
         return (type(self), (self.source, self.key, self.message))
 
 
+# The sequences shipped with the package (the repository's sequences/, package data in a wheel): a run may name
+# one instead of a file, `continual run mtil-order-1`.
+SHIPPED = Path(__file__).resolve().parent.parent / "sequences"
+
+
+def shipped_sequences() -> dict[str, Path]:
+    """The shipped sequences by name (file name without .yaml), sorted."""
+    return {p.stem: p for p in sorted(SHIPPED.glob("*.yaml"))}
+
+
+def sequence_file(source: str | Path) -> Path:
+    """The file a sequence argument names: the path itself where it exists, else, for a bare name (no folder,
+    `mtil-order-1` or `mtil-order-1.yaml`), NAME.yaml in the working folder, else the shipped sequence of that name. A missing file is left for the
+    reader to report, naming the shipped sequences where the argument looked like one."""
+    path = Path(source)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    if not path.suffix and path.with_name(path.name + ".yaml").exists():  # `continual run mine`: ./mine.yaml
+        return path.with_name(path.name + ".yaml")
+    return shipped_sequences().get(path.name.removesuffix(".yaml"), path)
+
+
 def load_sequence(source: str | Path | dict, overrides: list[str] = ()) -> Sequence:
-    """Read, override and validate a sequence. Raises ConfigError naming the file and key paths, with
-    every problem found: one wrong type does not hide the problems of the parts that are right.
-    Gives a ConfigWarning (warnings.warn) per legal but doubtful setting."""
+    """Read, override and validate a sequence: a dict, a YAML file, or the name of a shipped sequence
+    (`sequence_file`). Raises ConfigError naming the file and key paths, with every problem found: one wrong
+    type does not hide the problems of the parts that are right. Gives a ConfigWarning (warnings.warn) per
+    legal but doubtful setting."""
     if isinstance(source, dict):
         label, raw = "<dict>", copy.deepcopy(source)
     else:
+        source = sequence_file(source)
         label, raw = str(source), _read_yaml(Path(source))
         _anchor_paths(raw, Path(source).absolute().parent)  # before --set: a flag's paths are the shell's
     for item in overrides:
@@ -234,7 +258,8 @@ _Loader.add_implicit_resolver(
 
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
-        raise ConfigError(str(path), [("", "no such file")])
+        shipped = f" (nor a shipped sequence: {', '.join(shipped_sequences())})" if len(path.parts) == 1 else ""
+        raise ConfigError(str(path), [("", f"no such file{shipped}")])
     if path.is_dir():
         raise ConfigError(str(path), [("", "is a directory, expected a sequence YAML file")])
     try:
