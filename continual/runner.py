@@ -129,7 +129,7 @@ def check_needs(seq: Sequence, names: list[str], backbone: Backbone, *, source: 
                 unmet.append((key, f"{method} needs {NEEDS[need]}: {err.message}"))
         problems += unmet
         if not unmet:  # options that name parts of the model (contract.Method.problems)
-            problems += [(f"{key}.{method}.{option}", message)
+            problems += [(f"{key}.{method}" + (f".{option}" if option else ""), message)  # "": the entry itself
                          for option, message in methods.implementation(method).problems(options, backbone)]
     if problems:
         raise ConfigError(source, problems)

@@ -23,7 +23,8 @@ from continual.methods.options import (LABEL, RESERVED_KEYS, UNDECLARED, EWCOpti
                                        FrozenOptions, JointOptions, L2SPOptions, LDIFSOptions, LPFTOptions, LwFOptions,
                                        NaiveOptions, Options, RAILOptions, ReplayOptions, WiseFTOptions,
                                        ZSCLOptions)
-from continual.methods.options import MagMaxOptions, TaskArithmeticOptions, TIESOptions
+from continual.methods.options import (DIKIOptions, InfLoRAOptions, MagMaxOptions, MoEAdaptersOptions,
+                                       TaskArithmeticOptions, TIESOptions)
 
 # What a method may need of the model (Options.NEEDS; checked up front, named in `continual list`):
 #   taps  intermediate features of the backbone (a feature-space penalty: LDIFS)
@@ -60,6 +61,9 @@ METHODS: dict[str, type[Options]] = {
     "task_arithmetic": TaskArithmeticOptions,
     "ties": TIESOptions,
     "magmax": MagMaxOptions,
+    "inflora": InfLoRAOptions,
+    "diki": DIKIOptions,
+    "moe_adapters": MoEAdaptersOptions,
     # avalanche-lib's own strategy and plugins, on our model, data and settings (methods/avalanche.py)
     "naive": NaiveOptions,
     "ewc": EWCOptions,

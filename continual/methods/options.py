@@ -421,3 +421,101 @@ class TIESOptions(Options):
     # Where each task's fine-tuning starts. independent: from the pre-trained weights, as the paper defines task
     # vectors and MagMax's comparison runs it; sequential: from the last task's fine-tuned weights (MagMax's).
     finetuning: Literal["sequential", "independent"] = "independent"
+
+
+class InfLoRAOptions(Options):
+    name: Literal["inflora"] = "inflora"
+    SUMMARY = ("open_clip ViT only: per task a LoRA on each block's k and v whose A spans the task's attention "
+               "inputs outside the subspace of earlier tasks' (DualGPM bases); only B trains, then it is merged")
+    IMPLEMENTATION = "continual.methods.inflora:InfLoRA"
+    DISTRIBUTED = ("each task's A is designed from one pass over every training image of the task (the attention "
+                   "inputs' covariance, an SVD per block) and the kept bases from a second, which every rank would "
+                   "have to compute bit for bit alike; not wired through torchrun")
+    LEGEND = (("rank", "r = {}", True), ("threshold", "ε = {}", True))
+    # Defaults: the reference code's ViT-B/16 configs (liangyanshuo/InfLoRA configs/cifar100_inflora.json).
+    # r of each task's A (r × d) and B (d × r): `"rank": 10` (cifar100_inflora.json l. 28; ImageNet-R's too).
+    rank: int = Field(default=10, gt=0)
+    # The energy threshold of the kept subspace after the first task, `"lamb": 0.95` (cifar100_inflora.json l. 29,
+    # DomainNet's too; ImageNet-R's 0.98), raised linearly towards threshold_end over the sequence: after task t
+    # (1-based) of T, threshold + (threshold_end − threshold)·(t − 1)/T (methods/inflora.py l. 322).
+    threshold: float = Field(default=0.95, gt=0, le=1)
+    # `"lame": 1.0` (cifar100_inflora.json l. 30).
+    threshold_end: float = Field(default=1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _thresholds_rise(self) -> InfLoRAOptions:
+        if self.threshold_end < self.threshold:
+            raise ValueError(f"threshold_end ({self.threshold_end}) must be at least threshold ({self.threshold})")
+        return self
+
+    def problems(self, sequence: Sequence) -> list[tuple[str, str]]:
+        model, found = sequence.model, []
+        if model.family != "open_clip":
+            found.append(("", f"InfLoRA adapts the attention of an open_clip ViT image tower (model.family: "
+                              f"open_clip), not {model.family}"))
+        if model.trainable.kind != "full":
+            found.append(("", f"InfLoRA trains its own adapters (B of each block's k and v) and freezes the rest "
+                              f"itself: it needs model.trainable: full, not {model.trainable.kind}"))
+        return found
+
+
+class DIKIOptions(Options):
+    name: Literal["diki"] = "diki"
+    SUMMARY = ("CLIP ViT only, backbone frozen: per-task key/value prompts in a residual attention branch, scaled "
+               "for each image by its likelihood under the learned tasks' feature Gaussians")
+    IMPLEMENTATION = "continual.methods.diki:DIKI"
+    NEEDS = ("text",)  # each task's head is its zero-shot text head
+    DISTRIBUTED = True  # trained by Trainer.fit on cross-entropy; the statistics come from a gathered feature pass
+    LEGEND = (("depth", "depth {}", True), ("length", "{} prompts", True))
+    # Defaults: the reference code's MTIL recipe (lloongx/DIKI configs/MTIL.yaml).
+    # Prompted blocks: the first `depth` of the image tower, `prompt_depth_vision: 8` (l. 17; clip/model.py l. 214-219).
+    depth: int = Field(default=8, gt=0)
+    # Key and value prompts per prompted block and task, `n_ctx_vision: 8` (l. 19; clip/attention.py l. 170).
+    length: int = Field(default=8, gt=0)
+
+    def problems(self, sequence: Sequence) -> list[tuple[str, str]]:
+        if sequence.model.trainable.kind != "full":
+            return [("", f"DIKI trains its own prompts and freezes the backbone itself: it needs model.trainable: "
+                         f"full (the default), not {sequence.model.trainable.kind}")]
+        return []
+
+
+class MoEAdaptersOptions(Options):
+    name: Literal["moe_adapters"] = "moe_adapters"
+    SUMMARY = ("CLIP ViT only, CLIP frozen: top-k routed adapter experts in every block of both towers, a router "
+               "per task, and autoencoders that send each image to its task's router or to frozen CLIP")
+    IMPLEMENTATION = "continual.methods.moe_adapters:MoEAdapters"
+    NEEDS = ("text",)  # its loss and heads are prompts through the text tower
+    DISTRIBUTED = ("after a task it freezes the experts its router picked most often over the task's images: "
+                   "under torchrun each rank would count only its share and freeze others")
+    LEGEND = (("experts", "{} experts", True), ("top_k", "top-{}", True))
+    # Defaults: the reference code's MTIL recipe (JiazuoYu/MoE-Adapters4CL, mtil/): train_full_shot_router11_
+    # experts22_1000iters.sh and src/args.py. Its training settings go in `training:` (lr 1e-3 for most tasks,
+    # 1000 steps, batch 64, 100 warm-up steps, label smoothing 0.2, weight decay 0): docs/methods/moe_adapters.md.
+    # Experts per block, `num=22` (the script).
+    experts: int = Field(default=22, gt=0, le=1024)
+    # Experts each input goes through, `--topk 2` (args.py l. 324).
+    top_k: int = Field(default=2, gt=0)
+    # The adapters' bottleneck, `--ffn_num 64` (args.py l. 304; adapter.py l. 35).
+    width: int = Field(default=64, gt=0)
+    # Where the experts go: both towers, `--ffn_adapt_where AdapterDoubleEncoder` (the script), or the image's only.
+    towers: Literal["both", "image"] = "both"
+    # Experts of each block frozen after each task: its router's most picked, 2 (finetune.py l. 199-200); 0: none.
+    freeze_top: int = Field(default=2, ge=0)
+    # Updates of each task's DDAS autoencoder, `--iterations 300` (the script's autochooser runs after the first).
+    ddas_steps: int = Field(default=300, gt=0)
+    # Reconstruction error above which an image goes to frozen CLIP. The reference's 0.0655 was fit to its
+    # AlexNet features, not to these (moe_adapters.py); None: each task's own, its largest on its training images.
+    threshold: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _top_k_of_the_experts(self) -> MoEAdaptersOptions:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        return self
+
+    def problems(self, sequence: Sequence) -> list[tuple[str, str]]:
+        if sequence.model.trainable.kind != "full":
+            return [("", f"MoE-Adapters trains its own experts and freezes CLIP itself: it needs model.trainable: "
+                         f"full (the default), not {sequence.model.trainable.kind}")]
+        return []
