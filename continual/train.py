@@ -189,7 +189,7 @@ class Trainer:
         fused = {"fused": True} if use_fused(t, self.device) else {}
         if t.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, **fused)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
 
     def make_schedule(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
         # Linear warm-up then cosine decay to zero, as in the paper's (wise-ft) training code.

@@ -305,6 +305,9 @@ class TrainingConfig(Strict):
     # than any accelerator here holds, so a larger value is a typo (10**12 and 2**70 passed the schema).
     batch_size: int = Field(default=64, gt=0, le=65536)
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    # SGD's momentum, read by `sgd` only (AdamW's moments are its own). 0.9: torchvision's and most fine-tuning
+    # recipes'; DIKI's MTIL recipe sets 0 (configs/MTIL.yaml: SGD at lr 5 without momentum).
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     # The optimiser's fused kernel (torch.optim.AdamW/SGD(fused=True): one kernel updates every parameter)
     # instead of torch's default (foreach on CUDA, a loop per parameter on CPU); the same update up to float
     # rounding. auto = on for CUDA, where it was faster in every measured run (bench.py --gpu on an H100, ViT-B/32
