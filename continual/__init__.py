@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["run", "sweep", "load_run", "load_metrics", "load_sequence", "report", "sweeps", "ConfigError"]
 SUBPACKAGES = ("report", "sweeps")  # reached as attributes of `continual`, imported on first use
 

@@ -9,6 +9,7 @@ is there, with no index), and driven from a folder outside the checkout: `--vers
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,10 +31,13 @@ EXTRAS = {"test": "pytest", "slurm": "submitit", "ray": "ray", "docs": "mkdocs-m
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    # --no-build-isolation: setuptools from this environment, as the build offline needs; a copy of the
-    # checkout, so the build's egg-info and build/ folders never land in it.
+    # From a copy of the checkout: setuptools builds in the source folder (build/lib, egg-info), where files left
+    # from an earlier build would go into the wheel. --no-build-isolation: this environment's setuptools, offline.
+    source = tmp_path_factory.mktemp("source") / "continual"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "runs", "reports", ".whl", ".cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, text=True, env=_no_user_site())
+                    str(source)], check=True, capture_output=True, text=True, env=_no_user_site())
     (built,) = out.glob("continual-*.whl")
     return built
 
@@ -131,3 +135,9 @@ def test_a_file_in_the_working_folder_comes_before_a_shipped_sequence_of_its_nam
     monkeypatch.chdir(tmp_path)
     assert load_sequence("mnist-fashion-animals.yaml").name == "mine"
     assert load_sequence("mnist-fashion-animals").name == "mine"  # NAME.yaml here, before the shipped one
+
+
+def test_the_changelog_opens_with_this_version():
+    versions = [line.split()[1] for line in (ROOT / "CHANGELOG.md").read_text().splitlines() if line.startswith("## ")]
+    assert versions[0] == continual.__version__
+    assert len(set(versions)) == len(versions)
