@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SEQUENCE ?= sequences/mnist-fashion-animals.yaml
-# The package's extras: `make test` installs the sweep backends' with the rest, in one pip call (below).
+# The package's extras: `make test` installs the sweep backends' and the experiment trackers' (W&B, MLflow: their
+# tests run them for real) with the rest, in one pip call (below).
 EXTRAS ?= test
 # pip byte-compiles every module it installs, one at a time (~80 s of CPU for this stack, most never imported);
 # instead Python compiles what a process imports and caches it for the next. That needs PYTHONDONTWRITEBYTECODE
@@ -37,12 +38,14 @@ fashion-mnist:
 	  fi; \
 	fi
 
-# What the sweep backends' tests start for real: the ray and slurm extras (installed with the package by
-# `make test`; here when the venv was made by `make demo`), and (as root) Debian's Slurm daemons and munge,
-# without slurm-wlm's optional plugins. Without root the Slurm test says why it is skipped.
+# What the sweep backends' and the trackers' tests start for real: the ray, slurm, wandb and mlflow extras
+# (installed with the package by `make test`; here when the venv was made by `make demo` or `make docs`, which
+# .ci/run calls first), and (as root) Debian's Slurm daemons and munge, without slurm-wlm's optional plugins.
+# Without root the Slurm test says why it is skipped.
 clusters: $(VENV)/.clusters
 $(VENV)/.clusters: $(STAMP)
-	$(PY) -c "import ray, submitit" 2>/dev/null || $(PIP) -e '.[test,slurm,ray]'
+	$(PY) -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('ray', 'submitit', \
+	  'wandb', 'mlflow')))" || $(PIP) -e '.[test,slurm,ray,wandb,mlflow]'
 	@if ! command -v slurmctld >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  pkgs="munge slurmctld slurmd slurm-client"; \
 	  (apt-get install -y -q --no-install-recommends $$pkgs || (apt-get update -q && apt-get install -y -q --no-install-recommends $$pkgs)) >/dev/null; \
@@ -54,7 +57,7 @@ demo: setup
 
 # Test files run in parallel processes, one thread each (tests/conftest.py), a file's tests in one process
 # so that its module fixtures are computed once: much of the suite waits on processes it starts.
-test: EXTRAS = test,slurm,ray
+test: EXTRAS = test,slurm,ray,wandb,mlflow
 test: setup clusters
 	$(CACHED) $(PY) -m pytest -x -q -n auto --maxprocesses 4 --dist loadfile
 

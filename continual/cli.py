@@ -1,4 +1,4 @@
-"""`continual run | validate | list | report | sweep | data prepare | data list`. Bad input exits with status 2 and one message per problem.
+"""`continual run | validate | list | report | export | sweep | data prepare | data list`. Bad input exits with status 2 and one message per problem.
 
 Start-up stays light: this module and the schema import no torch and no avalanche (a test checks), so
 `--help`, `validate` and `list` answer at once; `run` imports the runner when it starts running.
@@ -7,6 +7,7 @@ Start-up stays light: this module and the schema import no torch and no avalanch
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars (by default each "
                      "method writes them into its folder: tensorboard --logdir runs/)")
+    run.add_argument("--log", metavar="wandb,mlflow", help="also log to these experiment trackers (comma-separated; "
+                     "replaces the sequence's logging.trackers; `none`: none): one tracker run per method "
+                     "(docs/trackers.md)")
     again = run.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run in the output folder from each "
                        "method's last completed step (the sequence must be the same)")
@@ -97,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
                         "`none`: no more (default: as last asked, report.json)")
     report.add_argument("--methods", help="comma-separated methods to show, in this order (rows, legends, "
                         "heatmaps; default: every method that ran in the folders)")
+
+    export = sub.add_parser("export", help="write a method's fine-tuned model from a run's kept checkpoint in the "
+                            "format its family loads, with its task heads and a model card (docs/export.md)")
+    export.add_argument("folder", type=Path, metavar="RUN_FOLDER", help="<out>/<sequence name>")
+    export.add_argument("--method", required=True, help="the method (its entry's label or name in the sequence)")
+    export.add_argument("--step", type=int, help="the step whose model to write (default: the newest kept)")
+    export.add_argument("--out", type=Path, required=True, help="a new folder to write it into")
     return parser
 
 
@@ -173,6 +184,8 @@ def _main(argv: list[str] | None) -> int:
             return _validate(args.files, args.overrides)
         if args.command == "report":
             return _report(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "data":
@@ -220,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_sequence(args: argparse.Namespace) -> int:
-    seq = load_sequence(args.sequence, args.overrides)
+    seq = load_sequence(args.sequence, args.overrides + _log_override(args.log))
     args.folder = args.out / seq.name
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     if methods is not None and not methods:  # `--methods ""` too: an empty list must not mean "all"
@@ -318,7 +331,24 @@ def _resume_command(args: argparse.Namespace) -> str:
         words += ["--set", item]
     if args.no_tensorboard:
         words.append("--no-tensorboard")
+    if args.log is not None:
+        words += ["--log", args.log]
     return shlex.join(words + ["--resume"])
+
+
+def _log_override(text: str | None) -> list[str]:
+    """`--log wandb,mlflow` as the `--set` of logging.trackers it stands for (`none`: no tracker); an unknown
+    tracker is refused naming --log, before anything is read."""
+    if text is None:
+        return []
+    from continual.config.schema import TRACKERS
+
+    names = [] if text.strip() == "none" else [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown or (not names and text.strip() != "none"):
+        raise ConfigError("--log", [(n, f"unknown tracker (known: {', '.join(TRACKERS)}, or none)") for n in unknown]
+                          or [("", f"no tracker named (known: {', '.join(TRACKERS)}, or none)")])
+    return [f"logging.trackers={json.dumps(list(dict.fromkeys(names)))}"]
 
 
 def _figure_formats(text: str | None) -> tuple[str, ...]:
@@ -359,6 +389,23 @@ def _report(args: argparse.Namespace) -> int:
     if shown:
         also.append(f"figures/*.{{{','.join(shown)}}}" if len(shown) > 1 else f"figures/*.{shown[0]}")
     print(f"report in {out / 'index.html'} (and {', '.join(also)})")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from continual.checkpoints import CheckpointError
+    from continual.export import export_run  # torch-heavy
+    from continual.files import DiskFull
+
+    try:
+        out = export_run(args.folder, method=args.method, step=args.step, out=args.out)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except DiskFull as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"model in {out}/ (model_card.md says how to load it)")
     return 0
 
 

@@ -3,6 +3,7 @@ linear-probe (and CLIP zero-shot) accuracy on held-out probes, all from one feat
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -179,7 +180,7 @@ class Evaluation:
 def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *, learned: int, head_init: str,
              zero_shot_probes: dict[str, Head] | None, batch_size: int, device: torch.device,
              bf16: bool = False, class_incremental: bool = False, all_classes: bool = False,
-             show_progress: bool = False, compile: bool = False) -> Evaluation:
+             show_progress: bool = False, compile: bool = False, given: Collection[str] = ()) -> Evaluation:
     """One row of the accuracy matrix after `learned` tasks have been trained.
 
     A learned task is scored with its own head. A task not yet learned is scored with the head it would
@@ -195,11 +196,15 @@ def evaluate(model: TaskModel, tasks: list[TaskData], probes: list[TaskData], *,
     learned or not, at every step (the not-learned ones by the heads they would start with: zero-shot), as RAIL's
     X-TAIL scores each domain's test set against the text head of every domain's classes (dual_RAIL.py:39-47,148).
 
+    `given`: tasks whose head the model holds from step 0 (an exported model's heads, model.pretrained naming its
+    folder: docs/export.md): until learned, scored with that head, never a linear probe.
+
     `show_progress`: a bar over the images whose features this pass computes. `compile`: the encoder's
     forward torch.compile'd for this pass (training.compile resolved, train.use_compile).
     """
     encoder = model.backbone.for_inference()  # e.g. BatchNorm folded into convolutions, once per evaluation
-    probing = [j >= learned and head_init == "linear_probe" for j in range(len(tasks))]  # a head fit on train
+    probing = [j >= learned and head_init == "linear_probe" and task.name not in given  # a head fit on train
+               for j, task in enumerate(tasks)]
     images = sum(len(t.test.labels) + len(t.train.labels) * fit for t, fit in zip(tasks, probing))
     images += sum(len(p.train.labels) + len(p.test.labels) for p in probes)
     with progress.bar(images, "evaluating " + (f"after step {learned}" if learned else "the pre-trained model"),

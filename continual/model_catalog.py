@@ -23,6 +23,19 @@ HF_HUB = "hf-hub:"  # a model repo on the Hugging Face hub: hf-hub:<org>/<repo>
 LOCAL_DIR_CONFIG = "open_clip_config.json"  # a local-dir's model config, under "model_cfg"
 LOCAL_DIR_WEIGHTS = ("*.safetensors", "*.bin", "*.pth")  # none: open_clip would warn and build random weights
 
+# A model folder written by continual (continual/export.py; docs/export.md): its card, its task heads, and per
+# family the weights in the format the family loads (open_clip's local-dir adds LOCAL_DIR_CONFIG, timm its
+# config.json). `model.pretrained` naming such a folder loads it (and `arch: local-dir:<folder>` for open_clip).
+EXPORT_CARD = "continual.json"
+EXPORT_HEADS = "heads.safetensors"
+EXPORT_WEIGHTS = {EFFICIENTNET: "model.pth", OPEN_CLIP: "open_clip_model.safetensors", TIMM: "model.safetensors"}
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether `path` is a folder written by continual's export (it holds EXPORT_CARD)."""
+    return (Path(path).expanduser() / EXPORT_CARD).is_file()
+
+
 # open_clip architectures a message names as examples (an unknown arch; `continual list`, and the tags
 # `continual list --pretrained` shows): OpenAI CLIP's ViT-B/32, B/16, L/14 and ResNet-50.
 EXAMPLE_ARCHS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50")

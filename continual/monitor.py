@@ -18,6 +18,9 @@ the bars off the loop still reads at that cadence, for TensorBoard alone. The wr
 which needs the `tensorboard` package (not TensorFlow), imported when the first event is written (about
 0.1 s once torch is loaded), and which writes from a thread of its own. A writer that fails (a full disk, the
 package missing) warns once and the method trains on without it: the numbers that matter are the run's files.
+
+The same points go to the experiment trackers asked for (W&B, MLflow: continual/trackers.py), handed each with
+its x axis; with --no-tensorboard they alone get them.
 """
 
 from __future__ import annotations
@@ -60,8 +63,11 @@ class Events:
     none is. With no checkpoint (done = 0) nothing of before is kept: P = 0; a fresh start purges from 0 too,
     so that events an interrupted --overwrite left behind never mix with the new ones."""
 
-    def __init__(self, folder: str | Path, *, step: int = 0, purge_step: int | None = None, first_row: int = 0):
+    def __init__(self, folder: str | Path, *, step: int = 0, purge_step: int | None = None, first_row: int = 0,
+                 tensorboard: bool = True, trackers: list = ()):
         self.folder = Path(folder)
+        self.tensorboard = tensorboard  # False: the trackers alone get the points
+        self.trackers = list(trackers)  # continual/trackers.py's, each skipping the steps its run already holds
         self.step = step
         self.purge_step = purge_step
         self.next_row = first_row  # the first accuracy-matrix row `rows` still has to write
@@ -69,42 +75,57 @@ class Events:
         self._failed = False
 
     @classmethod
-    def for_method(cls, folder: str | Path, *, timings: list[dict], resume: bool, rows_on_disk: int = 0) -> Events:
+    def for_method(cls, folder: str | Path, *, timings: list[dict], resume: bool, rows_on_disk: int = 0,
+                   tensorboard: bool = True, trackers: list = ()) -> Events:
         """The events of a method starting after the steps in `timings` (step 0's alone when it starts afresh),
         in a run that is `resume`d or not; `rows_on_disk`: the rows its accuracy_matrix.csv held before."""
         done = len(timings) - 1
         step = sum(t.get("train_steps", 0) for t in timings)
+        how = dict(tensorboard=tensorboard, trackers=trackers)
         if not resume or not done:
-            return cls(folder, step=step, purge_step=0)
+            return cls(folder, step=step, purge_step=0, **how)
         purge = step + 1
         written = rows_on_disk if any(Path(folder).glob(EVENTS)) else 0
-        return cls(folder, step=step, purge_step=purge, first_row=min(purge, written, done + 1))
+        return cls(folder, step=step, purge_step=purge, first_row=min(purge, written, done + 1), **how)
 
-    def scalars(self, values: dict[str, float | None], *, step: int) -> None:
-        """Each value at `step`; None and non-finite ones (a row's NaN cells) are left out."""
+    def scalars(self, values: dict[str, float | None], *, step: int, axis: str = "optimizer_step",
+                tensorboard: bool = True) -> None:
+        """Each value at `step` of `axis` (`optimizer_step`, or `step` for a row); None and non-finite ones (a
+        row's NaN cells) are left out. `tensorboard`: False for the trackers alone (a row it already holds)."""
+        finite = {tag: float(value) for tag, value in values.items() if value is not None and math.isfinite(value)}
+        for tracker in self.trackers:
+            tracker.log(finite, step=step, axis=axis)
+        if not (tensorboard and self.tensorboard):
+            return
         writer = self._open()
         if writer is None:
             return
         try:
-            for tag, value in values.items():
-                if value is not None and math.isfinite(value):
-                    writer.add_scalar(tag, value, step)
+            for tag, value in finite.items():
+                writer.add_scalar(tag, value, step)
         except Exception as err:  # noqa: BLE001 - whatever the writer's thread met (a full disk): warn once
             self._fail(err)
 
     def rows(self, rows: list[dict[str, float]], timings: list[dict], *, tasks: list[str]) -> None:
         """The accuracy-matrix rows not written yet (each column, the step's metrics and seconds), each at its
-        step, then everything so far to disk: a kill after this loses nothing of the steps done."""
-        if self.next_row < len(rows):
+        step, then everything so far to disk: a kill after this loses nothing of the steps done. The trackers are
+        handed every row: each skips those its run holds (a tracker asked for first on a resume gets them all)."""
+        first = 0 if self.trackers else self.next_row
+        if first < len(rows):
             per_step = metrics.step_metrics(np.array([[row[t] for t in tasks] for row in rows], dtype=float))
-            for k in range(self.next_row, len(rows)):
+            for k in range(first, len(rows)):
                 values = {f"accuracy/{column}": value for column, value in rows[k].items()}
                 values.update({f"metrics/{name}": value for name, value in per_step[k].items() if name != "step"})
                 values.update({f"time/{what}": timings[k][what] for what in ("fit_seconds", "eval_seconds")
                                if what in timings[k]})
-                self.scalars(values, step=k)
-            self.next_row = len(rows)
+                self.scalars(values, step=k, axis="step", tensorboard=k >= self.next_row)
+            self.next_row = max(self.next_row, len(rows))
         self.flush()
+
+    def files(self, paths: dict[str, list[Path]]) -> None:
+        """Files for the trackers to keep, under a folder name each (a method's own, the run's report)."""
+        for tracker in self.trackers:
+            tracker.files(paths)
 
     def flush(self) -> None:
         if self._writer is not None:
@@ -113,8 +134,11 @@ class Events:
             except Exception as err:  # noqa: BLE001
                 self._fail(err)
 
-    def close(self) -> None:
-        """Everything written to disk and the writer's thread ended (also after an error or Ctrl-C)."""
+    def close(self, *, status: str = "FINISHED") -> None:
+        """Everything written to disk and the writer's thread ended (also after an error or Ctrl-C); the
+        trackers' runs ended as `status` (FINISHED, FAILED, KILLED)."""
+        for tracker in self.trackers:
+            tracker.close(status=status)
         writer, self._writer = self._writer, None
         if writer is not None:
             try:

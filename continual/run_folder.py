@@ -7,6 +7,9 @@
     <method>/metrics.json           per step: average accuracy over seen tasks, forgetting, BWT; timings
     <method>/curves.png             accuracy of each task and probe against the step (drawn by the report)
     <method>/events.out.tfevents.*  TensorBoard's scalars (continual/monitor.py): `tensorboard --logdir <out>`
+    <method>/model/                 the exported model (keep_models: last; every_step: model/step-K/), docs/export.md
+    <method>/trackers.json          W&B's and MLflow's run ids and last points sent (continual/trackers.py), for a resume
+    wandb/                          W&B's own files, where logging.wandb.dir is not set (kept by --overwrite)
     checkpoints/start.pt            step 0, shared by every method (continual/checkpoints.py says what is in it)
     checkpoints/<method>/step-K.pt  after step K
     cache/<method>/                 large recomputable files (LDIFS's anchor taps on disk), removed at the end
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +44,8 @@ from continual.tree import differences
 CONFIG = "config.yaml"
 MATRIX_CSV, MATRIX_JSON, METRICS, CURVES = "accuracy_matrix.csv", "accuracy_matrix.json", "metrics.json", "curves.png"
 EVENTS = "events.out.tfevents.*"  # TensorBoard's event files, as its writer names them: one per process
+MODEL = "model"  # <method>/model/: the exported model (keep_models; continual/export.py writes it)
+TRACKERS = "trackers.json"  # the experiment trackers' run ids, so that a resume continues their runs
 INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT = "index.html", "summary.md", "summary.csv", "environment.json"
 TABLES_TEX, FIGURES = "tables.tex", "figures"  # `continual report --latex`, `--format`: figures/<name>.<format>
 REPORT_RECORD = "report.json"  # which of those the report was asked for, so that every rewrite redraws them
@@ -92,6 +98,12 @@ class RunFolder:
             self.step_checkpoint(name, step).unlink(missing_ok=True)
         for tmp in self.checkpoints(name).glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+
+    def model(self, name: str, step: int | None = None) -> Path:
+        """Where `keep_models` puts a method's exported model (continual/export.py): `<method>/model/` after its
+        last step, or `<method>/model/step-K/` after each step K (every_step)."""
+        folder = self.method(name) / MODEL
+        return folder if step is None else folder / f"step-{step}"
 
     def cache(self, name: str) -> Path:
         return self.path / "cache" / name
@@ -252,8 +264,14 @@ class RunFolder:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
 
-        ours = (EVENTS, MATRIX_CSV, MATRIX_JSON, METRICS, CURVES, ".*.tmp")  # what marks a method folder: last
+        ours = (EVENTS, TRACKERS, MATRIX_CSV, MATRIX_JSON, METRICS, CURVES, ".*.tmp")  # what marks a method folder: last
         for folder in self._method_folders():
+            models = folder / MODEL  # exported models (keep_models): each a folder of our files, its card in it
+            for model in [models, *sorted(models.glob("step-*"))] if models.is_dir() and not models.is_symlink() else []:
+                if (model / "continual.json").is_file():
+                    shutil.rmtree(model)
+            with contextlib.suppress(OSError):
+                models.rmdir()
             remove(folder, ours)
         checkpoints = self.checkpoints()
         if checkpoints.is_dir():

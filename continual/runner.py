@@ -10,15 +10,16 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 from pydantic import ValidationError
 
-from continual import checkpoints, distributed, methods, models, progress, seeds
+from continual import checkpoints, distributed, export, methods, models, progress, seeds, trackers
 from continual.config import ConfigError, DataSpec, Sequence, dump_sequence
 from continual.datasets import DataError, prompts
 from continual.datasets.tasks import TaskData, load_task
@@ -30,6 +31,9 @@ from continual.monitor import Events
 from continual.out_folder import check_output
 from continual.run_folder import METRICS, RunFolder
 from continual.train import Trainer, use_bf16, use_compile
+
+# What a resume may change besides keep_checkpoints and log_every: where the numbers are shown (trackers.KEYS).
+LOGGING_KEYS = trackers.KEYS
 
 # Called after each step's files are written: (method, step, number of steps). The CLI and
 # `continual.run` draw the live report with it (continual/report/live.py); the runner draws nothing.
@@ -46,6 +50,9 @@ class Loaded:
     references: list[TaskData]
     # training.eval_batch_size resolved once for the run (auto: evaluate.auto_eval_batch), by resolve_eval_batch
     eval_batch: int = 64
+    # The heads of an exported model the sequence loads (model.pretrained naming its folder; docs/export.md), for
+    # its tasks of the same names: they start from them, and are never probed before they are learned.
+    heads: dict[str, Head] = field(default_factory=dict)
 
 
 def resolve_eval_batch(seq: Sequence, inputs: Loaded, *, device: torch.device) -> int:
@@ -95,8 +102,9 @@ def load_inputs(seq: Sequence, *, source: str, device: torch.device, references:
                 key = f"{group}[{i}].{err.key}" if err.key else f"{group}[{i}]"
                 raise ConfigError(source, [(key, err.message)]) from None
         shown.update(1)
+    heads = export.start_heads(seq, loaded["tasks"], feature_dim=backbone.feature_dim, source=source)
     return Loaded(backbone=backbone.to(device), tasks=loaded["tasks"], probes=loaded["probes"],
-                  references=loaded["references"])
+                  references=loaded["references"], heads={n: h.to(device) for n, h in heads.items()})
 
 
 def prepare_data(seq: Sequence, *, source: str) -> None:
@@ -150,7 +158,9 @@ def run_sequence(seq: Sequence, *, out: str | Path = "runs", methods: list[str] 
     A folder that already holds a run is refused unless `resume` (continue each method from its newest
     checkpoint; the sequence must be the same) or `overwrite` (discard it and start again). `on_step`
     is called after every step's files are written. `tensorboard`: each method also writes TensorBoard
-    scalars into its folder (continual/monitor.py)."""
+    scalars into its folder (continual/monitor.py); `seq.logging.trackers`: and logs to W&B, MLflow
+    (continual/trackers.py)."""
+    trackers.check_installed(seq.logging, source=source)  # a tracker asked for but not installed: before anything
     listed = [o.key for o in seq.methods]  # labels, else names
     names = methods or listed
     unknown = [n for n in names if n not in METHODS and n not in listed]
@@ -238,7 +248,8 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
             run.create()
             held.enter_context(run.lock())
             run.write_config(run.claim(dump_sequence(ran), resume=resume, overwrite=overwrite,
-                                       may_differ=("keep_checkpoints", "training.log_every")))
+                                       may_differ=("keep_checkpoints", "keep_models", "training.log_every",
+                                                   *LOGGING_KEYS)))
             # Finished methods are kept as they are by a resume; with nothing else to train, step 0 is neither
             # measured again nor its checkpoint rewritten.
             return {name for name in names if resume and _complete(run, name, n_steps=len(inputs.tasks))}
@@ -254,10 +265,13 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
                 start = Start.measure(seq, inputs, device=device, show_progress=progress and main)
                 distributed.on_main(lambda: start.save(run, inputs))
         failed = {}
+        # W&B, MLflow: one tracker run per method, given the config as written (rank 0 logs)
+        session = trackers.Session(seq.logging, sequence=seq.name, seed=seq.seed, run_folder=run.path,
+                                   config=yaml.safe_load(run.config.read_text())) if seq.logging.trackers and main else None
         for name in names:
             try:
                 run_method(seq, name, inputs, start, run=run, device=device, progress=progress, resume=resume,
-                           complete=name in complete, on_step=on_step, tensorboard=tensorboard)
+                           complete=name in complete, on_step=on_step, tensorboard=tensorboard, session=session)
             except FloatingPointError as err:  # this method diverged (on every rank alike); the others still run
                 failed[name] = str(err)
                 distributed.on_main(lambda: run.record_failure(name, failed[name]))
@@ -351,6 +365,8 @@ class Start:
                           class_incremental=seq.one_head, all_classes=seq.setting == "x_tail").to(device)
         for task_name, head in _initial_heads(seq, model.backbone, inputs.tasks).items():
             model.heads[task_name] = head.to(device)
+        for task_name, head in inputs.heads.items():  # an exported model's, over zero-shot or random ones
+            model.heads[task_name] = copy.deepcopy(head)
         zero_shot_probes = None
         # Text heads of the shared text tower, which no method trains (FLYP trains a copy, and scores probes
         # with its own heads).
@@ -361,7 +377,7 @@ class Start:
                               zero_shot_probes=zero_shot_probes, batch_size=inputs.eval_batch,
                               device=device, bf16=use_bf16(seq.training, device),
                               class_incremental=model.class_incremental, all_classes=model.all_classes,
-                              show_progress=show_progress,
+                              show_progress=show_progress, given=set(inputs.heads),
                               compile=use_compile(seq.training, device))
         return cls(model, evaluation, zero_shot_probes, time.perf_counter() - began)
 
@@ -445,10 +461,12 @@ def seed_step(seed: int, step: int) -> None:
 
 def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *, run: RunFolder, device: torch.device,
                progress: bool = True, resume: bool = False, complete: bool = False,
-               on_step: OnStep | None = None, tensorboard: bool = True) -> None:
+               on_step: OnStep | None = None, tensorboard: bool = True,
+               session: trackers.Session | None = None) -> None:
     """Train `name` on every task in turn, evaluating everything after each step, writing into `run`.
     `complete`: it finished in `run` before (a resume), so it is kept as it is and `start` may be None.
-    `tensorboard`: TensorBoard scalars too, in the method's folder (continual/monitor.py)."""
+    `tensorboard`: TensorBoard scalars too, in the method's folder (continual/monitor.py); `session`: the
+    run's W&B and MLflow, given the same points (continual/trackers.py)."""
     tasks, probes = inputs.tasks, inputs.probes
     main = distributed.is_main()  # under torchrun, rank 0 alone prints and writes (`write`, `keep`)
     if complete:  # never retrained, whether or not checkpoints are kept
@@ -482,8 +500,20 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                 "format": checkpoints.FORMAT, "method": name, "step": step, **checkpoints.model_state(model),
                 "method_state": state,
                 "future_heads": checkpoints.heads_state(result.future_heads), "rows": rows, "timings": timings})
+        keep_model(step, rows)  # before the files: a method complete on disk has its model
         write(rows, timings)
         run.prune_checkpoints(name, keep=seq.keep_checkpoints)
+
+    def keep_model(step: int, rows, *, missing_only: bool = False) -> None:
+        """keep_models: the model after `step` in its family's format, with its heads and card (continual/export.py)
+        into <method>/model/ (last: after the last step) or <method>/model/step-K/ (every_step)."""
+        if seq.keep_models == "none" or (seq.keep_models == "last" and step < len(tasks)):
+            return
+        folder = run.model(name, step if seq.keep_models == "every_step" else None)
+        if missing_only and folder.is_dir():
+            return
+        export.write(model, folder, replace=True,
+                     card=export.card(seq, name, step=step, rows=rows, tasks=tasks, model=model))
 
     result = start.evaluation
     rows = [result.row]
@@ -496,11 +526,16 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             done, rows, timings, result = resumed
             if main:
                 print(f"{name}: resuming after step {done}/{len(tasks)}", file=sys.stderr)
-    if tensorboard and main:  # its optimiser steps and rows go on from the checkpoint's
+            # A kill between the step's checkpoint and its model: written now, from the checkpoint.
+            distributed.on_main(lambda: keep_model(done, rows, missing_only=True))
+    sinks = session.start(name, folder=run.method(name), resume=resume) if session is not None else []
+    if (tensorboard or sinks) and main:  # its optimiser steps and rows go on from the checkpoint's
         trainer.events = Events.for_method(run.method(name), timings=timings, resume=resume,
-                                           rows_on_disk=_rows_on_disk(run, name))
+                                           rows_on_disk=_rows_on_disk(run, name), tensorboard=tensorboard,
+                                           trackers=sinks)
     options = seq.method(name)
     once = options.ONCE  # joint: trains at the last step only
+    status = "FAILED"  # what the trackers' runs end as, unless the loop ends
     try:
         # Rewritten from the checkpoint: a kill may have come before the files.
         distributed.on_main(lambda: write(rows, timings))
@@ -539,7 +574,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
                               zero_shot_probes=zero_shot_probes, batch_size=inputs.eval_batch,
                               device=device, bf16=use_bf16(seq.training, device),
                               class_incremental=model.class_incremental, all_classes=model.all_classes,
-                              show_progress=progress and main,
+                              show_progress=progress and main, given=set(inputs.heads),
                               compile=use_compile(seq.training, device))
             rows.append(result.row)
             timings.append({"step": step, "fit_seconds": stats.seconds, "eval_seconds": time.perf_counter() - began,
@@ -560,9 +595,16 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             state = method.state_dict()
             timings[-1]["method_state_bytes"] = tensor_bytes(state)  # what it carries to the next task
             distributed.on_main(lambda: keep(step, rows, timings, result, state))
+        if trainer.events is not None:  # the trackers keep the method's files and the report as it stands
+            trainer.events.files({"method": [run.method(name) / f for f in trackers.METHOD_FILES],
+                                  "report": [run.path / f for f in trackers.REPORT_FILES]})
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         if trainer.events is not None:  # on disk, also when stopped by an error or Ctrl-C
-            trainer.events.close()
+            trainer.events.close(status=status)
         if main:
             shutil.rmtree(scratch, ignore_errors=True)
             with contextlib.suppress(OSError):

@@ -55,9 +55,9 @@ def test_metrics_plots_and_the_report_load_no_torch():
 # construction.
 LAYERS = [
     ("entry", ["continual", "continual.__main__", "continual.cli"]),
-    ("runner", ["continual.runner", "continual.sweeps"]),
+    ("runner", ["continual.runner", "continual.sweeps", "continual.export"]),
     ("training", ["continual.methods.*", "continual.train", "continual.evaluate", "continual.checkpoints",
-                  "continual.distributed", "continual.monitor"]),
+                  "continual.distributed", "continual.monitor", "continual.trackers"]),
     ("models and data", ["continual.models", "continual.datasets.*", "continual.augment"]),
     # reads a run's files and draws them: below training and models, so it can import neither
     ("report", ["continual.report", "continual.plots"]),

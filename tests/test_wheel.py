@@ -25,7 +25,8 @@ from continual.config.loading import shipped_sequences
 
 ROOT = Path(__file__).resolve().parent.parent
 # What each extra promises to install (pyproject.toml's optional-dependencies), by distribution name.
-EXTRAS = {"test": "pytest", "slurm": "submitit", "ray": "ray", "docs": "mkdocs-material"}
+EXTRAS = {"test": "pytest", "slurm": "submitit", "ray": "ray", "wandb": "wandb", "mlflow": "mlflow",
+          "docs": "mkdocs-material"}
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,9 @@ from continual.datasets.catalog import (DATASETS, DataError, check_two_classes, 
 from continual.files import BadFile, read_json
 from continual.methods import METHODS, NEEDS
 from continual.methods.options import method_items
-from continual.model_catalog import (HF_HUB, LOCAL_DIR, OPEN_CLIP, config_file, example_archs, local_dir_problem,
-                                     model_config_problem, non_square, own_weights, patch_misfit, untapped_tower)
+from continual.model_catalog import (HF_HUB, LOCAL_DIR, OPEN_CLIP, config_file, example_archs, is_export,
+                                     local_dir_problem, model_config_problem, non_square, own_weights, patch_misfit,
+                                     untapped_tower)
 
 
 class ConfigError(Exception):
@@ -693,6 +694,8 @@ def _checkpoint_problems(model: ModelConfig) -> list[tuple[str, str]]:
     a_file = _names_a_file(model.family, text)
     path = local_path(text)  # the schema checked its spelling
     try:
+        if path.is_dir() and is_export(path):
+            return []  # a model folder continual exported (docs/export.md): its card is read when run loads it
         if path.is_dir():
             return [("pretrained", f"{text!r} is a directory; expected a checkpoint file (a saved state dict)")]
         if a_file and not path.is_file():

@@ -398,6 +398,48 @@ class RandomSplit(Strict):
     seed: int = Field(ge=0, lt=2**63)  # torch.Generator().manual_seed takes a 64-bit integer
 
 
+# Experiment trackers besides TensorBoard (continual/trackers.py; docs/trackers.md): each imported only when named.
+TRACKERS = ("wandb", "mlflow")
+
+
+class WandbConfig(Strict):
+    """Weights & Biases: one W&B run per method, grouped by the sweep's name in a sweep, else the sequence's."""
+
+    project: str = Field(default="continual", min_length=1)  # W&B's project the runs go to
+    entity: str | None = None  # your W&B user or team; None: WANDB_ENTITY, else your account's default
+    # None: WANDB_MODE, else W&B's own default (online). offline: W&B's files only, uploaded later by `wandb sync`.
+    mode: Literal["online", "offline", "disabled"] | None = None
+    # Where W&B keeps its local files (a `wandb/` folder in it). None: WANDB_DIR, else the run folder, next to
+    # the method folders (so `wandb sync <out>/<sequence>/wandb/offline-run-*` finds an offline run's files).
+    dir: str | None = None
+
+
+class MlflowConfig(Strict):
+    """MLflow: one MLflow run per method, in an experiment named for the sweep, else for the sequence."""
+
+    # http://host:5000 for a tracking server, or a local store (sqlite:///mlflow.db). None: MLFLOW_TRACKING_URI,
+    # else MLflow's own default (a local store where the run starts).
+    tracking_uri: str | None = None
+    experiment: str | None = Field(default=None, min_length=1)  # None: the sweep's name in a sweep, else the sequence's
+
+
+class LoggingConfig(Strict):
+    """Where a run's numbers go besides its own files and TensorBoard (`continual run --log wandb,mlflow` sets
+    `trackers`). What is shown only: a resume may change any of it (it continues the trackers' runs it finds)."""
+
+    # Empty by default: nothing leaves the machine unless asked, and neither package is needed.
+    trackers: list[Literal["wandb", "mlflow"]] = []
+    wandb: WandbConfig = WandbConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @field_validator("trackers")
+    @classmethod
+    def _each_once(cls, trackers: list[str]) -> list[str]:
+        if len(set(trackers)) < len(trackers):
+            raise ValueError(f"a tracker listed twice: {', '.join(trackers)}")
+        return trackers
+
+
 def _method_item(item: Any) -> Any:
     """A YAML method item -> the tagged mapping the options union dispatches on: `ldifs` or
     `{ldifs: {lambda: 10}}` -> {"name": "ldifs", "lambda": 10}."""
@@ -497,6 +539,13 @@ class Sequence(Strict):
     # Checkpoints kept per method for --resume: the newest N completed steps (0 = none, and no resume).
     # One is all resume needs; the last one is also the fine-tuned model of a finished run.
     keep_checkpoints: int = Field(default=1, ge=0)
+    # The fine-tuned model in the format its family loads, with its task heads and a card (docs/export.md): none;
+    # last (after each method's last step, into <method>/model/); every_step (<method>/model/step-K/). Each is a
+    # whole copy of the weights (LoRA merged), 14 MB for EfficientNet-Lite0, ~600 MB for CLIP ViT-B/32 with its text
+    # tower; none by default, as `continual export` writes one later from a kept checkpoint.
+    keep_models: Literal["none", "last", "every_step"] = "none"
+    # Experiment trackers (W&B, MLflow) the run also logs to; none by default (docs/trackers.md).
+    logging: LoggingConfig = LoggingConfig()
 
     @field_validator("name")
     @classmethod

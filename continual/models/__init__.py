@@ -10,13 +10,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from continual.model_catalog import EFFICIENTNET, FAMILIES, OPEN_CLIP, TIMM
+from continual.files import BadFile, read_json
+from continual.model_catalog import (EFFICIENTNET, EXPORT_CARD, EXPORT_WEIGHTS, FAMILIES, LOCAL_DIR, OPEN_CLIP, TIMM,
+                                     is_export)
 from continual.models import clip, efficientnet, timm_models
 from continual.models.backbone import Backbone, Head, ModelError, TaskModel
 from continual.models.clip import text_tower, zero_shot_head
 
-__all__ = ["Backbone", "Head", "ModelError", "TaskModel", "build_backbone", "text_tower", "zero_shot_head"]
+__all__ = ["Backbone", "Head", "ModelError", "TaskModel", "build_backbone", "export_card", "text_tower",
+           "zero_shot_head"]
 
 
 def build_backbone(model_cfg) -> Backbone:
@@ -34,4 +38,37 @@ def build_backbone(model_cfg) -> Backbone:
         raise ModelError("family", f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
     # A Path is fine too; `~/w.pt` is the user's home, as `continual validate` read it (a tag has no `~`).
     pretrained = None if model_cfg.pretrained is None else os.path.expanduser(str(model_cfg.pretrained))
-    return builders[family](arch=model_cfg.arch, pretrained=pretrained, image_size=image_size)
+    arch = model_cfg.arch
+    if pretrained is not None and is_export(pretrained):
+        arch, pretrained, image_size = from_export(family, arch, pretrained, image_size)
+    return builders[family](arch=arch, pretrained=pretrained, image_size=image_size)
+
+
+def export_card(folder: str | Path) -> dict:
+    """The card (continual.json) of a model folder continual exported (continual/export.py), or ModelError."""
+    path = Path(folder).expanduser() / EXPORT_CARD
+    try:
+        card = read_json(path)
+    except (BadFile, OSError) as err:
+        raise ModelError("pretrained", f"cannot read the exported model's card {str(path)!r}: {err}") from None
+    if not isinstance(card, dict) or card.get("family") not in FAMILIES:
+        raise ModelError("pretrained", f"{str(path)!r} is not the card of an exported model (no known family)")
+    return card
+
+
+def from_export(family: str, arch: str | None, folder: str, image_size: int | None) -> tuple[str | None, str | None, int]:
+    """(arch, pretrained, image_size) that load the exported model in `folder` with its family's own loader:
+    EfficientNet's state dict, timm's model.safetensors, open_clip's local-dir. The arch must be the export's
+    (timm, open_clip: it says what the weights fit); image_size defaults to the size it was trained at."""
+    card = export_card(folder)
+    if card["family"] != family:
+        raise ModelError("pretrained", f"{folder!r} holds an exported {card['family']} model, not {family}: "
+                                       f"set model.family: {card['family']}")
+    if family != EFFICIENTNET and arch != card.get("arch") and arch != f"{LOCAL_DIR}{folder}":
+        raise ModelError("arch", f"{folder!r} holds {family} {card.get('arch')!r}, not {arch!r}: "
+                                 f"set model.arch: {card.get('arch')}")
+    size = image_size or card.get("image_size")
+    weights = str(Path(folder) / EXPORT_WEIGHTS[family])
+    if family == OPEN_CLIP:  # the folder is open_clip's local-dir: its own config and weights
+        return f"{LOCAL_DIR}{folder}", None, size
+    return arch, weights, size

@@ -333,6 +333,35 @@ def _build_hf_hub(open_clip, arch: str, *, pretrained: str | None, image_size: i
     return _visual(clip, arch=arch, embed_dim=open_clip.get_model_config(arch)["embed_dim"])
 
 
+def local_dir_config(backbone: Backbone) -> dict:
+    """open_clip's local-dir config (open_clip_config.json: `model_cfg` and `preprocess_cfg`) of the CLIP model
+    whose image tower `backbone` is, as it was built: its architecture's config at the image size it runs at,
+    QuickGELU where its blocks use it (a tag's `quick_gelu`), and the tower's own preprocessing."""
+    import copy
+
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    arch = text_tower(backbone).arch
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise ModelError("arch", f"open_clip has no model config for {arch!r} to export")
+    cfg = copy.deepcopy(cfg)
+    cfg["vision_cfg"]["image_size"] = backbone.image_size
+    if any(isinstance(module, QuickGELU) for module in backbone.visual.modules()):
+        cfg["quick_gelu"] = True
+    preprocess = {k: v for k, v in backbone.visual.preprocess_cfg.items() if k != "size"}  # the model's own size
+    return {"model_cfg": cfg, "preprocess_cfg": preprocess}
+
+
+def clip_state(backbone: Backbone) -> dict[str, torch.Tensor]:
+    """The whole CLIP model's state dict (open_clip's keys) of the open_clip `backbone`: its image tower under
+    `visual.`, and the frozen text side it shares."""
+    state = {f"visual.{k}": v for k, v in backbone.visual.state_dict().items()}
+    state.update(text_tower(backbone).model.state_dict())  # `visual` is None there: the text side and logit_scale
+    return state
+
+
 def text_tower(backbone: Backbone) -> _SharedFrozen:
     """The CLIP text side of an open_clip backbone (`.model`: the CLIP model less its image tower, frozen
     and shared by every copy of the backbone; `.tokenizer`), or ModelError for a backbone without one.

@@ -27,6 +27,13 @@ def read_checkpoint(path: str) -> object:
         raise ModelError("pretrained", f"{path!r} is a directory; expected a checkpoint file (a saved state dict)")
     if not os.path.isfile(path):
         raise ModelError("pretrained", f"checkpoint file not found: {path!r} (use 'imagenet' for the shipped weights)")
+    if path.endswith(".safetensors"):  # timm's and the hub's format (an exported timm model's model.safetensors)
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:
+            raise ModelError("pretrained", f"{path!r} is not a readable safetensors file ({one_line(e)})") from e
     try:
         # weights_only: never unpickle arbitrary objects from a user-given path.
         return torch.load(path, map_location="cpu", weights_only=True)

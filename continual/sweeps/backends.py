@@ -39,7 +39,8 @@ def run_cell(cell, env: dict | None = None) -> int:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}: "
                   f"{subprocess.list2cmdline(cell.command())}\n".encode())
         out.flush()
-        code = subprocess.run(cell.command(), stdout=out, stderr=subprocess.STDOUT, env=env,
+        code = subprocess.run(cell.command(), stdout=out, stderr=subprocess.STDOUT,
+                              env={**(os.environ if env is None else env), **cell.environment},
                               preexec_fn=_die_with_parent).returncode
     error = "" if code == 0 else (_last_error(cell.folder / "cell.log") if code > 0
                                   else f"killed by {signal.Signals(-code).name}")

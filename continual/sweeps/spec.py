@@ -99,6 +99,7 @@ class Cell:
     methods: tuple[str, ...] | None  # the sweep's `methods` (passed as --methods), None: the sequence's own
     runs: tuple[str, ...] = ()  # the methods it runs (the sweep's, else its sequence's), known from load_sweep
     device: str = "auto"  # its training.device, as validated
+    sweep: str = ""  # the sweep's name: its experiment trackers' group (continual/trackers.py)
 
     @property
     def overrides(self) -> list[str]:
@@ -111,6 +112,11 @@ class Cell:
     @property
     def label(self) -> str:
         return " ".join([self.name, *(f"{k}={v}" for k, v in self.point), f"seed={self.seed}"])
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What its `continual run` is told of the sweep, for the experiment trackers' groups and tags."""
+        return {"CONTINUAL_SWEEP": self.sweep, "CONTINUAL_SWEEP_CELL": f"{_slug(self.point)}/seed-{self.seed}"}
 
     def command(self) -> list[str]:
         words = [sys.executable, "-m", "continual", "run", str(self.sequence), "--out", str(self.folder), "--quiet",
@@ -228,7 +234,7 @@ def load_sweep(path: str | Path, *, out: str | Path | None = None) -> tuple[Swee
                 cell = Cell(sequence=sequence.absolute(), name=seq.name, point=point, seed=seed,
                             folder=folder / seq.name / _slug(point) / f"seed-{seed}",
                             methods=tuple(spec.methods) if spec.methods else None,
-                            runs=tuple(spec.methods or listed), device=seq.training.device)
+                            runs=tuple(spec.methods or listed), device=seq.training.device, sweep=spec.name)
                 if cell.folder in placed:  # two sequences of one name, or values alike once made folder-safe
                     found.setdefault((None, _shared(spec, placed[cell.folder], (i, index), cell.folder)), [])
                     break
