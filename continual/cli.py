@@ -222,9 +222,12 @@ def _run(args: argparse.Namespace) -> int:
         folder = getattr(args, "folder", None)  # None: stopped while still reading the sequence
         kept = (f"results up to the last completed step are in {folder}/" if folder is not None and folder.is_dir()
                 else "nothing was written")
-        from continual.distributed import is_main
-
-        if is_main():  # under torchrun, said once
+        # Under torchrun, said once (by rank 0). Nothing is imported here: a SIGTERM may have come in the middle of
+        # importing torch, which cannot be imported again in this process.
+        distributed = sys.modules.get("continual.distributed")
+        main = distributed.is_main() if distributed is not None else \
+            int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+        if main:
             print(f"\ninterrupted: {kept}; to continue from there: {_resume_command(args)}", file=sys.stderr)
         return 130
     finally:

@@ -126,7 +126,10 @@ def test_sigterm_while_still_importing_says_how_to_resume(tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 130, err
+    # 130, or killed by SIGINT (-2), which a shell also shows as 130: seen 2 times in 24 with the signal sent at
+    # random within torch's import, after the message below, where CPython exits by SIGINT on its own. Never 1:
+    # the message imports nothing (torch half-imported cannot be imported again).
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "interrupted: nothing was written; to continue from there: continual run" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
