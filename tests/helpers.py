@@ -136,6 +136,28 @@ def assert_same_results(folder, reference, method):
     assert all(torch.equal(ours["heads"][t]["weight"], theirs["heads"][t]["weight"]) for t in theirs["heads"])
 
 
+def stopped_in_step_2_and_resumed(seq: Path, out: Path, method: str, monkeypatch, capsys) -> tuple[Path, Path, str]:
+    """Run sequence file `seq` whole into out/whole; into out/cut with `method` stopped by Ctrl-C as it starts
+    fitting step 2 (its class's fit_task raising KeyboardInterrupt, as tests/test_resilience.py's), then resumed.
+    Returns the two run folders (<out>/whole/<name>, <out>/cut/<name>) and what the runs printed on stderr."""
+    import continual.methods
+    from continual.cli import main
+
+    class Interrupted(continual.methods.implementation(method)):
+        def fit_task(self, model, task, *, step, trainer):
+            if step == 2:
+                raise KeyboardInterrupt
+            return super().fit_task(model, task, step=step, trainer=trainer)
+
+    assert main(["run", str(seq), "--out", str(out / "whole"), "--quiet"]) == 0
+    with monkeypatch.context() as patch:
+        patch.setitem(continual.methods.CLASSES, method, Interrupted)
+        assert main(["run", str(seq), "--out", str(out / "cut"), "--quiet"]) == 130
+    assert main(["run", str(seq), "--out", str(out / "cut"), "--quiet", "--resume"]) == 0
+    name = yaml.safe_load(seq.read_text())["name"]
+    return out / "whole" / name, out / "cut" / name, capsys.readouterr().err
+
+
 # ---- small disks ---------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager

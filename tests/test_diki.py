@@ -14,16 +14,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-import continual.methods
 from continual import runner
 from continual.cli import main
 from continual.config import ConfigError, load_sequence
 from continual.evaluate import extract_features
-from continual.methods.diki import DIKI, DIKIVisual, calibrate, prompted_block
+from continual.methods.diki import DIKI, calibrate, prompted_block
 from continual.methods.options import DIKIOptions
 from continual.models import TaskModel
 from continual.train import Trainer
-from helpers import digits, tiny_clip_model, tiny_clip_sequence
+from helpers import digits, stopped_in_step_2_and_resumed, tiny_clip_model, tiny_clip_sequence
 
 CPU = torch.device("cpu")
 
@@ -194,24 +193,11 @@ def test_a_run_trains_only_prompts_scores_and_keeps_the_pretrained_backbone(tiny
     assert torch.equal(two["method_state"]["values"][0], one["method_state"]["values"][0])
 
 
-class Interrupted(DIKI):
-    """Ctrl-C while fitting the second task (as tests/test_resilience.py's)."""
-
-    def fit_task(self, model, task, *, step, trainer):
-        if step == 2:
-            raise KeyboardInterrupt
-        return super().fit_task(model, task, step=step, trainer=trainer)
-
 
 def test_a_run_stopped_in_step_2_resumes_bit_for_bit(tiny_clip, tmp_path, monkeypatch, capsys):
-    seq = write(tmp_path, sequence(tiny_clip))
-    assert main(["run", str(seq), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
-    with monkeypatch.context() as patch:
-        patch.setitem(continual.methods.CLASSES, "diki", Interrupted)
-        assert main(["run", str(seq), "--out", str(tmp_path / "cut"), "--quiet"]) == 130
-    assert main(["run", str(seq), "--out", str(tmp_path / "cut"), "--quiet", "--resume"]) == 0
-    assert "diki: resuming after step 1/2" in capsys.readouterr().err
-    whole, cut = tmp_path / "whole" / "diki", tmp_path / "cut" / "diki"
+    whole, cut, err = stopped_in_step_2_and_resumed(write(tmp_path, sequence(tiny_clip)), tmp_path, "diki",
+                                                    monkeypatch, capsys)
+    assert "diki: resuming after step 1/2" in err
     assert (cut / "diki" / "accuracy_matrix.csv").read_bytes() == (whole / "diki" / "accuracy_matrix.csv").read_bytes()
     ours, theirs = (torch.load(f / "checkpoints" / "diki" / "step-2.pt", weights_only=True) for f in (cut, whole))
     state = theirs["method_state"]

@@ -14,7 +14,6 @@ import pytest
 import torch
 import yaml
 
-import continual.methods
 from continual import runner
 from continual.cli import main
 from continual.config import ConfigError, load_sequence
@@ -22,7 +21,7 @@ from continual.methods.inflora import InfLoRA, attentions, design_a, input_covar
 from continual.methods.options import InfLoRAOptions
 from continual.models import TaskModel
 from continual.train import Trainer
-from helpers import digits, tiny_clip_model, tiny_clip_sequence
+from helpers import digits, stopped_in_step_2_and_resumed, tiny_clip_model, tiny_clip_sequence
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -232,24 +231,11 @@ def test_a_run_trains_only_b_and_the_heads_and_changes_only_k_and_v(tiny_clip, t
     assert all(torch.equal(checkpoint["backbone"][k][:32], pretrained[k][:32]) for k in changed)  # q rows
 
 
-class Interrupted(InfLoRA):
-    """Ctrl-C while fitting the second task (as tests/test_resilience.py's)."""
-
-    def fit_task(self, model, task, *, step, trainer):
-        if step == 2:
-            raise KeyboardInterrupt
-        return super().fit_task(model, task, step=step, trainer=trainer)
-
 
 def test_a_run_stopped_in_step_2_resumes_bit_for_bit(tiny_clip, tmp_path, monkeypatch, capsys):
-    seq = write(tmp_path, sequence(tiny_clip))
-    assert main(["run", str(seq), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
-    with monkeypatch.context() as patch:
-        patch.setitem(continual.methods.CLASSES, "inflora", Interrupted)
-        assert main(["run", str(seq), "--out", str(tmp_path / "cut"), "--quiet"]) == 130
-    assert main(["run", str(seq), "--out", str(tmp_path / "cut"), "--quiet", "--resume"]) == 0
-    assert "inflora: resuming after step 1/3" in capsys.readouterr().err
-    whole, cut = tmp_path / "whole" / "inflora", tmp_path / "cut" / "inflora"
+    whole, cut, err = stopped_in_step_2_and_resumed(write(tmp_path, sequence(tiny_clip)), tmp_path, "inflora",
+                                                    monkeypatch, capsys)
+    assert "inflora: resuming after step 1/3" in err
     assert (cut / "inflora" / "accuracy_matrix.csv").read_bytes() == \
         (whole / "inflora" / "accuracy_matrix.csv").read_bytes()
     ours, theirs = (torch.load(f / "checkpoints" / "inflora" / "step-3.pt", weights_only=True) for f in (cut, whole))

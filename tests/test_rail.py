@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-import continual.methods
 from continual import runner
 from continual.cli import main
 from continual.config import ConfigError, load_sequence
@@ -23,7 +22,7 @@ from continual.methods.options import RAILOptions
 from continual.methods.rail import RAIL, Expansion, FusedHead, rbf, rls_update
 from continual.models import Head, TaskModel
 from continual.train import Trainer
-from helpers import digits, tiny_clip_model, tiny_clip_sequence
+from helpers import digits, stopped_in_step_2_and_resumed, tiny_clip_model, tiny_clip_sequence
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -163,25 +162,12 @@ def test_a_run_trains_nothing_and_keeps_the_pretrained_probe_scores(tiny_clip, t
     assert all(torch.equal(checkpoint["backbone"][k], pretrained[k]) for k in pretrained)
 
 
-class Interrupted(RAIL):
-    """Ctrl-C while fitting the second task (as tests/test_resilience.py's)."""
-
-    def fit_task(self, model, task, *, step, trainer):
-        if step == 2:
-            raise KeyboardInterrupt
-        return super().fit_task(model, task, step=step, trainer=trainer)
-
 
 @pytest.mark.parametrize("rail", [{"width": 64}, {"form": "dual"}], ids=["primal", "dual"])
 def test_a_run_stopped_in_step_2_resumes_bit_for_bit(tiny_clip, tmp_path, monkeypatch, rail, capsys):
-    seq = write(tmp_path, sequence(tiny_clip, rail=rail))
-    assert main(["run", str(seq), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
-    with monkeypatch.context() as patch:
-        patch.setitem(continual.methods.CLASSES, "rail", Interrupted)
-        assert main(["run", str(seq), "--out", str(tmp_path / "cut"), "--quiet"]) == 130
-    assert main(["run", str(seq), "--out", str(tmp_path / "cut"), "--quiet", "--resume"]) == 0
-    assert "rail: resuming after step 1/3" in capsys.readouterr().err
-    whole, cut = tmp_path / "whole" / "rail", tmp_path / "cut" / "rail"
+    whole, cut, err = stopped_in_step_2_and_resumed(write(tmp_path, sequence(tiny_clip, rail=rail)), tmp_path, "rail",
+                                                    monkeypatch, capsys)
+    assert "rail: resuming after step 1/3" in err
     assert (cut / "rail" / "accuracy_matrix.csv").read_bytes() == (whole / "rail" / "accuracy_matrix.csv").read_bytes()
     ours, theirs = (torch.load(f / "checkpoints" / "rail" / "step-3.pt", weights_only=True) for f in (cut, whole))
     state = theirs["method_state"]
