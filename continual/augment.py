@@ -8,6 +8,8 @@ crop_flip  open_clip's training transform, `RandomResizedCrop(scale=(0.9, 1.0))`
            (torchvision's default), resized back to the image's size. A gentle crop: these are
            pre-trained models adapted for a few epochs, not ImageNet trained from scratch (torchvision's
            default scale, 0.08-1, is for that).
+crop       the same crop without the flip: open_clip's training transform as CLIP continual-learning code
+           uses it (MoE-Adapters' mtil/clip/clip.py l. 63-70), where a mirrored digit or text changes its class.
 
 Where the numbers come from: each image's draws (flip, crop area, aspect ratio, position) are drawn
 on the CPU from a `torch.Generator` that `generator()` seeds from torch's global generator, which the
@@ -28,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-KINDS = ("none", "flip", "crop_flip")
+KINDS = ("none", "flip", "crop", "crop_flip")
 SCALE = (0.9, 1.0)  # fraction of the area a crop keeps: open_clip's AugmentationCfg.scale
 RATIO = (3 / 4, 4 / 3)  # width / height of a crop: torchvision's RandomResizedCrop default
 
@@ -62,12 +64,14 @@ def augment(images: torch.Tensor, kind: str, generator: torch.Generator | int, *
     if kind == "flip":
         flip = _to((torch.rand(whole, generator=generator) < 0.5)[rows].contiguous(), images.device)
         return torch.where(flip[:, None, None, None], images.flip(-1), images)
-    return _crop_flip(images, crop_flip_transforms(whole, generator=generator)[rows].contiguous())
+    theta = crop_flip_transforms(whole, generator=generator, flip=kind == "crop_flip")
+    return _crop_flip(images, theta[rows].contiguous())
 
 
-def crop_flip_transforms(n: int, *, generator: torch.Generator) -> torch.Tensor:
+def crop_flip_transforms(n: int, *, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
     """(n, 2, 3) affine transforms, each mapping an output image's coordinates (-1..1, as F.affine_grid
-    takes them) into its crop box in the input, mirrored for the images that are flipped."""
+    takes them) into its crop box in the input, mirrored for the images that are flipped (`flip`; without it
+    the same draws, the same boxes, none mirrored)."""
     # float64 arithmetic, rounded to float32 at the end: the same transforms whatever CPU computes them.
     u = torch.rand(n, 5, dtype=torch.float64, generator=generator)
     area = SCALE[0] + (SCALE[1] - SCALE[0]) * u[:, 0]
@@ -78,7 +82,7 @@ def crop_flip_transforms(n: int, *, generator: torch.Generator) -> torch.Tensor:
     w = torch.sqrt(area * ratio).clamp(max=1.0)  # sides as fractions of the image's (clamped: rounding)
     h = torch.sqrt(area / ratio).clamp(max=1.0)
     x0, y0 = (1 - w) * u[:, 2], (1 - h) * u[:, 3]
-    mirror = torch.where(u[:, 4] < 0.5, -1.0, 1.0).double()
+    mirror = torch.where((u[:, 4] < 0.5) & flip, -1.0, 1.0).double()
     theta = torch.zeros(n, 2, 3, dtype=torch.float64)
     theta[:, 0, 0], theta[:, 0, 2] = w * mirror, 2 * x0 + w - 1  # x: scale (and mirror), centre
     theta[:, 1, 1], theta[:, 1, 2] = h, 2 * y0 + h - 1

@@ -35,7 +35,7 @@ def flipped(out, x):
     return torch.tensor(mirrored) & ~torch.tensor(kept)
 
 
-@pytest.mark.parametrize("kind", ["none", "flip", "crop_flip"])
+@pytest.mark.parametrize("kind", ["none", "flip", "crop", "crop_flip"])
 def test_each_kind_keeps_shape_dtype_and_device(kind):
     x = images(size=24)
     out = augment(x, kind, 0)
@@ -43,7 +43,7 @@ def test_each_kind_keeps_shape_dtype_and_device(kind):
     assert (out is x) == (kind == "none")
 
 
-@pytest.mark.parametrize("kind", ["flip", "crop_flip"])
+@pytest.mark.parametrize("kind", ["flip", "crop", "crop_flip"])
 def test_the_same_seed_gives_the_same_batch_and_another_seed_another(kind):
     x = images(n=32)
     assert torch.equal(augment(x, kind, 3), augment(x, kind, 3))
@@ -72,6 +72,19 @@ def test_crop_boxes_lie_inside_the_image_with_open_clips_scale_and_a_ratio_in_ra
     assert ((w * h >= SCALE[0] - eps) & (w * h <= SCALE[1] + eps)).all()
     assert ((w / h >= RATIO[0] - eps) & (w / h <= RATIO[1] + eps)).all()
     assert 0.45 < float((theta[:, 0, 0] < 0).float().mean()) < 0.55  # mirrored half the time
+
+
+def test_crop_is_crop_flips_boxes_never_mirrored():
+    # The same draws: the same boxes, in the same order, whatever is flipped; images crop_flip leaves unmirrored
+    # come out of crop alike, pixel for pixel.
+    with_flip, without = (crop_flip_transforms(64, generator=torch.Generator().manual_seed(2), flip=f)
+                          for f in (True, False))
+    assert (without[:, 0, 0] > 0).all() and torch.equal(without[:, 0, 0], with_flip[:, 0, 0].abs())
+    assert torch.equal(without[:, :, 2], with_flip[:, :, 2]) and torch.equal(without[:, 1], with_flip[:, 1])
+    x = images(n=64)
+    kept = with_flip[:, 0, 0] > 0
+    assert 0 < int(kept.sum()) < 64
+    assert torch.equal(augment(x, "crop", 2)[kept], augment(x, "crop_flip", 2)[kept])
 
 
 def test_crop_flip_of_the_whole_image_gives_it_back_exactly():

@@ -343,10 +343,11 @@ class TrainingConfig(Strict):
     # short tasks, and on a GPU it becomes auto's choice only once bench/gpu.sh has measured it faster there
     # (issue #24: each task compiles again, which a task of 1000 steps may or may not repay).
     compile: Literal["auto"] | bool = "auto"
-    # Per batch, on the device (continual/augment.py): flip = horizontal flips; crop_flip = open_clip's
-    # training crop (90-100% of the area) then flips. none by default: runs stay as they were, and only
-    # then can LDIFS cache its anchor's features (with augmentation its anchor runs on every batch).
-    augment: Literal["none", "flip", "crop_flip"] = "none"
+    # Per batch, on the device (continual/augment.py): flip = horizontal flips; crop = open_clip's training
+    # crop (90-100% of the area), as MoE-Adapters trains; crop_flip = that crop then flips. none by default:
+    # runs stay as they were, and only then can LDIFS cache its anchor's features (with augmentation its
+    # anchor runs on every batch).
+    augment: Literal["none", "flip", "crop", "crop_flip"] = "none"
     # Label smoothing of the task's cross-entropy (the loss term named `ce`, in Trainer.fit and in Avalanche's
     # criterion): the target is 1 - ls on the true class plus ls/C on every class. 0: plain cross-entropy, as
     # runs were before it existed; ZSCL's MTIL recipe sets 0.2 (mtil/src/args.py, --ls). Below 1: at 1 the

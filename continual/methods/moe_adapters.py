@@ -19,10 +19,10 @@ Yu et al., "Boosting Continual Learning of Vision-Language Models via Mixture-of
   class prompts, one template, both embedded with the task's router (finetune.py l. 137, 172-182).
 - DDAS (AutoEncoder.py, evaluation.py l. 44-85): per task an autoencoder Linear(n, 100) + ReLU,
   Linear(100, n) + sigmoid (l. 13-31) trained with MSE to reconstruct sigmoid(features) (Adam, lr 0.01 decayed
-  x0.1 every 10 epochs, weight decay 1e-4, batch 64: l. 160, 180, 49-54; 300 iterations from the second task
-  on, in the script). At test the autoencoder of least error names the router; an error above the threshold
-  (0.0655, the script's) sends the input to frozen CLIP, as does its autoencoder 0, trained on TinyImageNet
-  (evaluation.py l. 59-73). The image and the prompts then go through that router (l. 73-75, 26-34).
+  x0.1 every 10 epochs, weight decay 1e-4, batch 64: l. 160, 180, 49-54; 300 iterations for each MTIL task in
+  the script, 1000 for its TinyImageNet one). At test the autoencoder of least error names the router; an error
+  above the threshold (0.0655, the script's) sends the input to frozen CLIP, as does its autoencoder 0, trained
+  on TinyImageNet (evaluation.py l. 59-73). The image and the prompts then go through that router (l. 73-75, 26-34).
 
 Here: each task's head scores the MoE-Adapters way in one plain linear head. The backbone's features are
 (1 + tasks) blocks of the embedding width, one filled: block 0 with frozen CLIP's embedding when DDAS picks
