@@ -399,11 +399,18 @@ def _export(args: argparse.Namespace) -> int:
     from continual.checkpoints import CheckpointError
     from continual.export import export_run  # torch-heavy
     from continual.files import DiskFull
+    from continual.models import ModelError
 
     try:
         out = export_run(args.folder, method=args.method, step=args.step, out=args.out)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ModelError as err:  # a model the export cannot write (a family or config it has no format for)
+        print(f"error: {args.folder / 'config.yaml'}: model.{err}", file=sys.stderr)
+        return 2
+    except FileExistsError:  # made by another process since it was checked
+        print(f"error: --out: {args.out} exists; give a new folder (nothing is overwritten)", file=sys.stderr)
         return 2
     except DiskFull as err:
         print(f"error: {err}", file=sys.stderr)

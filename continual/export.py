@@ -104,7 +104,9 @@ def write(model: TaskModel, folder: Path, *, card: dict, replace: bool = False) 
 
 def _write_weights(backbone, folder: Path) -> None:
     """The backbone's weights in its family's own format (module docstring), LoRA merged on a copy."""
-    plain = trainable.merged(copy.deepcopy(backbone))  # the run's model keeps its adapters
+    # On a copy (the run's model keeps its adapters), merged on the CPU: the same bytes whichever device trained,
+    # so `continual export` (CPU) writes what keep_models wrote.
+    plain = trainable.merged(copy.deepcopy(backbone).cpu())
     family = backbone.family
     if family == EFFICIENTNET:
         state = {k: v.detach().cpu().contiguous() for k, v in plain.net.state_dict().items()}
@@ -247,6 +249,8 @@ def export_run(folder: Path, *, method: str, step: int | None, out: Path) -> Pat
     listed = [o.key for o in seq.methods]
     if method not in listed:
         raise ConfigError("--method", [("", f"{method!r} did not run in {folder} (its methods: {', '.join(listed)})")])
+    if (why := seq.method(method).NO_EXPORT) is not None:
+        raise ConfigError("--method", [("", f"the model of {method} cannot be exported: {why}")])
     kept = run.checkpoint_steps(method)
     if not kept:
         raise ConfigError("--method", [("", f"no checkpoint of {method} is kept in {run.checkpoints(method)} "
@@ -266,6 +270,8 @@ def export_run(folder: Path, *, method: str, step: int | None, out: Path) -> Pat
     state = checkpoints.load(path, expect={"method": method, "step": step})
     device = torch.device("cpu")
     inputs = runner.load_inputs(seq, source=str(run.config), device=device, references=set())
+    if run.start_checkpoint.exists():  # the pre-trained model a checkpoint's trained tensors go on: the run's own
+        checkpoints.load(run.start_checkpoint, expect={"step": 0, "backbone": checkpoints.fingerprint(inputs.backbone)})
     model = TaskModel(runner.trained_backbone(seq, inputs.backbone, source=str(run.config)),
                       freeze_batchnorm=seq.training.batchnorm == "frozen", class_incremental=seq.one_head,
                       all_classes=seq.setting == "x_tail")

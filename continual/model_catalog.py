@@ -13,6 +13,8 @@ import typing
 from pathlib import Path
 from typing import Literal
 
+from continual.files import BadFile, read_json
+
 Family = Literal["efficientnet_lite0", "open_clip", "timm"]  # the YAML's model.family
 FAMILIES = typing.get_args(Family)
 EFFICIENTNET, OPEN_CLIP, TIMM = FAMILIES
@@ -34,6 +36,25 @@ EXPORT_WEIGHTS = {EFFICIENTNET: "model.pth", OPEN_CLIP: "open_clip_model.safeten
 def is_export(path: str | Path) -> bool:
     """Whether `path` is a folder written by continual's export (it holds EXPORT_CARD)."""
     return (Path(path).expanduser() / EXPORT_CARD).is_file()
+
+
+def export_problem(family: str, arch: str | None, folder: str) -> tuple[str, str] | None:
+    """(key, message) where the model config naming the exported model `folder` as its pretrained cannot load it:
+    its card unreadable, another family, or (timm, open_clip) another architecture than the weights fit; None
+    where it can. `continual validate` says it from the card alone; the builder (models.from_export) raises it."""
+    path = Path(folder).expanduser() / EXPORT_CARD
+    try:
+        card = read_json(path)
+    except (BadFile, OSError) as err:
+        return "pretrained", f"cannot read the exported model's card {str(path)!r}: {err}"
+    if not isinstance(card, dict) or card.get("family") not in FAMILIES:
+        return "pretrained", f"{str(path)!r} is not the card of an exported model (no known family)"
+    if card["family"] != family:
+        return "pretrained", (f"{folder!r} holds an exported {card['family']} model, not {family}: "
+                              f"set model.family: {card['family']}")
+    if family != EFFICIENTNET and arch != card.get("arch") and arch != f"{LOCAL_DIR}{folder}":
+        return "arch", f"{folder!r} holds {family} {card.get('arch')!r}, not {arch!r}: set model.arch: {card.get('arch')}"
+    return None
 
 
 # open_clip architectures a message names as examples (an unknown arch; `continual list`, and the tags

@@ -7,7 +7,8 @@
     <method>/metrics.json           per step: average accuracy over seen tasks, forgetting, BWT; timings
     <method>/curves.png             accuracy of each task and probe against the step (drawn by the report)
     <method>/events.out.tfevents.*  TensorBoard's scalars (continual/monitor.py): `tensorboard --logdir <out>`
-    <method>/model/                 the exported model (keep_models: last; every_step: model/step-K/), docs/export.md
+    <method>/model/                 the exported model (keep_models: last), docs/export.md
+    <method>/models/step-K/         the model after each step K (keep_models: every_step)
     <method>/trackers.json          W&B's and MLflow's run ids and last points sent (continual/trackers.py), for a resume
     wandb/                          W&B's own files, where logging.wandb.dir is not set (kept by --overwrite)
     checkpoints/start.pt            step 0, shared by every method (continual/checkpoints.py says what is in it)
@@ -44,7 +45,8 @@ from continual.tree import differences
 CONFIG = "config.yaml"
 MATRIX_CSV, MATRIX_JSON, METRICS, CURVES = "accuracy_matrix.csv", "accuracy_matrix.json", "metrics.json", "curves.png"
 EVENTS = "events.out.tfevents.*"  # TensorBoard's event files, as its writer names them: one per process
-MODEL = "model"  # <method>/model/: the exported model (keep_models; continual/export.py writes it)
+MODEL = "model"  # <method>/model/: the exported model (keep_models: last; continual/export.py writes it)
+MODELS = "models"  # <method>/models/step-K/: the model after each step (keep_models: every_step)
 TRACKERS = "trackers.json"  # the experiment trackers' run ids, so that a resume continues their runs
 INDEX, SUMMARY_MD, SUMMARY_CSV, ENVIRONMENT = "index.html", "summary.md", "summary.csv", "environment.json"
 TABLES_TEX, FIGURES = "tables.tex", "figures"  # `continual report --latex`, `--format`: figures/<name>.<format>
@@ -101,9 +103,9 @@ class RunFolder:
 
     def model(self, name: str, step: int | None = None) -> Path:
         """Where `keep_models` puts a method's exported model (continual/export.py): `<method>/model/` after its
-        last step, or `<method>/model/step-K/` after each step K (every_step)."""
-        folder = self.method(name) / MODEL
-        return folder if step is None else folder / f"step-{step}"
+        last step, or `<method>/models/step-K/` after each step K (every_step): apart, so that a resume changing
+        one to the other replaces neither."""
+        return self.method(name) / MODEL if step is None else self.method(name) / MODELS / f"step-{step}"
 
     def cache(self, name: str) -> Path:
         return self.path / "cache" / name
@@ -266,12 +268,19 @@ class RunFolder:
 
         ours = (EVENTS, TRACKERS, MATRIX_CSV, MATRIX_JSON, METRICS, CURVES, ".*.tmp")  # what marks a method folder: last
         for folder in self._method_folders():
-            models = folder / MODEL  # exported models (keep_models): each a folder of our files, its card in it
-            for model in [models, *sorted(models.glob("step-*"))] if models.is_dir() and not models.is_symlink() else []:
-                if (model / "continual.json").is_file():
-                    shutil.rmtree(model)
+            # Exported models (keep_models): each a folder of our files, its card in it; and the temporary folders
+            # a kill leaves beside them (export.write: .model.tmp, .model.old, models/.step-K.tmp).
+            for models, pattern in ((folder, MODEL), (folder / MODELS, "step-*")):
+                if not models.is_dir() or models.is_symlink():
+                    continue
+                for model in sorted(models.glob(pattern)):
+                    if (model / "continual.json").is_file() and not model.is_symlink():
+                        shutil.rmtree(model)
+                for tmp in [*models.glob(f".{pattern}.tmp"), *models.glob(f".{pattern}.old")]:
+                    if tmp.is_dir() and not tmp.is_symlink():
+                        shutil.rmtree(tmp)
             with contextlib.suppress(OSError):
-                models.rmdir()
+                (folder / MODELS).rmdir()
             remove(folder, ours)
         checkpoints = self.checkpoints()
         if checkpoints.is_dir():

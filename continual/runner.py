@@ -367,6 +367,7 @@ class Start:
             model.heads[task_name] = head.to(device)
         for task_name, head in inputs.heads.items():  # an exported model's, over zero-shot or random ones
             model.heads[task_name] = copy.deepcopy(head)
+        model.heads.order([t.name for t in inputs.tasks])
         zero_shot_probes = None
         # Text heads of the shared text tower, which no method trains (FLYP trains a copy, and scores probes
         # with its own heads).
@@ -506,7 +507,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
 
     def keep_model(step: int, rows, *, missing_only: bool = False) -> None:
         """keep_models: the model after `step` in its family's format, with its heads and card (continual/export.py)
-        into <method>/model/ (last: after the last step) or <method>/model/step-K/ (every_step)."""
+        into <method>/model/ (last: after the last step) or <method>/models/step-K/ (every_step)."""
         if seq.keep_models == "none" or (seq.keep_models == "last" and step < len(tasks)):
             return
         folder = run.model(name, step if seq.keep_models == "every_step" else None)
@@ -542,6 +543,7 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
         for step, task in enumerate(tasks[done:], start=done + 1):
             if task.name in result.future_heads:  # linear_probe: the head fit on the features as they are now
                 model.heads[task.name] = copy.deepcopy(result.future_heads[task.name])
+            model.heads.order([t.name for t in tasks])  # after an exported model's heads, held from step 0
             if once and step < len(tasks):  # nothing trained, nothing to score: an empty row, no checkpoint
                 rows.append({column: math.nan for column in rows[0]})
                 timings.append({"step": step, "fit_seconds": 0.0, "eval_seconds": 0.0, "train_steps": 0,

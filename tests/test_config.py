@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from continual.cli import main
-from continual.config import ConfigError, ConfigWarning, load_sequence
+from continual.config import ConfigError, ConfigWarning, dump_sequence, load_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,3 +225,16 @@ def test_relative_paths_name_files_next_to_the_sequence(tmp_path, monkeypatch, c
     assert main(["validate", "project/seq.yaml"]) == 0
     # a path given with --set is the shell's, relative to where continual runs
     assert load_sequence(Path("project/seq.yaml"), ["data_root=elsewhere"]).data_root == "elsewhere"
+
+
+def test_every_shipped_sequence_reads_back_as_its_config_yaml_writes_it():
+    """config.yaml is read back (`continual export`): the resolved sequence, every method's options included
+    (RAIL's of either form, ZSCL's reference, labelled variants), loads as written and writes the same again."""
+    from continual.config.loading import sequence_file, shipped_sequences
+
+    forms = set()
+    for name in shipped_sequences():
+        written = dump_sequence(load_sequence(sequence_file(name)))
+        assert dump_sequence(load_sequence(yaml.safe_load(written))) == written, name
+        forms |= {o.form for o in load_sequence(yaml.safe_load(written)).methods if o.name == "rail"}
+    assert forms == {"primal", "dual"}  # both of RAIL's forms among them

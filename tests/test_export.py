@@ -10,11 +10,12 @@ import json
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from helpers import digits, tiny_clip_sequence, tiny_sequence
 
 from continual import checkpoints
 from continual.cli import main
-from continual.config import load_sequence
+from continual.config import dump_sequence, load_sequence
 from continual.models import build_backbone, trainable
 from continual.runner import run_sequence, trained_backbone
 
@@ -118,8 +119,9 @@ def test_a_lora_clip_exports_plain_weights_that_open_clip_loads(tiny_clip, tmp_p
         "batch_size": 8, "warmup_steps": 1, "lr": 1.0e-2})
     doc["model"]["trainable"] = {"kind": "lora", "targets": ["attn"]}
     first = run(tmp_path, doc, out="first")
-    model = first["folder"] / "finetune" / "model" / "step-2"
-    assert sorted(p.name for p in (first["folder"] / "finetune" / "model").iterdir()) == ["step-1", "step-2"]
+    model = first["folder"] / "finetune" / "models" / "step-2"
+    assert sorted(p.name for p in (first["folder"] / "finetune" / "models").iterdir()) == ["step-1", "step-2"]
+    assert not (first["folder"] / "finetune" / "model").exists()
     weights = load_file(str(model / "open_clip_model.safetensors"))
     assert weights.keys() == open_clip.create_model(tiny_clip[0]).state_dict().keys()  # no lora_A, no base_layer
     trained, _ = trained_model(first["folder"], "finetune", 2)
@@ -160,3 +162,79 @@ def test_a_task_named_as_an_exported_head_must_have_its_classes(first, tmp_path,
     assert main(["run", str(tmp_path / "other.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "tasks[1]: the exported head 'b' of" in capsys.readouterr().err
     assert not (tmp_path / "out" / "other").exists()
+
+
+def test_methods_whose_predictions_need_their_own_state_are_refused_before_anything_is_written(tiny_clip, tmp_path,
+                                                                                              capsys):
+    """RAIL, DIKI and MoE-Adapters score with state of their own (an adapter, prompts, experts): no backbone and
+    linear heads hold what they predict, so keep_models is refused for them at load, and `continual export` too."""
+    doc = tiny_clip_sequence(tiny_clip, keep_models="last", methods=["finetune", "rail", "diki", "moe_adapters"])
+    (tmp_path / "seq.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(tmp_path / "seq.yaml")]) == 2
+    err = capsys.readouterr().err
+    for i, name in enumerate(["rail", "diki", "moe_adapters"], start=1):
+        assert f"keep_models: last cannot write the model of methods[{i}] ({name}): " in err
+    assert "methods[0]" not in err
+    # A run that kept none (its config.yaml, as the runner writes it): export refuses the method by --method.
+    seq = load_sequence({**doc, "keep_models": "none"})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(dump_sequence(seq))
+    assert main(["export", str(tmp_path / "run"), "--method", "diki", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--method: the model of diki cannot be exported: its task prompts" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_refuses_a_pretrained_model_replaced_since_the_run(tiny_clip, tmp_path, capsys):
+    """With trainable: bias the checkpoint holds the biases alone, put on the pre-trained weights the sequence
+    names: a file replaced since the run would be mixed in silently; start.pt's fingerprint refuses it."""
+    import shutil
+
+    weights = tmp_path / "clip.pt"
+    shutil.copyfile(tiny_clip[1], weights)
+    doc = tiny_clip_sequence(tiny_clip, keep_checkpoints=1)
+    doc["model"].update(pretrained=str(weights), trainable={"kind": "bias"})
+    first = run(tmp_path, doc, out="first")
+    state = torch.load(weights, weights_only=True)
+    state = {k: v + 1 if k.endswith("proj") and v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, weights)
+    assert main(["export", str(first["folder"]), "--method", "finetune", "--out", str(tmp_path / "x")]) == 2
+    assert "start.pt" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_class_incremental_heads_keep_the_sequences_order_with_an_exported_head(first, tmp_path):
+    """Class-incremental logits are the heads side by side in the tasks' order. An exported head (task b, second
+    here) is held from step 0, a new task's linear-probe head added when its task starts: c's must still come
+    first, so that b's head is not in c's softmax while c trains, nor its classes offset by b's."""
+    model = str(first["folder"] / "finetune" / "model")
+    doc = tiny_sequence(name="ci", setting="class_incremental", tasks=[digits("c", [4, 5]), digits("b", [2, 3])],
+                        model={"family": "efficientnet_lite0", "pretrained": model}, keep_checkpoints=2)
+    folder = run_sequence(load_sequence(doc), out=tmp_path, progress=False, tensorboard=False)
+    one, two = (torch.load(folder / "checkpoints" / "finetune" / f"step-{s}.pt", weights_only=True) for s in (1, 2))
+    assert list(one["heads"]) == ["c", "b"] and list(two["heads"]) == ["c", "b"]
+    exported = load_file(str(first["folder"] / "finetune" / "model" / "heads.safetensors"))
+    assert torch.equal(one["heads"]["b"]["weight"], exported["b.weight"])  # untouched while c trained
+
+
+def test_overwrite_removes_the_models_a_run_wrote_and_what_a_kill_left_of_them(tmp_path):
+    doc = tiny_sequence(keep_models="every_step")
+    folder = run_sequence(load_sequence(doc), out=tmp_path, progress=False, tensorboard=False)
+    method = folder / "finetune"
+    assert sorted(p.name for p in (method / "models").iterdir()) == ["step-1", "step-2"]
+    (method / ".model.tmp").mkdir()  # a kill in the middle of export.write
+    (method / "models" / ".step-3.tmp").mkdir()
+    (method / "models" / "mine.txt").write_text("the user's")  # not ours: stays
+    run_sequence(load_sequence({**doc, "keep_models": "none"}), out=tmp_path, progress=False, tensorboard=False,
+                 overwrite=True)
+    assert sorted(p.name for p in (method / "models").iterdir()) == ["mine.txt"]
+    assert not (method / ".model.tmp").exists() and not (method / "model").exists()
+
+
+def test_validate_reads_the_exports_card_for_its_family(first, tmp_path, capsys):
+    model = str(first["folder"] / "finetune" / "model")
+    doc = tiny_sequence(model={"family": "timm", "arch": "test_vit", "image_size": 32, "pretrained": model})
+    (tmp_path / "seq.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(tmp_path / "seq.yaml")]) == 2
+    assert f"model.pretrained: {model!r} holds an exported efficientnet_lite0 model, not timm: set model.family: " \
+           "efficientnet_lite0" in capsys.readouterr().err

@@ -32,9 +32,9 @@ from continual.datasets.catalog import (DATASETS, DataError, check_two_classes, 
 from continual.files import BadFile, read_json
 from continual.methods import METHODS, NEEDS
 from continual.methods.options import method_items
-from continual.model_catalog import (HF_HUB, LOCAL_DIR, OPEN_CLIP, config_file, example_archs, is_export,
-                                     local_dir_problem, model_config_problem, non_square, own_weights, patch_misfit,
-                                     untapped_tower)
+from continual.model_catalog import (HF_HUB, LOCAL_DIR, OPEN_CLIP, config_file, example_archs, export_problem,
+                                     is_export, local_dir_problem, model_config_problem, non_square, own_weights,
+                                     patch_misfit, untapped_tower)
 
 
 class ConfigError(Exception):
@@ -523,8 +523,13 @@ def _shared(a: _Selection, b: _Selection) -> frozenset | None:
 def _method_problems(seq: Sequence) -> list[tuple[str, str]]:
     """What each method entry's options say is wrong with them in this sequence (Options.problems), under
     the entry's key: `methods[1].ldifs.cache`."""
-    return [(f"methods[{i}].{o.name}" + (f".{option}" if option else ""), message)
-            for i, o in enumerate(seq.methods) for option, message in o.problems(seq)]
+    problems = [(f"methods[{i}].{o.name}" + (f".{option}" if option else ""), message)
+                for i, o in enumerate(seq.methods) for option, message in o.problems(seq)]
+    if seq.keep_models != "none":  # a model the export cannot write: refused before the run, not at its last step
+        problems += [("keep_models", f"{seq.keep_models} cannot write the model of methods[{i}] ({o.key}): "
+                                     f"{o.NO_EXPORT}; keep_models: none, or run {o.key} in a sequence of its own")
+                     for i, o in enumerate(seq.methods) if o.NO_EXPORT]
+    return problems
 
 
 def _task_training_problems(seq: Sequence) -> list[tuple[str, str]]:
@@ -694,8 +699,9 @@ def _checkpoint_problems(model: ModelConfig) -> list[tuple[str, str]]:
     a_file = _names_a_file(model.family, text)
     path = local_path(text)  # the schema checked its spelling
     try:
-        if path.is_dir() and is_export(path):
-            return []  # a model folder continual exported (docs/export.md): its card is read when run loads it
+        if path.is_dir() and is_export(path):  # a model folder continual exported (docs/export.md): its card says
+            problem = export_problem(model.family, model.arch, text)  # what loads it
+            return [] if problem is None else [problem]
         if path.is_dir():
             return [("pretrained", f"{text!r} is a directory; expected a checkpoint file (a saved state dict)")]
         if a_file and not path.is_file():

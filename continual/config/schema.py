@@ -541,7 +541,7 @@ class Sequence(Strict):
     # One is all resume needs; the last one is also the fine-tuned model of a finished run.
     keep_checkpoints: int = Field(default=1, ge=0)
     # The fine-tuned model in the format its family loads, with its task heads and a card (docs/export.md): none;
-    # last (after each method's last step, into <method>/model/); every_step (<method>/model/step-K/). Each is a
+    # last (after each method's last step, into <method>/model/); every_step (<method>/models/step-K/). Each is a
     # whole copy of the weights (LoRA merged), 14 MB for EfficientNet-Lite0, ~600 MB for CLIP ViT-B/32 with its text
     # tower; none by default, as `continual export` writes one later from a kept checkpoint.
     keep_models: Literal["none", "last", "every_step"] = "none"

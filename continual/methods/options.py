@@ -69,6 +69,11 @@ class Options(BaseModel):
     # The options that name it in the report's legends, `ldifs (λ = 10)`: (option as YAML names it, format,
     # shown only when it differs from its default). Any other option shows where two entries differ in it.
     LEGEND: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+    # Why its model cannot be exported (keep_models, `continual export`: continual/export.py), or None: what it
+    # scores is then a backbone of the family's own and linear heads, which the export writes. A method whose
+    # predictions need state of its own (prompts, routers, a fused adapter) says what; a run asking for its
+    # model is refused before anything is written.
+    NO_EXPORT: ClassVar[str | None] = None
 
     def references(self) -> tuple[str, ...]:
         """The sequence's `references:` (by name) it reads: only those are loaded (a run without ZSCL needs
@@ -345,6 +350,8 @@ class RAILOptions(Options):
                    "gradient steps to split): a rank would need every image's features; it trains nothing, so one "
                    "process runs it in the time of a feature pass")
     LEGEND = (("form", "{}", False),)
+    NO_EXPORT = ("its predictions fuse zero-shot CLIP with a ridge adapter kept in its own state (over a random "
+                 "hidden layer, or every training feature for the dual form), which no backbone and linear heads hold")
     # Defaults: the reference code's configs/analytic_clip.yaml (linghan1997/Regression-based-Analytic-
     # Incremental-Learning), the recipe of the paper's runs.
     # primal: a random hidden layer, then ridge regression by recursive least squares (primal_RAIL.py);
@@ -373,6 +380,13 @@ class RAILOptions(Options):
             raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not an option of form "
                              f"{self.form}")
         return self
+
+    def settings(self) -> dict:
+        """Without the other form's options, which a sequence may not give (config.yaml is read back)."""
+        raw = super().settings()
+        for key in {"primal": ("kernel_ridge", "kernel_gamma"), "dual": ("ridge", "width")}[self.form]:
+            raw.pop(key)
+        return raw
 
 
 # The merging methods (methods/merging.py): fine-tune on each task, then leave the backbone θ_0 + λ·τ, τ a merge
@@ -467,6 +481,8 @@ class DIKIOptions(Options):
     NEEDS = ("text",)  # each task's head is its zero-shot text head
     DISTRIBUTED = True  # trained by Trainer.fit on cross-entropy; the statistics come from a gathered feature pass
     LEGEND = (("depth", "depth {}", True), ("length", "{} prompts", True))
+    NO_EXPORT = ("its task prompts and the feature Gaussians that weigh them per image are its own state, outside "
+                 "CLIP's weights (which it never changes)")
     # Defaults: the reference code's MTIL recipe (lloongx/DIKI configs/MTIL.yaml).
     # Prompted blocks: the first `depth` of the image tower, `prompt_depth_vision: 8` (l. 17; clip/model.py l. 214-219).
     depth: int = Field(default=8, gt=0)
@@ -489,6 +505,8 @@ class MoEAdaptersOptions(Options):
     DISTRIBUTED = ("after a task it freezes the experts its router picked most often over the task's images: "
                    "under torchrun each rank would count only its share and freeze others")
     LEGEND = (("experts", "{} experts", True), ("top_k", "top-{}", True))
+    NO_EXPORT = ("its experts, routers and autoencoders are its own state, outside CLIP's weights (which it never "
+                 "changes)")
     # Defaults: the reference code's MTIL recipe (JiazuoYu/MoE-Adapters4CL, mtil/): train_full_shot_router11_
     # experts22_1000iters.sh and src/args.py. Its training settings go in `training:` (lr 1e-3 for most tasks,
     # 1000 steps, batch 64, 100 warm-up steps, label smoothing 0.2, weight decay 0): docs/methods/moe_adapters.md.

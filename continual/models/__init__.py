@@ -14,7 +14,7 @@ from pathlib import Path
 
 from continual.files import BadFile, read_json
 from continual.model_catalog import (EFFICIENTNET, EXPORT_CARD, EXPORT_WEIGHTS, FAMILIES, LOCAL_DIR, OPEN_CLIP, TIMM,
-                                     is_export)
+                                     export_problem, is_export)
 from continual.models import clip, efficientnet, timm_models
 from continual.models.backbone import Backbone, Head, ModelError, TaskModel
 from continual.models.clip import text_tower, zero_shot_head
@@ -60,13 +60,9 @@ def from_export(family: str, arch: str | None, folder: str, image_size: int | No
     """(arch, pretrained, image_size) that load the exported model in `folder` with its family's own loader:
     EfficientNet's state dict, timm's model.safetensors, open_clip's local-dir. The arch must be the export's
     (timm, open_clip: it says what the weights fit); image_size defaults to the size it was trained at."""
+    if (problem := export_problem(family, arch, folder)) is not None:
+        raise ModelError(*problem)
     card = export_card(folder)
-    if card["family"] != family:
-        raise ModelError("pretrained", f"{folder!r} holds an exported {card['family']} model, not {family}: "
-                                       f"set model.family: {card['family']}")
-    if family != EFFICIENTNET and arch != card.get("arch") and arch != f"{LOCAL_DIR}{folder}":
-        raise ModelError("arch", f"{folder!r} holds {family} {card.get('arch')!r}, not {arch!r}: "
-                                 f"set model.arch: {card.get('arch')}")
     size = image_size or card.get("image_size")
     weights = str(Path(folder) / EXPORT_WEIGHTS[family])
     if family == OPEN_CLIP:  # the folder is open_clip's local-dir: its own config and weights

@@ -167,6 +167,15 @@ class Heads(nn.ModuleDict):
         del self[name]
         return head
 
+    def order(self, names: list[str]) -> None:
+        """Put the heads in the order of `names` (the sequence's tasks; any other after them, as they were): the
+        order class-incremental logits read them in, whenever each was added (an exported model's heads are
+        there from step 0, a linear-probe head from its task's start)."""
+        rank = {name: i for i, name in enumerate(names)}
+        items = sorted(self._modules.items(), key=lambda item: rank.get(item[0][1:], len(names)))
+        self._modules.clear()
+        self._modules.update(items)
+
 
 class TaskModel(nn.Module):
     """Shared backbone + one head per task. Task-incremental: a task's logits are its head's.

@@ -348,7 +348,9 @@ def local_dir_config(backbone: Backbone) -> dict:
         raise ModelError("arch", f"open_clip has no model config for {arch!r} to export")
     cfg = copy.deepcopy(cfg)
     cfg["vision_cfg"]["image_size"] = backbone.image_size
-    if any(isinstance(module, QuickGELU) for module in backbone.visual.modules()):
+    # Either tower: a ResNet image tower has no GELU, while its text tower was built with QuickGELU (OpenAI's RN50).
+    towers = (backbone.visual, text_tower(backbone).model)
+    if any(isinstance(module, QuickGELU) for tower in towers for module in tower.modules()):
         cfg["quick_gelu"] = True
     preprocess = {k: v for k, v in backbone.visual.preprocess_cfg.items() if k != "size"}  # the model's own size
     return {"model_cfg": cfg, "preprocess_cfg": preprocess}
