@@ -531,9 +531,14 @@ def run_method(seq: Sequence, name: str, inputs: Loaded, start: Start | None, *,
             distributed.on_main(lambda: keep_model(done, rows, missing_only=True))
     sinks = session.start(name, folder=run.method(name), resume=resume) if session is not None else []
     if (tensorboard or sinks) and main:  # its optimiser steps and rows go on from the checkpoint's
-        trainer.events = Events.for_method(run.method(name), timings=timings, resume=resume,
-                                           rows_on_disk=_rows_on_disk(run, name), tensorboard=tensorboard,
-                                           trackers=sinks)
+        try:
+            trainer.events = Events.for_method(run.method(name), timings=timings, resume=resume,
+                                               rows_on_disk=_rows_on_disk(run, name), tensorboard=tensorboard,
+                                               trackers=sinks)
+        except BaseException:  # the trackers' runs started above end, not left running
+            for sink in sinks:
+                sink.close(status="FAILED")
+            raise
     options = seq.method(name)
     once = options.ONCE  # joint: trains at the last step only
     status = "FAILED"  # what the trackers' runs end as, unless the loop ends
