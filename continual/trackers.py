@@ -7,8 +7,9 @@ method's optimiser steps over the sequence, `optimizer_step`), after every step 
 step's metrics and seconds (x: the step, 0 = pre-trained, `step`). Each method is one tracker run:
 
     W&B      group: the sweep's name in a sweep, else the sequence's; job_type: the method; name
-             `<sequence>/<method> seed=<seed>` (and the sweep cell); tags sequence:, method:, seed:, cell:;
-             config: the resolved sequence (config.yaml) with the method, sweep and cell
+             `<sequence>/<method> seed=<seed>` (and the sweep cell); tags sequence:, method:, seed:, cell: (each cut
+             to W&B's 64 characters); config: the resolved sequence (config.yaml) with the method, sweep and
+             cell in full
     MLflow   experiment: logging.mlflow.experiment, else the sweep's name, else the sequence's; tags
              continual.sequence, .method, .seed, .sweep, .cell; params: config.yaml flattened (`training.lr`)
 
@@ -17,16 +18,22 @@ continual/sweeps/backends.py, run_cell). When a method ends, its files (accuracy
 and the run's report as it stands then go to the tracker (W&B: the run's files; MLflow: artifacts under
 `method/` and `report/`).
 
-Resuming: the method folder's trackers.json (run_folder.TRACKERS) keeps each tracker's run id and the last
-optimiser step and step it was handed, written before each point is handed over. A resumed method reattaches
-to that run (W&B `id=..., resume="allow"`, MLflow the run id) and skips the points at steps it already has: no
-point twice, whatever a killed process had sent (at most the one point being sent when it was killed is lost).
+Resuming: the method folder's trackers.json (run_folder.TRACKERS) keeps each tracker's run id, where that run
+lives (W&B: project, entity; MLflow: tracking URI, experiment) and the last optimiser step and step it was
+handed, written before each point is handed over. A resumed method reattaches to that run (W&B `id=...,
+resume="allow"`, MLflow the run id) and skips the points at steps it already has: no point twice, whatever a
+killed process had sent (at most the one point being sent when it was killed is lost). A resume that logs
+elsewhere (another project or experiment, another server) starts a new run there instead, handed every row of
+the accuracy matrix so far, as a tracker first asked for on the resume is (monitor.Events.rows).
 
 Failing: a tracker that raises (a server gone, a bad key, a full disk) warns once, is dropped for the rest of
-the run, and the run goes on; nothing here writes the run's own files except trackers.json. MLflow retries a
-request 7 times over about 4 minutes by default; unless set, MLFLOW_HTTP_REQUEST_MAX_RETRIES=2,
-MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1 and MLFLOW_HTTP_REQUEST_TIMEOUT=10 bound a dead server to seconds. Under
-torchrun, rank 0 logs.
+the run, and the run goes on; nothing here writes the run's own files except trackers.json. A method's files
+that cannot be uploaded (an artifact store it cannot write) warn once too, but the tracker stays on: its run
+still ends with its status. MLflow retries a request 7 times over about 4 minutes by default; unless set,
+MLFLOW_HTTP_REQUEST_MAX_RETRIES=2, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1 and MLFLOW_HTTP_REQUEST_TIMEOUT=60 bound
+a server gone (it refuses connections at once) to seconds. MLflow retries a POST whose answer timed out too, so
+a server slower than that to answer may store a point twice: delivery is at least once there. Under torchrun,
+rank 0 logs.
 """
 
 from __future__ import annotations
@@ -57,9 +64,13 @@ AXES = {"loss/*": ITERATION, "lr": ITERATION, "images_per_second": ITERATION,
 METHOD_FILES = (MATRIX_CSV, MATRIX_JSON, METRICS, CURVES)  # a method's own, in its folder
 REPORT_FILES = (CONFIG, INDEX, SUMMARY_MD, SUMMARY_CSV)  # the run's, as they stand when a method ends
 SWEEP, CELL = "CONTINUAL_SWEEP", "CONTINUAL_SWEEP_CELL"  # set by a sweep for each cell's `continual run`
-# MLflow's retries, unless set: a dead server costs seconds, not its default 4 minutes per request.
+# MLflow's retries, unless set: a server gone (connections refused at once) costs seconds, not its default 4
+# minutes per request. The timeout stays long: MLflow retries a POST that timed out, so a slow but live server
+# would store a log_batch twice, and a short one would drop it as if gone.
 MLFLOW_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+WANDB_TAG = 64  # W&B refuses a longer tag (wandb_settings.py, validate_run_tags), and with it the whole run
+SETUP_TRIES = 3  # MLflow's set-up before its run is made: parallel sweep cells race on a fresh sqlite:/// store
 
 
 def _keys(model, prefix: str) -> list[str]:
@@ -122,6 +133,7 @@ class Session:
         self.run_folder = Path(run_folder)
         self.sweep, self.cell = os.environ.get(SWEEP) or None, os.environ.get(CELL) or None
         self.failed: set[str] = set()
+        self.said_files: set[str] = set()  # the trackers that warned of files not kept: once a run
 
     def start(self, method: str, *, folder: Path, resume: bool) -> list[Tracker]:
         """The method's trackers, each with its run started (or continued, on a resume, from trackers.json)."""
@@ -141,7 +153,8 @@ class Session:
 
 
 class Ledger:
-    """The method folder's trackers.json: {tracker: {"id": its run, "optimizer_step": last, "step": last}}."""
+    """The method folder's trackers.json: {tracker: {"id": its run, "where": where it lives, "optimizer_step":
+    last, "step": last}}."""
 
     def __init__(self, path: Path, *, resume: bool):
         self.path = path
@@ -171,6 +184,12 @@ class Tracker:
 
     def begin(self) -> None:
         try:
+            where = self._where()
+            # Logging elsewhere on a resume: the old run and its marks are not there, so a new run, every point
+            # again. An entry with no `where` was written before it was recorded: the same place, as then.
+            if self.entry.get("where", where) != where:
+                self.entry.clear()
+            self.entry["where"] = where
             self.entry["id"] = self._begin(self.entry.get("id"))
             self.ledger.save()
         except Exception as err:  # noqa: BLE001 - whatever the package or the network raised
@@ -193,8 +212,13 @@ class Tracker:
             return
         try:
             self._files({under: [p for p in found if p.is_file()] for under, found in paths.items()})
-        except Exception as err:  # noqa: BLE001
-            self._fail(err)
+        except Exception as err:  # noqa: BLE001 - an artifact store it cannot write: the points are in, keep on
+            said = self.session.said_files if self.session is not None else set()
+            if self.name not in said:
+                said.add(self.name)
+                warnings.warn(TrackerWarning(f"{self.context.sequence}/{self.context.method}: {self.name} did not "
+                                             f"keep the method's files ({type(err).__name__}: {_said(err)}); its "
+                                             "runs go on, the run's files are unaffected"), stacklevel=3)
 
     def close(self, *, status: str = "FINISHED") -> None:
         """The tracker's run ended (FINISHED, FAILED or KILLED); also after an error or Ctrl-C."""
@@ -208,10 +232,9 @@ class Tracker:
 
     def _fail(self, err: Exception) -> None:
         if not self.failed:
-            said = " ".join(str(err).split())[:300]
             warnings.warn(TrackerWarning(f"{self.context.sequence}/{self.context.method}: {self.name} not logged to "
-                                         f"from here on ({type(err).__name__}: {said}); training goes on, the run's "
-                                         "files are unaffected"), stacklevel=4)
+                                         f"from here on ({type(err).__name__}: {_said(err)}); training goes on, the "
+                                         "run's files are unaffected"), stacklevel=4)
             if self.session is not None:
                 self.session.failed.add(self.name)
         self.failed = True
@@ -219,6 +242,10 @@ class Tracker:
             self._abandon()
 
     # What each tracker does.
+    def _where(self) -> dict:
+        """Where its run lives, as configured: a resume told another place starts a new run there."""
+        raise NotImplementedError
+
     def _begin(self, run_id: str | None) -> str:
         raise NotImplementedError
 
@@ -239,6 +266,9 @@ class Wandb(Tracker):
     name = "wandb"
     options: WandbConfig
 
+    def _where(self) -> dict:
+        return {"project": self.options.project, "entity": self.options.entity or os.environ.get("WANDB_ENTITY")}
+
     def _begin(self, run_id: str | None) -> str:
         import wandb  # here: only when asked for
 
@@ -247,7 +277,7 @@ class Wandb(Tracker):
         self.run = wandb.init(
             project=self.options.project, entity=self.options.entity, mode=self.options.mode, dir=folder,
             id=run_id, resume="allow" if run_id else None, group=c.group, job_type=c.method, name=c.name,
-            tags=[f"{k}:{v}" for k, v in c.tags.items()],
+            tags=[f"{k}:{v}"[:WANDB_TAG] for k, v in c.tags.items()],  # in full in the config's `continual`
             config={**c.config, "continual": c.tags},
             # console off: the progress bars are not W&B's logs; create_new: a run of its own whatever else the
             # process has open (continual.run from a script that logs to W&B itself)
@@ -281,30 +311,30 @@ class Mlflow(Tracker):
     name = "mlflow"
     options: MlflowConfig
 
+    def _where(self) -> dict:
+        return {"tracking_uri": self.options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                "experiment": self.options.experiment or self.context.group}
+
     def _begin(self, run_id: str | None) -> str:
         for key, value in MLFLOW_RETRIES.items():
             os.environ.setdefault(key, value)
-        from mlflow import MlflowClient  # here: only when asked for
-
         c = self.context
-        self.client = MlflowClient(self.options.tracking_uri)
+        # Parallel sweep cells opening one fresh sqlite:/// store race on MLflow's schema set-up ("table experiments
+        # already exists", "duplicate column name: step"); the loser's next try finds the tables made. Only what
+        # may run twice is tried again: the run is created once, below.
+        for attempt in range(SETUP_TRIES):
+            try:
+                found = self._setup(run_id)
+                break
+            except Exception:  # noqa: BLE001 - whatever the store raised; the last try's error is the tracker's
+                if attempt == SETUP_TRIES - 1:
+                    raise
+                time.sleep(1 + attempt)
         if run_id is not None:  # a resume: the same run, running again
-            self.run_id = self.client.get_run(run_id).info.run_id
+            self.run_id = found
             self.client.update_run(self.run_id, status="RUNNING")
             return self.run_id
-        name = self.options.experiment or c.group
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            try:
-                experiment_id = self.client.create_experiment(name)
-            except Exception:  # noqa: BLE001 - another cell of the sweep created it first
-                experiment = self.client.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
-                experiment_id = experiment.experiment_id
-        else:
-            experiment_id = experiment.experiment_id
-        run = self.client.create_run(experiment_id, run_name=c.name,
+        run = self.client.create_run(found, run_name=c.name,
                                      tags={f"continual.{k}": v for k, v in c.tags.items()})
         self.run_id = run.info.run_id
         from mlflow.entities import Param
@@ -313,6 +343,24 @@ class Mlflow(Tracker):
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a request
             self.client.log_batch(self.run_id, params=params[i:i + 100])
         return self.run_id
+
+    def _setup(self, run_id: str | None) -> str:
+        """The client, and the run's id on a resume, else the experiment's (created when missing)."""
+        from mlflow import MlflowClient  # here: only when asked for
+
+        self.client = MlflowClient(self.options.tracking_uri)
+        if run_id is not None:
+            return self.client.get_run(run_id).info.run_id
+        name = self._where()["experiment"]
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return self.client.create_experiment(name)
+            except Exception:  # noqa: BLE001 - another cell of the sweep created it first
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+        return experiment.experiment_id
 
     def _log(self, values: dict[str, float], *, step: int, axis: str) -> None:
         from mlflow.entities import Metric
@@ -328,6 +376,15 @@ class Mlflow(Tracker):
     def _end(self, status: str) -> None:
         with contextlib.redirect_stdout(sys.stderr):  # its "View run at" lines: stdout is the run's result
             self.client.set_terminated(self.run_id, status=status)
+
+    def _abandon(self) -> None:
+        # Not left RUNNING for ever; a server gone fails this too, quietly (Tracker._fail)
+        if getattr(self, "run_id", None) is not None:
+            self._end("FAILED")
+
+
+def _said(err: Exception) -> str:
+    return " ".join(str(err).split())[:300]
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:

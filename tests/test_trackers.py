@@ -1,7 +1,10 @@
 """Experiment trackers (issue #27): W&B in offline mode, its run files read back with W&B's own protobuf records, and
 MLflow against a real `mlflow server` (SQLite backend) read back with MlflowClient. A sweep of two seeds lands as one
-group whose scalars are metrics.json's; a resume continues the same tracker runs without a point twice; a server
-killed mid-run warns once and the run ends with its files whole; bad `logging:` keys and trackers are refused."""
+group whose scalars are metrics.json's; a resume continues the same tracker runs without a point twice, and a
+tracker added or moved elsewhere on a resume gets a run of its own with every row; a long sweep cell keeps W&B;
+files an artifact store refuses warn once and the runs still end; two processes on one fresh SQLite store both
+get their run; a server killed mid-run warns once and the run ends with its files whole; bad `logging:` keys and
+trackers are refused."""
 
 import json
 import os
@@ -10,8 +13,10 @@ import socket
 import struct
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -54,6 +59,7 @@ def quiet(tmp_path_factory):
                            "WANDB_DATA_DIR": home / "data", "WANDB_MODE": "offline"}.items():
             env.setenv(key, str(value))
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.delenv("WANDB_ENTITY", raising=False)  # trackers.json records it: the tests pin None
         yield
 
 
@@ -167,26 +173,48 @@ def expected(folder: Path) -> dict[str, list]:
     return want
 
 
-def check_points(points: dict, folder: Path) -> None:
-    """Every scalar a tracker holds for a method is the run's own: the matrix and metrics.json's per step,
-    each loss term's points averaging (weighted by their window) to metrics.json's epoch mean, lr and images/s
-    at the same optimiser steps; each point once."""
+def check_rows(points: dict, folder: Path) -> None:
+    """Every row of the method's accuracy matrix and metrics.json's per step, each once."""
     for tag, want in expected(folder).items():
         assert [x for x, _ in points[tag]] == [x for x, _ in want], tag
         # to the files' 10 decimals (the trackers keep float64 as given)
         assert [v for _, v in points[tag]] == pytest.approx([v for _, v in want], rel=0, abs=1e-10), tag
+    assert sorted(x for x, _ in points["time/fit_seconds"]) == ROWS
+
+
+def check_points(points: dict, folder: Path) -> None:
+    """Every scalar a tracker holds for a method is the run's own: the matrix and metrics.json's per step,
+    each loss term's points averaging (weighted by their window) to metrics.json's epoch mean, lr and images/s
+    at the same optimiser steps; each point once."""
+    check_rows(points, folder)
     timings = json.loads((folder / "metrics.json").read_text())["timings"]
     for tag in ("loss/ce", "lr", "images_per_second"):
         assert [x for x, _ in points[tag]] == STEPS, tag
     ce = dict(points["loss/ce"])
     for task, (four, six) in enumerate([(4, 6), (10, 12)], start=1):
         assert (4 * ce[four] + 2 * ce[six]) / 6 == pytest.approx(timings[task]["losses"]["ce"], rel=1e-9)
-    assert sorted(x for x, _ in points["time/fit_seconds"]) == ROWS
 
 
-def logging_block(uri, wandb_dir, **wandb):
+def logging_block(uri, wandb_dir, experiment=None, **wandb):
     return {"trackers": ["wandb", "mlflow"], "wandb": {"mode": "offline", "dir": str(wandb_dir), **wandb},
-            "mlflow": {"tracking_uri": uri}}
+            "mlflow": {"tracking_uri": uri, **({"experiment": experiment} if experiment else {})}}
+
+
+def interrupted(seq, out: Path, *, at: int = 11, **how) -> None:
+    """`seq` run into `out` and stopped by Ctrl-C at its `at`-th optimiser step (the 11th: task 2's 5th, after
+    the point at 10 went out; a resume starts again from step 1's checkpoint, at optimiser step 6)."""
+    adamw_step, calls = torch.optim.AdamW.step, []
+
+    def stopping(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return adamw_step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as stop:
+        stop.setattr(torch.optim.AdamW, "step", stopping)
+        with pytest.raises(KeyboardInterrupt):
+            run_sequence(seq, out=out, progress=False, **how)
 
 
 # ---- a sweep of two seeds: one group in each -----------------------------------------------------------------
@@ -252,7 +280,7 @@ def test_a_sweep_is_one_mlflow_experiment_whose_scalars_are_metrics_json(swept, 
         assert Path(local).read_bytes() == (methods[seed] / "metrics.json").read_bytes()
 
 
-# ---- a resume: the same tracker runs, no point twice ----------------------------------------------------------
+# ---- a resume: the same runs, no point twice; a tracker added or moved: a new run, every row -----------------
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory, server):
@@ -260,18 +288,7 @@ def resumed(tmp_path_factory, server):
     step 1's checkpoint: (run folder, the MLflow run's status in between)."""
     out = tmp_path_factory.mktemp("resumed")
     seq = load_sequence({**SEQ, "name": "resumed", "logging": logging_block(server[0], out, project="resumes")})
-    adamw_step, calls = torch.optim.AdamW.step, []
-
-    def interrupted(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 11:
-            raise KeyboardInterrupt
-        return adamw_step(self, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as stop:
-        stop.setattr(torch.optim.AdamW, "step", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            run_sequence(seq, out=out, progress=False)
+    interrupted(seq, out)
     folder = out / "resumed"
     ledger = json.loads((folder / "finetune" / "trackers.json").read_text())
     assert ledger["mlflow"]["optimizer_step"] == ledger["wandb"]["optimizer_step"] == 10
@@ -303,6 +320,58 @@ def test_a_resume_continues_the_same_mlflow_run_without_duplicates(resumed, serv
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
     check_points({key: mlflow_points(uri, run_id, key) for key in run.data.metrics}, folder / "finetune")
+
+
+def test_a_resume_may_add_a_tracker_which_gets_every_row_of_the_methods_not_complete(tmp_path, quiet):
+    """`logging` is what is shown, not what is computed: a resume that adds W&B is not refused; the method cut
+    short gets a W&B run holding every row of its matrix (and the loss points from the resume on), the method
+    complete before the resume is kept as it is, with no tracker run."""
+    seq = load_sequence({**SEQ, "methods": ["frozen", "finetune"]})
+    interrupted(seq, tmp_path, tensorboard=False)
+    folder = tmp_path / "tiny"
+    again = load_sequence({**SEQ, "methods": ["frozen", "finetune"], "logging": {
+        "trackers": ["wandb"], "wandb": {"project": "p", "mode": "offline", "dir": str(tmp_path)}}})
+    assert run_sequence(again, out=tmp_path, progress=False, resume=True, tensorboard=False) == folder
+    assert "project: p" in (folder / "config.yaml").read_text()
+    runs = wandb_runs(tmp_path)
+    assert len(runs) == 1 and not (folder / "frozen" / "trackers.json").exists()
+    (run_id, run_dirs), = runs.items()
+    run, points, _ = wandb_run(run_dirs)
+    assert (run.job_type, run.project) == ("finetune", "p")
+    assert json.loads((folder / "finetune" / "trackers.json").read_text())["wandb"]["id"] == run_id
+    check_rows(points, folder / "finetune")  # rows 0 and 1 were on disk before the resume
+    assert [x for x, _ in points["loss/ce"]] == [10, 12]  # task 2 again, from step 1's checkpoint
+
+
+def test_a_resume_logging_elsewhere_starts_new_runs_with_every_row(tmp_path, server):
+    """A resume to another W&B project and another MLflow experiment: each tracker starts a run there, holding every
+    row (the old runs and their marks are elsewhere); the old runs are left as the Ctrl-C left them."""
+    uri = server[0]
+    before = {**SEQ, "name": "moved",
+              "logging": logging_block(uri, tmp_path, experiment="moved-before", project="before")}
+    interrupted(load_sequence(before), tmp_path)
+    folder = tmp_path / "moved" / "finetune"
+    old = json.loads((folder / "trackers.json").read_text())
+    after = {**before, "logging": logging_block(uri, tmp_path, experiment="moved-after", project="after")}
+    run_sequence(load_sequence(after), out=tmp_path, progress=False, resume=True)
+    new = json.loads((folder / "trackers.json").read_text())
+    assert new["wandb"]["id"] != old["wandb"]["id"] and new["mlflow"]["id"] != old["mlflow"]["id"]
+    assert old["wandb"]["where"] == {"project": "before", "entity": None}
+    assert new["mlflow"]["where"] == {"tracking_uri": uri, "experiment": "moved-after"}
+
+    runs = wandb_runs(tmp_path)
+    assert set(runs) == {old["wandb"]["id"], new["wandb"]["id"]} and len(runs[new["wandb"]["id"]]) == 1
+    run, points, _ = wandb_run(runs[new["wandb"]["id"]])
+    assert run.project == "after"
+    check_rows(points, folder)
+    assert [x for x, _ in points["loss/ce"]] == [10, 12]
+
+    mlflow = client(uri)
+    (found,) = mlflow.search_runs([mlflow.get_experiment_by_name("moved-after").experiment_id])
+    assert found.info.run_id == new["mlflow"]["id"] and found.info.status == "FINISHED"
+    check_rows({key: mlflow_points(uri, found.info.run_id, key) for key in found.data.metrics}, folder)
+    assert [x for x, _ in mlflow_points(uri, found.info.run_id, "loss/ce")] == [10, 12]
+    assert mlflow.get_run(old["mlflow"]["id"]).info.status == "KILLED"
 
 
 # ---- refused before anything is written ----------------------------------------------------------------------
@@ -349,13 +418,86 @@ def test_the_cli_log_flag_sets_the_trackers_and_resumes_with_them(tmp_path, monk
     assert _resume_command(args).endswith("--log mlflow --resume")
 
 
-def test_a_resume_may_change_the_trackers(tmp_path):
-    """`logging` is what is shown, not what is computed: a resume with other trackers (none) is not refused."""
-    seq = load_sequence({**SEQ, "methods": ["frozen"]})
-    folder = run_sequence(seq, out=tmp_path, progress=False, tensorboard=False)
-    again = load_sequence({**SEQ, "methods": ["frozen"], "logging": {"trackers": ["wandb"], "wandb": {"project": "p"}}})
-    assert run_sequence(again, out=tmp_path, progress=False, resume=True, tensorboard=False) == folder
-    assert "project: p" in (folder / "config.yaml").read_text()
+# ---- what used to drop a tracker -----------------------------------------------------------------------------
+
+def test_a_long_sweep_cell_is_cut_in_the_wandb_tags_and_whole_in_its_config(tmp_path, quiet, monkeypatch):
+    """W&B refuses a tag over 64 characters, and with it the run: the cell's tag is cut, the config keeps it whole."""
+    cell = "model.family=efficientnet_lite0,training.lr=0.0001,methods.ldifs.lambda=10/seed-0"
+    assert len(f"cell:{cell}") > trackers.WANDB_TAG
+    monkeypatch.setenv(trackers.SWEEP, "a-sweep")
+    monkeypatch.setenv(trackers.CELL, cell)
+    seq = load_sequence({**SEQ, "methods": ["frozen"], "logging": {
+        "trackers": ["wandb"], "wandb": {"mode": "offline", "dir": str(tmp_path)}}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrackerWarning)
+        folder = run_sequence(seq, out=tmp_path, progress=False, tensorboard=False)
+    (run_dirs,) = wandb_runs(tmp_path).values()
+    run, points, _ = wandb_run(run_dirs)
+    assert f"cell:{cell}"[:64] in run.tags and all(len(tag) <= 64 for tag in run.tags)
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["continual"]["cell"] == cell
+    check_rows(points, folder / "frozen")
+
+
+def test_files_an_artifact_store_refuses_warn_once_and_each_method_ends_its_run(tmp_path, server):
+    """The experiment's artifacts go under a regular file: each method's files fail to upload, which warns once;
+    MLflow stays on, each method has its run, FINISHED with its points."""
+    uri = server[0]
+    (tmp_path / "a-file").write_text("not a folder")
+    client(uri).create_experiment("no-artifacts", artifact_location=str(tmp_path / "a-file" / "artifacts"))
+    seq = load_sequence({**SEQ, "name": "unkept", "methods": ["frozen", "finetune"],
+                         "logging": {"trackers": ["mlflow"],
+                                     "mlflow": {"tracking_uri": uri, "experiment": "no-artifacts"}}})
+    with pytest.warns(TrackerWarning) as caught:
+        folder = run_sequence(seq, out=tmp_path / "out", progress=False, tensorboard=False)
+    said = [w for w in caught if issubclass(w.category, TrackerWarning)]
+    assert len(said) == 1 and "unkept/frozen: mlflow did not keep the method's files" in str(said[0].message)
+    mlflow = client(uri)
+    found = mlflow.search_runs([mlflow.get_experiment_by_name("no-artifacts").experiment_id])
+    assert sorted(run.data.tags["continual.method"] for run in found) == ["finetune", "frozen"]
+    for run in found:
+        method = run.data.tags["continual.method"]
+        assert run.info.status == "FINISHED"
+        assert json.loads((folder / method / "trackers.json").read_text())["mlflow"]["id"] == run.info.run_id
+        points = {key: mlflow_points(uri, run.info.run_id, key) for key in run.data.metrics}
+        (check_points if method == "finetune" else check_rows)(points, folder / method)
+
+
+# Each process imports MLflow, then waits for the other, so both open the fresh store at once.
+RACER = textwrap.dedent("""
+    import json, sys, time, warnings
+    from pathlib import Path
+    import mlflow
+    from continual import trackers
+    from continual.config.schema import MlflowConfig
+    uri, me, other = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    me.with_suffix(".ready").touch()
+    while not other.with_suffix(".ready").exists():
+        time.sleep(0.01)
+    warnings.simplefilter("error", trackers.TrackerWarning)
+    context = trackers.Context(sequence="race", method=me.name, seed=0, config={"seed": 0})
+    tracker = trackers.Mlflow(MlflowConfig(tracking_uri=uri), context=context,
+                              ledger=trackers.Ledger(me / "trackers.json", resume=False))
+    tracker.begin()
+    tracker.close()
+""")
+
+
+def test_two_processes_on_one_fresh_sqlite_store_both_get_their_mlflow_run(tmp_path, quiet, monkeypatch):
+    """Parallel sweep cells on a fresh sqlite:/// store race on MLflow's schema set-up: each still gets its run
+    (without the retries in Mlflow._begin, one of two lost MLflow every time here)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, uri, str(tmp_path / me), str(tmp_path / other)],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for me, other in (("a", "b"), ("b", "a"))]
+    for racer in racers:
+        _, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err[-3000:]
+    ids = {json.loads((tmp_path / me / "trackers.json").read_text())["mlflow"]["id"] for me in "ab"}
+    monkeypatch.chdir(tmp_path)  # MLflow's local store may write ./mlruns where it is opened
+    found = client(uri).search_runs([client(uri).get_experiment_by_name("race").experiment_id])
+    assert len(ids) == 2 and {run.info.run_id for run in found} == ids
+    assert {run.info.status for run in found} == {"FINISHED"}
 
 
 # ---- last: the server dies ----------------------------------------------------------------------------------

@@ -426,7 +426,8 @@ class MlflowConfig(Strict):
 
 class LoggingConfig(Strict):
     """Where a run's numbers go besides its own files and TensorBoard (`continual run --log wandb,mlflow` sets
-    `trackers`). What is shown only: a resume may change any of it (it continues the trackers' runs it finds)."""
+    `trackers`). What is shown only: a resume may change any of it (it continues the trackers' runs where they
+    still live, and starts new ones where the project, server or experiment changed)."""
 
     # Empty by default: nothing leaves the machine unless asked, and neither package is needed.
     trackers: list[Literal["wandb", "mlflow"]] = []
