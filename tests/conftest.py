@@ -32,7 +32,7 @@ def tiny_clip(tmp_path_factory):
 # Files whose tests start clusters, runs in subprocesses or torchrun ranks: scheduled first, so that under
 # `pytest -n` (make test) the short files fill the workers' ends instead of one long file running alone.
 SLOW_FIRST = ("test_clusters.py", "test_resume.py", "test_sweep.py", "test_ddp.py", "test_avalanche.py",
-              "test_every_method.py")
+              "test_every_method.py", "test_trackers.py", "test_export.py")
 
 
 def pytest_collection_modifyitems(items):
