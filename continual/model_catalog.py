@@ -38,22 +38,41 @@ def is_export(path: str | Path) -> bool:
     return (Path(path).expanduser() / EXPORT_CARD).is_file()
 
 
-def export_problem(family: str, arch: str | None, folder: str) -> tuple[str, str] | None:
-    """(key, message) where the model config naming the exported model `folder` as its pretrained cannot load it:
-    its card unreadable, another family, or (timm, open_clip) another architecture than the weights fit; None
-    where it can. `continual validate` says it from the card alone; the builder (models.from_export) raises it."""
+class CardError(ValueError):
+    """An exported model's card that cannot be read: `key` the model config's key at fault, as ModelError's."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key, self.message = key, message
+
+
+def export_card(folder: str | Path) -> dict:
+    """The card (EXPORT_CARD) of a model folder continual exported (continual/export.py), or CardError."""
     path = Path(folder).expanduser() / EXPORT_CARD
     try:
         card = read_json(path)
     except (BadFile, OSError) as err:
-        return "pretrained", f"cannot read the exported model's card {str(path)!r}: {err}"
+        raise CardError("pretrained", f"cannot read the exported model's card {str(path)!r}: {err}") from None
     if not isinstance(card, dict) or card.get("family") not in FAMILIES:
-        return "pretrained", f"{str(path)!r} is not the card of an exported model (no known family)"
+        raise CardError("pretrained", f"{str(path)!r} is not the card of an exported model (no known family)")
+    return card
+
+
+def export_problem(family: str, arch: str | None, folder: str, card: dict | None = None) -> tuple[str, str] | None:
+    """(key, message) where the model config naming the exported model `folder` as its pretrained cannot load it:
+    its card unreadable, another family, or (timm, open_clip) another architecture than the weights fit; None
+    where it can. `card`: the folder's, already read. `continual validate` says it from the card alone; the
+    builder (models.from_export) raises it."""
+    try:
+        card = export_card(folder) if card is None else card
+    except CardError as err:
+        return err.key, err.message
     if card["family"] != family:
         return "pretrained", (f"{folder!r} holds an exported {card['family']} model, not {family}: "
                               f"set model.family: {card['family']}")
     if family != EFFICIENTNET and arch != card.get("arch") and arch != f"{LOCAL_DIR}{folder}":
-        return "arch", f"{folder!r} holds {family} {card.get('arch')!r}, not {arch!r}: set model.arch: {card.get('arch')}"
+        return "arch", (f"{folder!r} holds {family} {card.get('arch')!r}, not {arch!r}: "
+                        f"set model.arch: {card.get('arch')}")
     return None
 
 

@@ -266,8 +266,10 @@ def _run(seq: Sequence, names: list[str], added: list, *, run: RunFolder, device
                 distributed.on_main(lambda: start.save(run, inputs))
         failed = {}
         # W&B, MLflow: one tracker run per method, given the config as written (rank 0 logs)
-        session = trackers.Session(seq.logging, sequence=seq.name, seed=seq.seed, run_folder=run.path,
-                                   config=yaml.safe_load(run.config.read_text())) if seq.logging.trackers and main else None
+        session = None
+        if seq.logging.trackers and main:
+            session = trackers.Session(seq.logging, sequence=seq.name, seed=seq.seed,
+                                       config=yaml.safe_load(run.config.read_text()))
         for name in names:
             try:
                 run_method(seq, name, inputs, start, run=run, device=device, progress=progress, resume=resume,

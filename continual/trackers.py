@@ -128,9 +128,8 @@ class Session:
     """A run's trackers: started per method (`start`), and a tracker that failed stays off for the methods after
     it (one warning a run, not one a method)."""
 
-    def __init__(self, logging: LoggingConfig, *, sequence: str, seed: int, config: dict, run_folder: Path):
+    def __init__(self, logging: LoggingConfig, *, sequence: str, seed: int, config: dict):
         self.logging, self.sequence, self.seed, self.config = logging, sequence, seed, config
-        self.run_folder = Path(run_folder)
         self.sweep, self.cell = os.environ.get(SWEEP) or None, os.environ.get(CELL) or None
         self.failed: set[str] = set()
         self.said_files: set[str] = set()  # the trackers that warned of files not kept: once a run

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from continual.files import BadFile, read_json
-from continual.model_catalog import (EFFICIENTNET, EXPORT_CARD, EXPORT_WEIGHTS, FAMILIES, LOCAL_DIR, OPEN_CLIP, TIMM,
+from continual import model_catalog
+from continual.model_catalog import (EFFICIENTNET, EXPORT_WEIGHTS, FAMILIES, LOCAL_DIR, OPEN_CLIP, TIMM,
                                      export_problem, is_export)
 from continual.models import clip, efficientnet, timm_models
 from continual.models.backbone import Backbone, Head, ModelError, TaskModel
@@ -46,23 +46,20 @@ def build_backbone(model_cfg) -> Backbone:
 
 def export_card(folder: str | Path) -> dict:
     """The card (continual.json) of a model folder continual exported (continual/export.py), or ModelError."""
-    path = Path(folder).expanduser() / EXPORT_CARD
     try:
-        card = read_json(path)
-    except (BadFile, OSError) as err:
-        raise ModelError("pretrained", f"cannot read the exported model's card {str(path)!r}: {err}") from None
-    if not isinstance(card, dict) or card.get("family") not in FAMILIES:
-        raise ModelError("pretrained", f"{str(path)!r} is not the card of an exported model (no known family)")
-    return card
+        return model_catalog.export_card(folder)
+    except model_catalog.CardError as err:
+        raise ModelError(err.key, err.message) from None
 
 
-def from_export(family: str, arch: str | None, folder: str, image_size: int | None) -> tuple[str | None, str | None, int]:
+def from_export(family: str, arch: str | None, folder: str,
+                image_size: int | None) -> tuple[str | None, str | None, int]:
     """(arch, pretrained, image_size) that load the exported model in `folder` with its family's own loader:
     EfficientNet's state dict, timm's model.safetensors, open_clip's local-dir. The arch must be the export's
     (timm, open_clip: it says what the weights fit); image_size defaults to the size it was trained at."""
-    if (problem := export_problem(family, arch, folder)) is not None:
-        raise ModelError(*problem)
     card = export_card(folder)
+    if (problem := export_problem(family, arch, folder, card)) is not None:
+        raise ModelError(*problem)
     size = image_size or card.get("image_size")
     weights = str(Path(folder) / EXPORT_WEIGHTS[family])
     if family == OPEN_CLIP:  # the folder is open_clip's local-dir: its own config and weights

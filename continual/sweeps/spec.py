@@ -22,6 +22,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from continual.config import ConfigError, ConfigWarning, Sequence, load_sequence
 from continual.config.loading import _key_path, _Loader, _problems, _read_yaml, read_sequence
 from continual.config.schema import MAX_SEED, SEQUENCE_NAME, Strict, _check_name, local_path, shown
+from continual.trackers import CELL, SWEEP  # what a cell's `continual run` is told of its sweep
 
 
 class Resources(Strict):
@@ -116,7 +117,7 @@ class Cell:
     @property
     def environment(self) -> dict[str, str]:
         """What its `continual run` is told of the sweep, for the experiment trackers' groups and tags."""
-        return {"CONTINUAL_SWEEP": self.sweep, "CONTINUAL_SWEEP_CELL": f"{_slug(self.point)}/seed-{self.seed}"}
+        return {SWEEP: self.sweep, CELL: f"{_slug(self.point)}/seed-{self.seed}"}
 
     def command(self) -> list[str]:
         words = [sys.executable, "-m", "continual", "run", str(self.sequence), "--out", str(self.folder), "--quiet",
